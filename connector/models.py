@@ -1,0 +1,288 @@
+"""Database models: the durable state of every sync. The database, not Redis, is the truth."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT ids in PostgreSQL, INTEGER (rowid alias, autoincrement) in SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class SyncStatus(enum.StrEnum):
+    PENDING = "pending"
+    EXPORTING = "exporting"
+    UPLOADING = "uploading"
+    CONFIGURING = "configuring"
+    PARSING = "parsing"
+    READY = "ready"
+    AWAITING_APPROVAL = "awaiting_approval"
+    LAUNCHING = "launching"
+    VERIFYING = "verifying"
+    FETCHING_RESULTS = "fetching_results"
+    WRITING_BACK = "writing_back"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# States in which a step job should exist for the sync.
+RUNNABLE_STATES = frozenset(
+    {
+        SyncStatus.PENDING,
+        SyncStatus.EXPORTING,
+        SyncStatus.UPLOADING,
+        SyncStatus.CONFIGURING,
+        SyncStatus.PARSING,
+        SyncStatus.READY,
+        SyncStatus.LAUNCHING,
+        SyncStatus.VERIFYING,
+        SyncStatus.FETCHING_RESULTS,
+        SyncStatus.WRITING_BACK,
+    }
+)
+TERMINAL_STATES = frozenset({SyncStatus.COMPLETED, SyncStatus.CANCELLED})
+
+
+class ContactOutcome(enum.StrEnum):
+    PENDING = "pending"
+    VERIFIED = "verified"
+    SKIPPED = "skipped"
+    WRITE_FAILED = "write_failed"
+
+
+class Connection(Base):
+    """One CRM account (HubSpot portal, Salesforce org) or the local file source.
+
+    Credentials stay in the environment; this row names the account and its field mapping.
+    """
+
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("crm", "external_id", name="uq_connections_crm_external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    crm: Mapped[str] = mapped_column(String(20))
+    external_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(255))
+    field_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
+    name: Mapped[str | None] = mapped_column(String(255))
+    crm: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(40))
+    ref: Mapped[str] = mapped_column(Text)
+    object: Mapped[str | None] = mapped_column(String(20))
+    type: Mapped[str] = mapped_column(String(10))
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    schedule: Mapped[str | None] = mapped_column(String(120))
+    reverify_after_days: Mapped[int] = mapped_column(Integer, default=30)
+    max_net_cost: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+class Sync(Base):
+    __tablename__ = "syncs"
+    __table_args__ = (Index("ix_syncs_status_id", "status", "id"), Index("ix_syncs_segment_id", "segment_id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
+    segment_id: Mapped[int | None] = mapped_column(ForeignKey("segments.id"))
+    trigger: Mapped[str] = mapped_column(String(20))
+    crm: Mapped[str] = mapped_column(String(20))
+    type: Mapped[str] = mapped_column(String(10))
+    target_country: Mapped[str] = mapped_column(String(2))
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Where the contacts come from: {"kind": "file", "path": ...}, {"kind": "hubspot_list", ...}
+    source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    name: Mapped[str] = mapped_column(String(255))
+    reverify_after_days: Mapped[int] = mapped_column(Integer, default=30)
+    max_net_cost: Mapped[float | None] = mapped_column(Float)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+
+    status: Mapped[str] = mapped_column(String(20), default=SyncStatus.PENDING)
+    failed_step: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cost: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    approved_at: Mapped[datetime | None]
+    # Why a runnable sync is waiting (rate limit, outage) and until when; shown to operators.
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    paused_until: Mapped[datetime | None]
+    poll_attempt: Mapped[int] = mapped_column(Integer, default=0)
+
+    # Job bookkeeping: only the job whose id is `job_id` may run a step, and only while it
+    # holds the lease. The reconciler re-enqueues when the job is gone and the lease expired.
+    job_id: Mapped[str | None] = mapped_column(String(80))
+    job_seq: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None]
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+
+    batches: Mapped[list[SyncBatch]] = relationship(
+        back_populates="sync", order_by="SyncBatch.seq", cascade="all, delete-orphan"
+    )
+    history: Mapped[list[SyncTransition]] = relationship(
+        order_by="SyncTransition.id", cascade="all, delete-orphan"
+    )
+
+
+class SyncTransition(Base):
+    __tablename__ = "sync_transitions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(ForeignKey("syncs.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncBatch(Base):
+    """One ApexVerify batch of a sync. `batch_uuid` is committed as soon as the upload returns."""
+
+    __tablename__ = "sync_batches"
+    __table_args__ = (UniqueConstraint("sync_id", "seq", name="uq_sync_batches_sync_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(ForeignKey("syncs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    file_path: Mapped[str] = mapped_column(Text)
+    batch_uuid: Mapped[str | None] = mapped_column(String(64))
+    remote_status: Mapped[str | None] = mapped_column(String(40))
+    configured: Mapped[bool] = mapped_column(Boolean, default=False)
+    parse_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    found_content: Mapped[dict[str, Any] | None]
+    found_cost: Mapped[dict[str, Any] | None]
+    stats: Mapped[dict[str, Any] | None]
+    launched_at: Mapped[datetime | None]
+    done_at: Mapped[datetime | None]
+    results_fetched_at: Mapped[datetime | None]
+
+    sync: Mapped[Sync] = relationship(back_populates="batches")
+
+
+class SyncValue(Base):
+    """A distinct normalized value of a sync and its verdict (from ApexVerify or the cache)."""
+
+    __tablename__ = "sync_values"
+    __table_args__ = (UniqueConstraint("sync_id", "value", name="uq_sync_values_sync_value"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(ForeignKey("syncs.id", ondelete="CASCADE"))
+    value: Mapped[str] = mapped_column(String(320))
+    batch_seq: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str | None] = mapped_column(String(20))
+    valid: Mapped[bool | None]
+    wrong: Mapped[bool | None]
+    unknown: Mapped[bool | None]
+    is_role: Mapped[bool | None]
+    is_disposable: Mapped[bool | None]
+    details: Mapped[dict[str, Any] | None]
+    verified_at: Mapped[datetime | None]
+    from_cache: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SyncContact(Base):
+    """One CRM record (or input line) of a sync, and what became of it."""
+
+    __tablename__ = "sync_contacts"
+    __table_args__ = (
+        Index("ix_sync_contacts_sync_value", "sync_id", "value"),
+        Index("ix_sync_contacts_sync_outcome", "sync_id", "outcome", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(ForeignKey("syncs.id", ondelete="CASCADE"))
+    record_id: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str | None] = mapped_column(String(20))
+    raw_value: Mapped[str | None] = mapped_column(Text)
+    value: Mapped[str | None] = mapped_column(String(320))
+    outcome: Mapped[str] = mapped_column(String(20), default=ContactOutcome.PENDING)
+    reason: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class VerifiedValue(Base):
+    """The latest verdict per (type, value), so recently verified values spend no credits."""
+
+    __tablename__ = "verified_values"
+
+    type: Mapped[str] = mapped_column(String(10), primary_key=True)
+    value: Mapped[str] = mapped_column(String(320), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))
+    valid: Mapped[bool] = mapped_column(Boolean)
+    wrong: Mapped[bool] = mapped_column(Boolean)
+    unknown: Mapped[bool] = mapped_column(Boolean)
+    is_role: Mapped[bool | None]
+    is_disposable: Mapped[bool | None]
+    details: Mapped[dict[str, Any] | None]
+    verified_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebhookEvent(Base):
+    """A received webhook delivery, kept for de-duplication and durable acknowledgement."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("source", "dedupe_key", name="uq_webhook_events_source_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(20))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,144 @@
+"""Per-process resources built from Settings: database engine, sessions, Redis, the RQ queue.
+
+Built on first use in a worker or explicitly by `create_app` and the CLI, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from rq import Queue
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from connector.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    uses_fallback_broker: bool = False
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def queue(self) -> Queue:
+        return Queue(self.settings.queue_name, connection=self.redis)
+
+    def data_dir(self) -> Path:
+        path = self.settings.data_dir
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def make_engine(database_url: str) -> Engine:
+    if database_url.startswith("sqlite"):
+        _ensure_sqlite_dir(database_url)
+        engine = create_engine(database_url, connect_args={"timeout": 30}, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgresql://")
+    elif database_url.startswith("postgres://"):
+        database_url = "postgresql+psycopg://" + database_url.removeprefix("postgres://")
+    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _ensure_sqlite_dir(database_url: str) -> None:
+    path = database_url.split(":///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def connect_redis(url: str, *, allow_fallback: bool = False) -> tuple[redis.Redis, bool]:
+    """Connect to Redis; with `allow_fallback`, use an in-process broker when none answers."""
+    connection = redis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    try:
+        connection.ping()
+        return connection, False
+    except redis.exceptions.ConnectionError:
+        if not allow_fallback:
+            raise
+    import fakeredis
+
+    log.warning("redis_unreachable_using_in_process_broker", extra={"redis_url": _safe_url(url)})
+    return fakeredis.FakeRedis(server=_fallback_server()), True
+
+
+_FALLBACK_SERVER = None
+
+
+def _fallback_server():  # type: ignore[no-untyped-def]
+    global _FALLBACK_SERVER
+    if _FALLBACK_SERVER is None:
+        import fakeredis
+
+        _FALLBACK_SERVER = fakeredis.FakeServer()
+    return _FALLBACK_SERVER
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def build_runtime(settings: Settings, *, allow_fallback_broker: bool = False) -> Runtime:
+    engine = make_engine(settings.database_url)
+    connection, fallback = connect_redis(settings.redis_url, allow_fallback=allow_fallback_broker)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        redis=connection,
+        uses_fallback_broker=fallback,
+    )
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime; a worker builds it from the environment on its first job."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = build_runtime(Settings.from_env())
+        return _current
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _current
+    with _lock:
+        _current = runtime
