@@ -42,6 +42,14 @@ class InputError(ConnectorError):
 class TransientError(ConnectorError):
     """The step should run again after `retry_after` seconds; the sync is not failed."""
 
-    def __init__(self, code: str, message: str, *, retry_after: float = 5.0, details: dict | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, retry_after: float = 5.0, details: dict | None = None
+    ) -> None:
         super().__init__(code, message, details=details)
         self.retry_after = retry_after
+
+
+class NotFoundError(ConnectorError):
+    """The thing asked for does not exist."""
+
+    http_status = 404

@@ -167,7 +167,6 @@ class Sync(Base):
     # Job bookkeeping: only the job whose id is `job_id` may run a step, and only while it
     # holds the lease. The reconciler re-enqueues when the job is gone and the lease expired.
     job_id: Mapped[str | None] = mapped_column(String(80))
-    job_seq: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -82,12 +82,13 @@ def _ensure_sqlite_dir(database_url: str) -> None:
 def connect_redis(url: str, *, allow_fallback: bool = False) -> tuple[redis.Redis, bool]:
     """Connect to Redis; with `allow_fallback`, use an in-process broker when none answers."""
     connection = redis.Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    if not allow_fallback:
+        return connection, False  # connects on first use; a web process starts even while Redis is down
     try:
         connection.ping()
         return connection, False
     except redis.exceptions.ConnectionError:
-        if not allow_fallback:
-            raise
+        pass
     import fakeredis
 
     log.warning("redis_unreachable_using_in_process_broker", extra={"redis_url": _safe_url(url)})

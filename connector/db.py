@@ -1,0 +1,33 @@
+"""Schema management through Alembic (the `release` process and the CLI call this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+
+def migrations_dir() -> Path:
+    candidates = [Path(__file__).resolve().parents[1] / "migrations", Path.cwd() / "migrations"]
+    for candidate in candidates:
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError(
+        "migrations/ not found: run from the project root or install with `pip install -e`"
+    )
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def upgrade_database(engine: Engine) -> None:
+    """Apply every migration up to head on `engine`'s database."""
+    with engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
