@@ -1,0 +1,63 @@
+"""The small protocol every contact source and flag writer keeps.
+
+A source yields the records of a segment, streamed; a writer puts verdict flags back onto
+records and reports, per record, whether the CRM took them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    record_id: str
+    value: str | None
+    object_type: str | None = None
+    # When the CRM says this record was last verified by us (skips it when recent).
+    verified_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # valid | wrong | unknown | invalid_format
+    valid: bool
+    wrong: bool
+    unknown: bool
+    is_role: bool | None
+    is_disposable: bool | None
+    verified_at: datetime
+
+
+@dataclass(frozen=True)
+class FlagUpdate:
+    record_id: str
+    object_type: str | None
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class WriteFailure:
+    record_id: str
+    code: str
+    message: str
+
+
+class SegmentSource(Protocol):
+    def iter_records(self) -> Iterator[SourceRecord]: ...
+
+
+class FlagWriter(Protocol):
+    # How many updates one call of `write` should carry.
+    batch_size: int
+
+    def prepare(self) -> None:
+        """Check or create what the write needs (fields, properties) before any credit is spent."""
+        ...
+
+    def write(self, updates: Sequence[FlagUpdate]) -> list[WriteFailure]:
+        """Write the flags; return the records the CRM refused (the rest succeeded)."""
+        ...

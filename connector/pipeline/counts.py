@@ -1,0 +1,53 @@
+"""Per-sync counters, recomputed from the contact and value rows at each transition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from connector.models import Sync, SyncBatch, SyncContact, SyncValue
+
+
+def refresh_counts(session: Session, sync: Sync) -> None:
+    sync.counts = compute_counts(session, sync.id)
+
+
+def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
+    outcomes: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    rows = session.execute(
+        select(SyncContact.outcome, SyncContact.reason, func.count())
+        .where(SyncContact.sync_id == sync_id)
+        .group_by(SyncContact.outcome, SyncContact.reason)
+    )
+    for outcome, reason, count in rows:
+        outcomes[outcome] = outcomes.get(outcome, 0) + count
+        if outcome == "skipped":
+            skipped[reason or "unspecified"] = skipped.get(reason or "unspecified", 0) + count
+    verdicts = dict(
+        session.execute(
+            select(SyncValue.status, func.count())
+            .where(SyncValue.sync_id == sync_id, SyncValue.status.is_not(None))
+            .group_by(SyncValue.status)
+        ).all()
+    )
+    values, from_cache = session.execute(
+        select(func.count(), func.count().filter(SyncValue.from_cache)).where(SyncValue.sync_id == sync_id)
+    ).one()
+    sent = session.scalar(
+        select(func.coalesce(func.sum(SyncBatch.rows), 0)).where(SyncBatch.sync_id == sync_id)
+    )
+    return {
+        "contacts": sum(outcomes.values()),
+        "pending": outcomes.get("pending", 0),
+        "verified": outcomes.get("verified", 0),
+        "skipped": sum(skipped.values()),
+        "skipped_by_reason": skipped,
+        "write_failed": outcomes.get("write_failed", 0),
+        "values": values,
+        "values_sent": int(sent or 0),
+        "values_from_cache": from_cache,
+        "verdicts": verdicts,
+    }

@@ -1,0 +1,73 @@
+"""The reconciler: the database says which syncs should be moving; make sure a job moves them.
+
+A step job can vanish: its worker was SIGKILLed, Redis restarted empty, or the process died
+between committing a step and enqueueing the next. Every minute the cron process looks for
+runnable syncs whose job is gone (or stuck with an expired lease) and enqueues a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from datetime import datetime, timedelta
+
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
+
+from connector.models import RUNNABLE_STATES, Sync, utcnow
+from connector.pipeline.runner import schedule_step
+from connector.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED}
+
+
+def reconcile(runtime: Runtime | None = None, *, overdue_after_seconds: float = 30.0) -> list[int]:
+    """Re-enqueue every runnable sync that has no live job; returns their ids.
+
+    Safe to run at any moment and from several processes: a job that turns out to be
+    redundant finds another job id on the sync and does nothing. A scheduled job counts as
+    gone once it is `overdue_after_seconds` late: the scheduler that should have moved it
+    died with its worker, and its lock keeps the other workers' schedulers off for minutes.
+    """
+    runtime = runtime or get_runtime()
+    now = utcnow()
+    with runtime.session() as session:
+        candidates = session.execute(
+            select(Sync.id, Sync.job_id, Sync.lease_until).where(
+                Sync.status.in_([str(s) for s in RUNNABLE_STATES])
+            )
+        ).all()
+    revived = []
+    for sync_id, job_id, lease_until in candidates:
+        if lease_until is not None and lease_until > now:
+            continue  # a worker is running its step right now
+        if _job_waiting(runtime, job_id, now - timedelta(seconds=overdue_after_seconds)):
+            continue
+        schedule_step(runtime, sync_id)
+        revived.append(sync_id)
+    if revived:
+        log.warning("reconciler_requeued_syncs", extra={"sync_ids": revived})
+    return revived
+
+
+def _job_waiting(runtime: Runtime, job_id: str | None, overdue_before: datetime) -> bool:
+    """Queued, or scheduled and not overdue. A started job counts only through its lease (checked above)."""
+    if job_id is None:
+        return False
+    try:
+        job = Job.fetch(job_id, connection=runtime.redis)
+    except NoSuchJobError:
+        return False
+    status = job.get_status(refresh=False)
+    if status == JobStatus.SCHEDULED:
+        registry = ScheduledJobRegistry(job.origin, connection=runtime.redis)
+        try:
+            due = registry.get_scheduled_time(job)
+        except NoSuchJobError:
+            return False
+        return due >= overdue_before
+    return status in _WAITING

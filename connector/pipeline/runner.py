@@ -1,0 +1,180 @@
+"""The durable job chain: one RQ job runs one step of one sync, then schedules the next.
+
+A job carries only the sync id and its own job id. The sync row names the one job allowed to
+run its next step (`job_id`), and that job must take the row's lease first, so a duplicated,
+stale or re-enqueued job does nothing. Every outcome is committed before the next job is
+enqueued; if the process dies in between, the reconciler notices the missing job.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from connector.errors import ConnectorError, TransientError
+from connector.models import Sync, SyncStatus, utcnow
+from connector.pipeline.counts import refresh_counts
+from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
+from connector.pipeline.steps import STEPS
+from connector.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def schedule_step(runtime: Runtime, sync_id: int, delay: float = 0.0) -> str:
+    """Make a new job the sync's only runner and enqueue it (after the commit that names it)."""
+    job_id = f"sync-{sync_id}-{uuid.uuid4().hex[:12]}"
+    with runtime.session() as session:
+        session.execute(update(Sync).where(Sync.id == sync_id).values(job_id=job_id, lease_until=None))
+    enqueue_step(runtime, sync_id, job_id, delay)
+    return job_id
+
+
+def enqueue_step(runtime: Runtime, sync_id: int, job_id: str, delay: float = 0.0) -> None:
+    queue = runtime.queue()
+    options = {
+        "job_id": job_id,
+        "job_timeout": max(runtime.settings.step_lease_seconds * 12, 3600),
+        "result_ttl": 600,
+        "failure_ttl": 7 * 24 * 3600,
+        "description": f"sync {sync_id} step",
+    }
+    if delay > 0:
+        queue.enqueue_in(timedelta(seconds=delay), run_sync_step, sync_id, job_id, **options)
+    else:
+        queue.enqueue(run_sync_step, sync_id, job_id, **options)
+
+
+def run_sync_step(sync_id: int, job_id: str) -> str:
+    """RQ entry point: run the current step of sync `sync_id` if this job still owns it."""
+    runtime = get_runtime()
+    if not _claim(runtime, sync_id, job_id):
+        log.info("step_job_superseded", extra={"sync_id": sync_id, "job_id": job_id})
+        return "superseded"
+    context = StepContext(runtime, sync_id, job_id)
+    with runtime.session() as session:
+        status = SyncStatus(session.get_one(Sync, sync_id).status)
+    step = STEPS.get(status)
+    if step is None:
+        _release(runtime, sync_id, job_id)
+        return f"nothing to run in {status}"
+    try:
+        result = step(context)
+    except StepAborted:
+        log.info("step_aborted", extra={"sync_id": sync_id, "status": status})
+        return "aborted"
+    except TransientError as error:
+        _pause(runtime, sync_id, job_id, error)
+        return f"paused: {error.code}"
+    except ConnectorError as error:
+        fail_sync(runtime, sync_id, job_id, status, error.code, error.message)
+        return f"failed: {error.code}"
+    except DBAPIError as error:
+        # The database went away mid-step: the step is idempotent, so try it again later.
+        _pause(
+            runtime,
+            sync_id,
+            job_id,
+            TransientError("database_unavailable", type(error).__name__, retry_after=5),
+        )
+        return "paused: database_unavailable"
+    except Exception as error:
+        fail_sync(runtime, sync_id, job_id, status, "unexpected_error", f"{type(error).__name__}: {error}")
+        raise
+    return _apply(runtime, sync_id, job_id, status, result)
+
+
+def _claim(runtime: Runtime, sync_id: int, job_id: str) -> bool:
+    now = utcnow()
+    lease = now + timedelta(seconds=runtime.settings.step_lease_seconds)
+    with runtime.session() as session:
+        claimed = session.execute(
+            update(Sync)
+            .where(
+                Sync.id == sync_id,
+                Sync.job_id == job_id,
+                or_(Sync.lease_until.is_(None), Sync.lease_until < now),
+            )
+            .values(lease_until=lease)
+        ).rowcount
+    return bool(claimed)
+
+
+def _release(runtime: Runtime, sync_id: int, job_id: str) -> None:
+    with runtime.session() as session:
+        session.execute(
+            update(Sync)
+            .where(Sync.id == sync_id, Sync.job_id == job_id)
+            .values(lease_until=None, job_id=None)
+        )
+
+
+def _owned(session: Session, sync_id: int, job_id: str) -> Sync | None:
+    sync = session.get(Sync, sync_id, with_for_update=True, populate_existing=True)
+    return sync if sync is not None and sync.job_id == job_id else None
+
+
+def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, result: StepResult) -> str:
+    delay = 0.0
+    with runtime.session() as session:
+        sync = _owned(session, sync_id, job_id)
+        if sync is None or sync.status != status:
+            return "superseded"
+        sync.pause_reason = None
+        sync.paused_until = None
+        if isinstance(result, Wait):
+            delay = poll_delay(runtime, sync.poll_attempt)
+            sync.poll_attempt += 1
+        else:
+            sync.poll_attempt = 0
+            transition(session, sync, result.to, result.note)
+            refresh_counts(session, sync)
+        sync.lease_until = None
+        sync.job_id = None
+        runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in STEPS)
+    if runnable:
+        schedule_step(runtime, sync_id, delay)
+    return f"{status} -> {getattr(result, 'to', status)}"
+
+
+def poll_delay(runtime: Runtime, attempt: int) -> float:
+    """The documented backoff: start at 5 s, double each poll, cap at 60 s."""
+    settings = runtime.settings
+    return min(settings.poll_initial_seconds * (2**attempt), settings.poll_max_seconds)
+
+
+def _pause(runtime: Runtime, sync_id: int, job_id: str, error: TransientError) -> None:
+    delay = max(error.retry_after, 1.0)
+    with runtime.session() as session:
+        sync = _owned(session, sync_id, job_id)
+        if sync is None:
+            return
+        sync.pause_reason = f"{error.code}: {error.message}"
+        sync.paused_until = utcnow() + timedelta(seconds=delay)
+        sync.lease_until = None
+        sync.job_id = None
+    log.warning(
+        "step_paused", extra={"sync_id": sync_id, "code": error.code, "retry_in_seconds": round(delay, 1)}
+    )
+    schedule_step(runtime, sync_id, delay)
+
+
+def fail_sync(
+    runtime: Runtime, sync_id: int, job_id: str | None, step: SyncStatus, code: str, message: str
+) -> None:
+    with runtime.session() as session:
+        sync = session.get(Sync, sync_id, with_for_update=True, populate_existing=True)
+        if sync is None or (job_id is not None and sync.job_id != job_id):
+            return
+        sync.failed_step = step
+        sync.error_code = code
+        sync.error_message = message
+        sync.lease_until = None
+        sync.job_id = None
+        transition(session, sync, SyncStatus.FAILED, f"{code}: {message}")
+    log.error("sync_failed", extra={"sync_id": sync_id, "step": str(step), "code": code, "error": message})

@@ -1,0 +1,71 @@
+"""What a step returns and what it may touch: the vocabulary shared by steps and the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from connector.models import Sync, SyncStatus, SyncTransition, utcnow
+from connector.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Advance:
+    """The step is done: move to `to` and run its step now."""
+
+    to: SyncStatus
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do yet (a poll): run the same step again after a backoff delay."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Stop the chain in state `to` until an operator acts (approval)."""
+
+    to: SyncStatus
+    note: str | None = None
+
+
+StepResult = Advance | Wait | Halt
+
+
+class StepAborted(Exception):
+    """The sync was cancelled or taken over by another job while this step ran."""
+
+
+class StepContext:
+    def __init__(self, runtime: Runtime, sync_id: int, job_id: str) -> None:
+        self.runtime = runtime
+        self.sync_id = sync_id
+        self.job_id = job_id
+
+    def session(self):  # type: ignore[no-untyped-def]
+        return self.runtime.session()
+
+    def heartbeat(self) -> None:
+        """Extend the lease during long work; abort if the sync was cancelled or taken over."""
+        lease = utcnow() + timedelta(seconds=self.runtime.settings.step_lease_seconds)
+        with self.runtime.session() as session:
+            kept = session.execute(
+                update(Sync)
+                .where(Sync.id == self.sync_id, Sync.job_id == self.job_id)
+                .values(lease_until=lease)
+            ).rowcount
+        if not kept:
+            raise StepAborted(f"sync {self.sync_id} no longer belongs to job {self.job_id}")
+
+
+def transition(session: Session, sync: Sync, to: SyncStatus, note: str | None = None) -> None:
+    """Change state and record it in the sync's history."""
+    session.add(SyncTransition(sync_id=sync.id, from_status=sync.status, to_status=to, note=note))
+    sync.status = to
+    sync.updated_at = utcnow()
+    if to == SyncStatus.COMPLETED:
+        sync.completed_at = sync.updated_at

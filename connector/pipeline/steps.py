@@ -1,0 +1,505 @@
+"""The steps of a sync. Each is idempotent: run twice, it does its work once.
+
+Progress is committed as it is made (a batch uuid the moment the upload returns, a launch the
+moment ApexVerify accepts it, write-back outcomes per CRM call), so a step that is killed and
+run again resumes instead of repeating anything that costs credits or CRM calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from connector.apexverify import (
+    ApexVerifyClient,
+    ApexVerifyError,
+    BatchStatus,
+    LaunchOutcome,
+    iter_export_records,
+)
+from connector.chaos import chaos_point
+from connector.crm.base import FlagUpdate
+from connector.crm.registry import source_for, writer_for
+from connector.models import (
+    ContactOutcome,
+    Sync,
+    SyncBatch,
+    SyncContact,
+    SyncStatus,
+    SyncValue,
+    VerifiedValue,
+    utcnow,
+)
+from connector.pipeline.batchfiles import sync_dir, write_batch_files
+from connector.pipeline.normalize import normalize
+from connector.pipeline.state import Advance, Halt, StepContext, StepResult, Wait
+from connector.pipeline.verdicts import INVALID_FORMAT, remember_verdicts, verdict_columns, verdict_from_row
+
+CHUNK = 5000
+RESULT_CHUNK = 2000
+
+
+def _client(ctx: StepContext) -> ApexVerifyClient:
+    return ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis)
+
+
+def _load(session: Session, ctx: StepContext) -> Sync:
+    return session.get_one(Sync, ctx.sync_id)
+
+
+def start(ctx: StepContext) -> StepResult:
+    return Advance(SyncStatus.EXPORTING)
+
+
+# --- exporting -------------------------------------------------------------------------------
+
+
+def export_segment(ctx: StepContext) -> StepResult:
+    """Read the segment into contact rows, then group distinct values into batch files."""
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        _forget_partial_export(session, sync.id)
+        source, writer = source_for(ctx.runtime, sync), writer_for(ctx.runtime, sync)
+        type_, country, sync_id = sync.type, sync.target_country, sync.id
+        fresh_after = utcnow() - timedelta(days=sync.reverify_after_days)
+    # Before any credit is spent: a write-back that cannot happen fails the sync now.
+    writer.prepare()
+    chunk: list[dict[str, Any]] = []
+    for record in source.iter_records():
+        chunk.append(_contact_row(sync_id, record, type_, country, fresh_after))
+        if len(chunk) >= CHUNK:
+            _insert_contacts(ctx, chunk)
+            chunk = []
+            chaos_point("export.mid")
+    _insert_contacts(ctx, chunk)
+    with ctx.session() as session:
+        _collect_values(session, sync_id, type_, fresh_after)
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        batches = write_batch_files(session, ctx.runtime, sync)
+    if not batches:
+        return Advance(SyncStatus.WRITING_BACK, "nothing to verify: every value is known or unusable")
+    return Advance(SyncStatus.UPLOADING)
+
+
+def _forget_partial_export(session: Session, sync_id: int) -> None:
+    uploaded = session.scalar(
+        select(func.count()).where(SyncBatch.sync_id == sync_id, SyncBatch.batch_uuid.is_not(None))
+    )
+    if uploaded:
+        raise RuntimeError(f"sync {sync_id} already uploaded batches; refusing to export again")
+    for model in (SyncBatch, SyncValue, SyncContact):
+        session.execute(delete(model).where(model.sync_id == sync_id))
+
+
+def _contact_row(
+    sync_id: int, record: Any, type_: str, country: str, fresh_after: datetime
+) -> dict[str, Any]:
+    normalized = normalize(record.value, type_, country)
+    row = {
+        "sync_id": sync_id,
+        "record_id": str(record.record_id)[:64],
+        "object_type": record.object_type,
+        "raw_value": record.value[:1000] if record.value else None,
+        "value": normalized.value,
+        "outcome": ContactOutcome.PENDING,
+        "reason": normalized.problem,
+        "error_message": None,
+    }
+    if normalized.problem == "no_value":
+        row.update(outcome=ContactOutcome.SKIPPED)
+    elif record.verified_at is not None and record.verified_at >= fresh_after:
+        row.update(outcome=ContactOutcome.SKIPPED, reason="recently_verified")
+    return row
+
+
+def _insert_contacts(ctx: StepContext, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    with ctx.session() as session:
+        session.execute(SyncContact.__table__.insert(), rows)
+    ctx.heartbeat()
+
+
+def _collect_values(session: Session, sync_id: int, type_: str, fresh_after: datetime) -> None:
+    """One row per distinct value to judge; fresh cached verdicts and local format errors filled in."""
+    contacts = SyncContact.__table__
+    pending = select(contacts.c.sync_id, contacts.c.value).where(
+        contacts.c.sync_id == sync_id,
+        contacts.c.outcome == ContactOutcome.PENDING,
+        contacts.c.value.is_not(None),
+    )
+    session.execute(SyncValue.__table__.insert().from_select(["sync_id", "value"], pending.distinct()))
+    locally_invalid = select(contacts.c.value).where(
+        contacts.c.sync_id == sync_id, contacts.c.reason == "invalid_format"
+    )
+    session.execute(
+        update(SyncValue)
+        .where(SyncValue.sync_id == sync_id, SyncValue.value.in_(locally_invalid))
+        .values(**INVALID_FORMAT, verified_at=utcnow())
+    )
+    cached = VerifiedValue.__table__
+    session.execute(
+        update(SyncValue)
+        .where(
+            SyncValue.sync_id == sync_id,
+            SyncValue.status.is_(None),
+            cached.c.type == type_,
+            cached.c.value == SyncValue.value,
+            cached.c.verified_at >= fresh_after,
+        )
+        .values(
+            status=cached.c.status,
+            valid=cached.c.valid,
+            wrong=cached.c.wrong,
+            unknown=cached.c.unknown,
+            is_role=cached.c.is_role,
+            is_disposable=cached.c.is_disposable,
+            details=cached.c.details,
+            verified_at=cached.c.verified_at,
+            from_cache=True,
+        )
+    )
+
+
+# --- ApexVerify lifecycle ---------------------------------------------------------------------
+
+
+def _batches(session: Session, sync_id: int, *conditions: Any) -> list[SyncBatch]:
+    query = select(SyncBatch).where(SyncBatch.sync_id == sync_id, *conditions).order_by(SyncBatch.seq)
+    return list(session.scalars(query))
+
+
+def upload_batches(ctx: StepContext) -> StepResult:
+    client = _client(ctx)
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        todo = _batches(session, sync.id, SyncBatch.batch_uuid.is_(None))
+        total = len(sync.batches)
+        name, type_, country = sync.name, sync.type, sync.target_country
+    for batch in todo:
+        batch_uuid = client.upload(
+            Path(batch.file_path),
+            name=f"{name} ({batch.seq + 1}/{total})"[:255],
+            type=type_,
+            target_country=country,
+            description=f"ApexVerify CRM Connector sync {ctx.sync_id}, part {batch.seq + 1} of {total}",
+        )
+        chaos_point("upload.after_call")
+        # Committed before anything else happens, so a retry never uploads these rows again.
+        with ctx.session() as session:
+            session.execute(update(SyncBatch).where(SyncBatch.id == batch.id).values(batch_uuid=batch_uuid))
+        ctx.heartbeat()
+    return Advance(SyncStatus.CONFIGURING)
+
+
+def configure_batches(ctx: StepContext) -> StepResult:
+    client = _client(ctx)
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        parameters = {**sync.parameters, "type": sync.type, "target_country": sync.target_country}
+        todo = _batches(session, sync.id, SyncBatch.configured.is_(False))
+    for batch in todo:
+        client.configure(batch.batch_uuid or "", parameters)
+        chaos_point("configure.after_call")
+        with ctx.session() as session:
+            session.execute(
+                update(SyncBatch)
+                .where(SyncBatch.id == batch.id)
+                .values(configured=True, parse_requested=False)
+            )
+    return Advance(SyncStatus.PARSING)
+
+
+def parse_batches(ctx: StepContext) -> StepResult:
+    """Trigger parsing where it was not yet, then wait until every batch is ready."""
+    client = _client(ctx)
+    with ctx.session() as session:
+        batches = _batches(session, ctx.sync_id, SyncBatch.launched_at.is_(None))
+    ready = 0
+    for batch in batches:
+        uuid = batch.batch_uuid or ""
+        if not batch.parse_requested:
+            client.parse(uuid)
+            chaos_point("parse.after_call")
+            _update_batch(ctx, batch.id, parse_requested=True)
+            continue
+        details = client.details(uuid)
+        if details.status == BatchStatus.INTERNAL_ERROR:
+            _update_batch(ctx, batch.id, remote_status=details.status)
+            raise ApexVerifyError(
+                "apexverify_internal_error", f"ApexVerify failed while parsing batch {uuid}"
+            )
+        if details.status != BatchStatus.PARSING_CONTENT:
+            ready += 1
+            _update_batch(
+                ctx,
+                batch.id,
+                remote_status=details.status,
+                found_content=details.found_content,
+                found_cost=details.found_cost,
+            )
+    if ready < len(batches):
+        return Wait()
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        sync.cost = _cost_summary(sync.batches)
+    return Advance(SyncStatus.READY)
+
+
+def _update_batch(ctx: StepContext, batch_id: int, **values: Any) -> None:
+    with ctx.session() as session:
+        session.execute(update(SyncBatch).where(SyncBatch.id == batch_id).values(**values))
+
+
+_COST_PARTS = {
+    "total": "total_",
+    "net": "net_",
+    "cache_account_return": "_cache_account_return",
+    "cache_global_return": "_cache_global_return",
+}
+
+
+def _cost_summary(batches: list[SyncBatch]) -> dict[str, float]:
+    """Credits across the sync's batches; `charged` counts only batches already launched."""
+    summary = dict.fromkeys([*_COST_PARTS, "charged"], 0.0)
+    for batch in batches:
+        cost = batch.found_cost or {}
+        for part, marker in _COST_PARTS.items():
+            summary[part] += sum(float(v) for k, v in cost.items() if marker in k)
+        if batch.launched_at is not None:
+            summary["charged"] += sum(float(v) for k, v in cost.items() if k.startswith("net_"))
+    return summary
+
+
+def check_cost(ctx: StepContext) -> StepResult:
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        net = float((sync.cost or {}).get("net", 0.0))
+        if sync.max_net_cost is not None and net > sync.max_net_cost and sync.approved_at is None:
+            return Halt(
+                SyncStatus.AWAITING_APPROVAL,
+                f"net cost {net:g} credits is over the budget of {sync.max_net_cost:g}",
+            )
+    return Advance(SyncStatus.LAUNCHING)
+
+
+def launch_batches(ctx: StepContext) -> StepResult:
+    client = _client(ctx)
+    with ctx.session() as session:
+        todo = _batches(session, ctx.sync_id, SyncBatch.launched_at.is_(None))
+    for batch in todo:
+        outcome = client.launch(batch.batch_uuid or "")
+        chaos_point("launch.after_call")
+        if outcome == LaunchOutcome.NOT_READY:
+            _update_batch(ctx, batch.id, parse_requested=False)
+            return Advance(SyncStatus.PARSING, f"batch {batch.batch_uuid} was not ready; parsing again")
+        _update_batch(ctx, batch.id, launched_at=utcnow(), remote_status=BatchStatus.VERIFICATION_ONGOING)
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        sync.cost = _cost_summary(sync.batches)
+    return Advance(SyncStatus.VERIFYING)
+
+
+def await_verification(ctx: StepContext) -> StepResult:
+    client = _client(ctx)
+    with ctx.session() as session:
+        todo = _batches(session, ctx.sync_id, SyncBatch.done_at.is_(None))
+    pending = 0
+    for batch in todo:
+        status = client.status(batch.batch_uuid or "")
+        chaos_point("verify.after_call")
+        if status == BatchStatus.INTERNAL_ERROR:
+            _update_batch(ctx, batch.id, remote_status=status)
+            raise ApexVerifyError(
+                "apexverify_internal_error",
+                f"ApexVerify reported an internal error for launched batch {batch.batch_uuid}; its credits"
+                " are spent, so a retry polls it again rather than launching anew. If it persists, contact"
+                " ApexVerify support with this batch uuid.",
+            )
+        if status == BatchStatus.VERIFICATION_DONE:
+            _update_batch(ctx, batch.id, done_at=utcnow(), remote_status=status)
+        else:
+            pending += 1
+    return Wait() if pending else Advance(SyncStatus.FETCHING_RESULTS)
+
+
+def fetch_results(ctx: StepContext) -> StepResult:
+    """Stream each batch's JSON export into the value rows; values ApexVerify dropped are invalid_format."""
+    client = _client(ctx)
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        type_ = sync.type
+        todo = _batches(session, sync.id, SyncBatch.results_fetched_at.is_(None))
+        directory = sync_dir(ctx.runtime, sync.id)
+    for batch in todo:
+        export = client.download_json_export(batch.batch_uuid or "", directory / f"export-{batch.seq}.json")
+        details = client.details(batch.batch_uuid or "")
+        verified_at = batch.done_at or utcnow()
+        chunk: list[dict[str, Any]] = []
+        for value, record in iter_export_records(export):
+            chunk.append(
+                {
+                    "value": value,
+                    **verdict_columns(type_, record),
+                    "details": record,
+                    "verified_at": verified_at,
+                }
+            )
+            if len(chunk) >= RESULT_CHUNK:
+                _store_results(ctx, type_, chunk)
+                chunk = []
+                chaos_point("fetch.mid")
+        _store_results(ctx, type_, chunk)
+        with ctx.session() as session:
+            session.execute(
+                update(SyncValue)
+                .where(
+                    SyncValue.sync_id == ctx.sync_id,
+                    SyncValue.batch_seq == batch.seq,
+                    SyncValue.status.is_(None),
+                )
+                .values(**INVALID_FORMAT, verified_at=verified_at)
+            )
+            session.execute(
+                update(SyncBatch)
+                .where(SyncBatch.id == batch.id)
+                .values(results_fetched_at=utcnow(), stats=details.stats)
+            )
+    return Advance(SyncStatus.WRITING_BACK)
+
+
+def _store_results(ctx: StepContext, type_: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    table = SyncValue.__table__
+    statement = (
+        table.update()
+        .where(table.c.sync_id == ctx.sync_id, table.c.value == bindparam("b_value"))
+        .values({c: bindparam(f"b_{c}") for c in (*INVALID_FORMAT, "details", "verified_at")})
+    )
+    with ctx.session() as session:
+        session.execute(statement, [{f"b_{k}": v for k, v in row.items()} for row in rows])
+        remember_verdicts(session, type_, rows)
+    ctx.heartbeat()
+
+
+# --- writing back ----------------------------------------------------------------------------
+
+
+def write_back_flags(ctx: StepContext) -> StepResult:
+    """Write verdicts onto the records still pending, one CRM call's worth at a time."""
+    with ctx.session() as session:
+        sync = _load(session, ctx)
+        writer = writer_for(ctx.runtime, sync)
+    writer.prepare()
+    last_id = 0
+    while True:
+        with ctx.session() as session:
+            rows = session.execute(_pending_with_verdicts(ctx.sync_id, last_id, writer.batch_size)).all()
+        if not rows:
+            break
+        last_id = rows[-1].id
+        updates = [FlagUpdate(r.record_id, r.object_type, verdict_from_row(r, r.verified_at)) for r in rows]
+        failures = {f.record_id: f for f in writer.write(updates)}
+        chaos_point("write_back.after_call")
+        _record_outcomes(ctx, rows, failures)
+        ctx.heartbeat()
+    with ctx.session() as session:
+        _fail_orphans(session, ctx.sync_id)
+    return Advance(SyncStatus.COMPLETED)
+
+
+def _pending_with_verdicts(sync_id: int, after_id: int, limit: int) -> Any:
+    return (
+        select(
+            SyncContact.id,
+            SyncContact.record_id,
+            SyncContact.object_type,
+            SyncValue.status,
+            SyncValue.valid,
+            SyncValue.wrong,
+            SyncValue.unknown,
+            SyncValue.is_role,
+            SyncValue.is_disposable,
+            SyncValue.verified_at,
+        )
+        .join(SyncValue, and_(SyncValue.sync_id == SyncContact.sync_id, SyncValue.value == SyncContact.value))
+        .where(
+            SyncContact.sync_id == sync_id,
+            SyncContact.outcome == ContactOutcome.PENDING,
+            SyncContact.id > after_id,
+            SyncValue.status.is_not(None),
+        )
+        .order_by(SyncContact.id)
+        .limit(limit)
+    )
+
+
+def _record_outcomes(ctx: StepContext, rows: list[Any], failures: dict[str, Any]) -> None:
+    ok = [r.id for r in rows if r.record_id not in failures]
+    failed = [
+        {
+            "b_id": r.id,
+            "b_reason": failures[r.record_id].code[:60],
+            "b_message": failures[r.record_id].message,
+        }
+        for r in rows
+        if r.record_id in failures
+    ]
+    table = SyncContact.__table__
+    with ctx.session() as session:
+        for start in range(0, len(ok), 1000):
+            session.execute(
+                update(SyncContact)
+                .where(SyncContact.id.in_(ok[start : start + 1000]))
+                .values(outcome=ContactOutcome.VERIFIED)
+            )
+        if failed:
+            session.execute(
+                table.update()
+                .where(table.c.id == bindparam("b_id"))
+                .values(
+                    outcome=ContactOutcome.WRITE_FAILED,
+                    reason=bindparam("b_reason"),
+                    error_message=bindparam("b_message"),
+                ),
+                failed,
+            )
+
+
+def _fail_orphans(session: Session, sync_id: int) -> None:
+    """A pending contact with no verdict would be silently dropped: say so instead."""
+    judged = select(SyncValue.value).where(SyncValue.sync_id == sync_id, SyncValue.status.is_not(None))
+    session.execute(
+        update(SyncContact)
+        .where(
+            SyncContact.sync_id == sync_id,
+            SyncContact.outcome == ContactOutcome.PENDING,
+            SyncContact.value.not_in(judged),
+        )
+        .values(
+            outcome=ContactOutcome.SKIPPED,
+            reason="no_verdict",
+            error_message="ApexVerify returned no verdict for this value",
+        )
+    )
+
+
+STEPS: dict[SyncStatus, Callable[[StepContext], StepResult]] = {
+    SyncStatus.PENDING: start,
+    SyncStatus.EXPORTING: export_segment,
+    SyncStatus.UPLOADING: upload_batches,
+    SyncStatus.CONFIGURING: configure_batches,
+    SyncStatus.PARSING: parse_batches,
+    SyncStatus.READY: check_cost,
+    SyncStatus.LAUNCHING: launch_batches,
+    SyncStatus.VERIFYING: await_verification,
+    SyncStatus.FETCHING_RESULTS: fetch_results,
+    SyncStatus.WRITING_BACK: write_back_flags,
+}

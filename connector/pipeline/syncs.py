@@ -1,0 +1,159 @@
+"""Starting syncs and the operator actions on them (retry, cancel, approve)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from connector.apexverify import BatchStatus
+from connector.errors import ConnectorError, NotFoundError
+from connector.models import (
+    RUNNABLE_STATES,
+    TERMINAL_STATES,
+    Connection,
+    Sync,
+    SyncStatus,
+    SyncTransition,
+    utcnow,
+)
+from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
+from connector.pipeline.runner import schedule_step
+from connector.pipeline.state import transition
+from connector.runtime import Runtime
+
+
+class SyncStateError(ConnectorError):
+    """The sync is not in a state that allows the action."""
+
+    http_status = 409
+
+
+def ensure_connection(session: Session, crm: str, external_id: str, name: str | None = None) -> Connection:
+    connection = session.scalar(
+        select(Connection).where(Connection.crm == crm, Connection.external_id == external_id)
+    )
+    if connection is None:
+        connection = Connection(crm=crm, external_id=external_id, name=name or f"{crm} {external_id}")
+        session.add(connection)
+        session.flush()
+    return connection
+
+
+def create_sync(
+    runtime: Runtime,
+    *,
+    connection_id: int,
+    crm: str,
+    type_: str,
+    target_country: str,
+    source: dict[str, Any],
+    trigger: str,
+    name: str,
+    parameters: dict[str, Any] | None = None,
+    segment_id: int | None = None,
+    reverify_after_days: int = 30,
+    max_net_cost: float | None = None,
+    idempotency_key: str | None = None,
+) -> Sync:
+    """Record a new sync and enqueue its first step. With an idempotency key, a repeat returns the first."""
+    sync = Sync(
+        connection_id=connection_id,
+        crm=crm,
+        type=validate_type(type_),
+        target_country=validate_country(target_country),
+        parameters=validate_parameters(parameters),
+        source=source,
+        trigger=trigger,
+        name=name[:255],
+        segment_id=segment_id,
+        reverify_after_days=reverify_after_days,
+        max_net_cost=max_net_cost,
+        idempotency_key=idempotency_key,
+        status=SyncStatus.PENDING,
+    )
+    try:
+        with runtime.session() as session:
+            session.add(sync)
+            session.flush()
+            session.add(
+                SyncTransition(
+                    sync_id=sync.id,
+                    from_status=None,
+                    to_status=SyncStatus.PENDING,
+                    note=f"created by {trigger}",
+                )
+            )
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        with runtime.session() as session:
+            return session.scalars(select(Sync).where(Sync.idempotency_key == idempotency_key)).one()
+    schedule_step(runtime, sync.id)
+    return sync
+
+
+def retry_sync(runtime: Runtime, sync_id: int) -> Sync:
+    """Resume a failed sync at the step that failed; its batches and progress are kept."""
+    with runtime.session() as session:
+        sync = _get(session, sync_id)
+        if sync.status != SyncStatus.FAILED or sync.failed_step is None:
+            raise SyncStateError(
+                "not_failed", f"sync {sync_id} is {sync.status}; only a failed sync can be retried"
+            )
+        step = SyncStatus(sync.failed_step)
+        _reset_broken_batches(session, sync)
+        transition(session, sync, step, f"retry after {sync.error_code}")
+        sync.failed_step = sync.error_code = sync.error_message = None
+    schedule_step(runtime, sync_id)
+    return sync
+
+
+def _reset_broken_batches(session: Session, sync: Sync) -> None:
+    """Forget ApexVerify's internal_error so the retry asks again about the same batch.
+
+    A batch not yet launched is parsed again (free); a launched one is polled again, never
+    launched a second time: its credits are already spent.
+    """
+    for batch in sync.batches:
+        if batch.remote_status == BatchStatus.INTERNAL_ERROR:
+            batch.remote_status = None
+            if batch.launched_at is None:
+                batch.parse_requested = False
+
+
+def cancel_sync(runtime: Runtime, sync_id: int) -> Sync:
+    with runtime.session() as session:
+        sync = _get(session, sync_id)
+        if sync.status in TERMINAL_STATES:
+            raise SyncStateError("not_cancellable", f"sync {sync_id} is already {sync.status}")
+        transition(session, sync, SyncStatus.CANCELLED, "cancelled by operator")
+        sync.job_id = None
+        sync.lease_until = None
+    return sync
+
+
+def approve_sync(runtime: Runtime, sync_id: int) -> Sync:
+    with runtime.session() as session:
+        sync = _get(session, sync_id)
+        if sync.status != SyncStatus.AWAITING_APPROVAL:
+            raise SyncStateError(
+                "not_awaiting_approval", f"sync {sync_id} is {sync.status}, not awaiting approval"
+            )
+        sync.approved_at = utcnow()
+        transition(session, sync, SyncStatus.LAUNCHING, "cost approved by operator")
+    schedule_step(runtime, sync_id)
+    return sync
+
+
+def _get(session: Session, sync_id: int) -> Sync:
+    sync = session.get(Sync, sync_id, with_for_update=True)
+    if sync is None:
+        raise NotFoundError("sync_not_found", f"sync {sync_id} does not exist")
+    return sync
+
+
+def is_runnable(status: str) -> bool:
+    return SyncStatus(status) in RUNNABLE_STATES
