@@ -535,6 +535,15 @@ class ApexVerifyState:
                 raise SandboxError(409, "verification is not done")
             return batch, batch.parse
 
+    def repair(self, batch_uuid: str) -> bool:
+        with self.lock:
+            batch = self.batches.get(batch_uuid)
+            if batch is None or not batch.internal_error:
+                return False
+            batch.internal_error = False
+            batch.updated_at = time.time()
+            return True
+
     def mark_internal_error(self, api_key: str, batch_uuid: str) -> None:
         with self.lock:
             batch = self.batches.get(batch_uuid)
@@ -842,6 +851,11 @@ def _register_knobs(app: Flask, state: ApexVerifyState) -> None:
     def sandbox_clear_faults() -> Response:
         state.clear_faults()
         return jsonify(faults=[])
+
+    @app.post("/_sandbox/batches/<batch_uuid>/repair")
+    def sandbox_repair(batch_uuid: str) -> Response:
+        """What ApexVerify support does for a batch stuck in internal_error: clears the error."""
+        return jsonify(repaired=state.repair(batch_uuid))
 
     @app.post("/_sandbox/reset")
     def sandbox_reset() -> Response:

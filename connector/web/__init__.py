@@ -1,0 +1,37 @@
+"""The Flask app factory: small on purpose; each concern is a blueprint of its own."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from connector.config import Settings
+from connector.errors import ConnectorError
+from connector.logs import configure_logging
+from connector.runtime import Runtime, build_runtime, set_runtime
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    configure_logging(settings.log_level, settings.secrets())
+    runtime = runtime or build_runtime(settings)
+    set_runtime(runtime)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 10 * 1024 * 1024
+    app.extensions["connector"] = runtime
+
+    from connector.web.errors import register_error_handlers
+    from connector.web.health import health
+
+    register_error_handlers(app)
+    app.register_blueprint(health)
+    return app
+
+
+def current_runtime() -> Runtime:
+    from flask import current_app
+
+    return current_app.extensions["connector"]
+
+
+__all__ = ["ConnectorError", "create_app", "current_runtime"]
