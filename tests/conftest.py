@@ -1,0 +1,138 @@
+"""Test fixtures: real PostgreSQL and Redis when they answer (always in CI), else SQLite and fakeredis.
+
+Each test run gets its own PostgreSQL database, migrated with Alembic, and its own Redis
+database number; tables and Redis are emptied between tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from connector.config import Settings
+from connector.db import upgrade_database
+from connector.models import Base
+from connector.runtime import Runtime, make_engine, set_runtime
+from connector.sandbox.server import SandboxServer, serve_in_thread
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+API_KEY = "test-apexverify-key-0001"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = make_engine(PG_ADMIN_URL)
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        if IN_CI:
+            raise
+        return False
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not _postgres_available():
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'connector.db'}"
+        return
+    name = f"connector_test_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(PG_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_connection() -> redis.Redis:
+    connection = redis.Redis.from_url(REDIS_TEST_URL)
+    try:
+        connection.ping()
+        return connection
+    except redis.exceptions.ConnectionError:
+        if IN_CI:
+            raise
+    import fakeredis
+
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def clean_state(migrated_engine: sa.Engine, redis_connection: redis.Redis) -> None:
+    with migrated_engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
+    redis_connection.flushdb()
+
+
+@pytest.fixture
+def apexverify_sandbox() -> Iterator[SandboxServer]:
+    from connector.sandbox.apexverify import ApexVerifySandboxOptions, create_app
+
+    server = serve_in_thread(
+        create_app(ApexVerifySandboxOptions(api_key=API_KEY, parse_delay=0.2, verify_delay=0.5))
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, apexverify_sandbox: SandboxServer) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=REDIS_TEST_URL,
+        data_dir=tmp_path / "var",
+        admin_token="test-admin-token",
+        apexverify_base_url=apexverify_sandbox.url,
+        apexverify_api_key=API_KEY,
+        poll_initial_seconds=0.2,
+        poll_max_seconds=1.0,
+        step_lease_seconds=30,
+        queue_name=f"connector-test-{uuid.uuid4().hex[:6]}",
+    )
+
+
+@pytest.fixture
+def runtime(
+    settings: Settings, migrated_engine: sa.Engine, redis_connection: redis.Redis, clean_state: None
+) -> Iterator[Runtime]:
+    from sqlalchemy.orm import sessionmaker
+
+    runtime = Runtime(
+        settings=settings,
+        engine=migrated_engine,
+        sessions=sessionmaker(migrated_engine, expire_on_commit=False),
+        redis=redis_connection,
+    )
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+
+
+def with_settings(runtime: Runtime, **changes: object) -> Runtime:
+    """The same runtime with some settings changed (and made current)."""
+    changed = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **changes))
+    set_runtime(changed)
+    return changed

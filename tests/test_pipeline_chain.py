@@ -1,0 +1,244 @@
+"""The whole job chain, driven by an in-process RQ worker against the ApexVerify sandbox over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from connector.models import (
+    ContactOutcome,
+    Sync,
+    SyncBatch,
+    SyncContact,
+    SyncStatus,
+    SyncTransition,
+    SyncValue,
+)
+from connector.pipeline.drive import drive_until_settled
+from connector.pipeline.syncs import approve_sync, retry_sync
+from connector.runtime import Runtime
+from connector.verify_command import start_file_sync
+from tests.conftest import with_settings
+
+EMAILS = [
+    "Alice@Example.com",
+    " alice@example.com ",  # same value after normalization
+    "info@company.org",  # role
+    "someone@mailinator.com",  # disposable
+    "bounce.me@example.org",  # undeliverable
+    "unknown.person@example.net",  # inconclusive
+    "not-an-email",  # malformed: ApexVerify drops it
+    "two words@example.com",  # cannot be written as one line: judged locally
+    "",  # no email
+    "bob@gmail.com",
+]
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sandbox_state(runtime: Runtime) -> dict:
+    return requests.get(f"{runtime.settings.apexverify_base_url}/_sandbox/state", timeout=5).json()
+
+
+def run_file_sync(runtime: Runtime, path: Path, type_: str = "email", **options: object) -> Sync:
+    sync = start_file_sync(runtime, path, type_=type_, country="US", **options)
+    return drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+
+
+def verdicts(runtime: Runtime, sync_id: int) -> dict[str, str]:
+    with runtime.session() as session:
+        rows = session.execute(select(SyncValue.value, SyncValue.status).where(SyncValue.sync_id == sync_id))
+        return dict(rows.all())
+
+
+def outcomes(runtime: Runtime, sync_id: int) -> dict[str, tuple[str, str | None]]:
+    with runtime.session() as session:
+        rows = session.execute(
+            select(SyncContact.record_id, SyncContact.outcome, SyncContact.reason).where(
+                SyncContact.sync_id == sync_id
+            )
+        )
+        return {record_id: (outcome, reason) for record_id, outcome, reason in rows}
+
+
+def test_email_file_sync_runs_every_step_and_keeps_every_contact(runtime: Runtime, tmp_path: Path) -> None:
+    sync = run_file_sync(runtime, write_lines(tmp_path / "emails.txt", EMAILS))
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    assert verdicts(runtime, sync.id) == {
+        "alice@example.com": "valid",
+        "info@company.org": "valid",
+        "someone@mailinator.com": "unknown",
+        "bounce.me@example.org": "wrong",
+        "unknown.person@example.net": "unknown",
+        "not-an-email": "invalid_format",
+        "two words@example.com": "invalid_format",
+        "bob@gmail.com": "valid",
+    }
+    contacts = outcomes(runtime, sync.id)
+    assert len(contacts) == len(EMAILS)
+    assert contacts["line:9"] == (ContactOutcome.SKIPPED, "no_value")
+    assert sum(1 for outcome, _ in contacts.values() if outcome == ContactOutcome.VERIFIED) == len(EMAILS) - 1
+
+    with runtime.session() as session:
+        history = session.scalars(
+            select(SyncTransition.to_status)
+            .where(SyncTransition.sync_id == sync.id)
+            .order_by(SyncTransition.id)
+        ).all()
+        role = session.scalar(select(SyncValue).where(SyncValue.value == "info@company.org"))
+        assert role is not None and role.is_role and not role.is_disposable
+    assert history == [
+        "pending",
+        "exporting",
+        "uploading",
+        "configuring",
+        "parsing",
+        "ready",
+        "launching",
+        "verifying",
+        "fetching_results",
+        "writing_back",
+        "completed",
+    ]
+    state = sandbox_state(runtime)
+    assert [(b["rows"], b["launch_count"]) for b in state["batches"]] == [(7, 1)]
+    assert sync.counts["values_sent"] == 7 and sync.counts["skipped"] == 1
+    assert sync.cost["charged"] == state["batches"][0]["charged"]
+
+
+def test_phone_values_are_sent_in_e164(runtime: Runtime, tmp_path: Path) -> None:
+    lines = ["(415) 555-2671", "+1 415 555 2671", "+44 20 7946 0000", "12", ""]
+    sync = run_file_sync(runtime, write_lines(tmp_path / "phones.txt", lines), type_="phone")
+
+    assert sync.status == SyncStatus.COMPLETED, sync.error_message
+    found = verdicts(runtime, sync.id)
+    assert set(found) == {"+14155552671", "+442079460000", "12"}
+    assert found["+442079460000"] == "wrong"  # the sandbox's rule: a number ending in 0 is dead
+    assert found["12"] == "invalid_format"
+
+
+def test_large_input_is_split_over_several_batches(runtime: Runtime, tmp_path: Path) -> None:
+    runtime = with_settings(runtime, apexverify_max_batch_rows=40)
+    lines = [f"user{n}@example.com" for n in range(100)]
+    sync = run_file_sync(runtime, write_lines(tmp_path / "many.txt", lines))
+
+    assert sync.status == SyncStatus.COMPLETED
+    assert sorted(b["rows"] for b in sandbox_state(runtime)["batches"]) == [20, 40, 40]
+    assert set(verdicts(runtime, sync.id).values()) == {"valid"}
+
+
+def test_recently_verified_values_spend_no_credits(runtime: Runtime, tmp_path: Path) -> None:
+    first = run_file_sync(runtime, write_lines(tmp_path / "a.txt", ["a@example.com", "b@example.com"]))
+    second = run_file_sync(
+        runtime, write_lines(tmp_path / "b.txt", ["a@example.com", "b@example.com", "c@example.com"])
+    )
+
+    assert first.status == second.status == SyncStatus.COMPLETED
+    assert [b["rows"] for b in sandbox_state(runtime)["batches"]] == [2, 1]
+    assert second.counts["values_from_cache"] == 2
+    assert verdicts(runtime, second.id) == {
+        v: "valid" for v in ("a@example.com", "b@example.com", "c@example.com")
+    }
+
+
+def test_cost_over_budget_waits_for_approval(runtime: Runtime, tmp_path: Path) -> None:
+    sync = run_file_sync(
+        runtime,
+        write_lines(tmp_path / "budget.txt", [f"p{n}@example.com" for n in range(30)]),
+        max_net_cost=5,
+    )
+    assert sync.status == SyncStatus.AWAITING_APPROVAL
+    assert sandbox_state(runtime)["launches"] == 0
+
+    approve_sync(runtime, sync.id)
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+    assert sync.status == SyncStatus.COMPLETED
+    assert sandbox_state(runtime)["launches"] == 1
+
+
+def test_insufficient_credits_fails_then_retry_completes_charging_once(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    base = runtime.settings.apexverify_base_url
+    requests.post(f"{base}/_sandbox/config", json={"credits": 1}, timeout=5).raise_for_status()
+    path = write_lines(tmp_path / "credits.txt", [f"c{n}@example.com" for n in range(10)])
+
+    sync = run_file_sync(runtime, path)
+    assert (sync.status, sync.failed_step, sync.error_code) == ("failed", "launching", "insufficient_credits")
+    assert sandbox_state(runtime)["charges"] == 0
+
+    requests.post(f"{base}/_sandbox/config", json={"add_credits": 1000}, timeout=5).raise_for_status()
+    retry_sync(runtime, sync.id)
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+
+    assert sync.status == SyncStatus.COMPLETED
+    state = sandbox_state(runtime)
+    assert len(state["batches"]) == 1 and state["launches"] == 1 and state["charges"] == 1
+
+
+def test_a_burst_of_429s_is_absorbed(runtime: Runtime, tmp_path: Path) -> None:
+    base = runtime.settings.apexverify_base_url
+    requests.post(
+        f"{base}/_sandbox/faults", json={"endpoint": "any", "kind": "http_429", "count": 4}, timeout=5
+    )
+
+    sync = run_file_sync(runtime, write_lines(tmp_path / "burst.txt", ["x@example.com", "y@example.com"]))
+
+    assert sync.status == SyncStatus.COMPLETED
+    assert sandbox_state(runtime)["rate_limited"] >= 4
+
+
+def test_internal_error_while_parsing_is_retried_by_parsing_again(runtime: Runtime, tmp_path: Path) -> None:
+    base = runtime.settings.apexverify_base_url
+    fault = {"endpoint": "details", "kind": "internal_error", "count": 1}
+    requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
+
+    sync = run_file_sync(runtime, write_lines(tmp_path / "pe.txt", ["p@example.com"]))
+    assert (sync.status, sync.failed_step, sync.error_code) == ("failed", "parsing", "apexverify_internal_error")
+
+    retry_sync(runtime, sync.id)
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+    assert sync.status == SyncStatus.COMPLETED
+    state = sandbox_state(runtime)
+    assert [(b["parse_count"], b["launch_count"]) for b in state["batches"]] == [(2, 1)]
+
+
+def test_internal_error_fails_clearly_and_retry_reuses_the_batch(runtime: Runtime, tmp_path: Path) -> None:
+    base = runtime.settings.apexverify_base_url
+    fault = {"endpoint": "status", "kind": "internal_error", "count": 1}
+    requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
+
+    sync = run_file_sync(runtime, write_lines(tmp_path / "ie.txt", ["q@example.com"]))
+    assert (sync.status, sync.failed_step, sync.error_code) == ("failed", "verifying", "apexverify_internal_error")
+
+    retry_sync(runtime, sync.id)  # ApexVerify still says internal_error: fails again, launches nothing
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+    assert (sync.status, sync.error_code) == ("failed", "apexverify_internal_error")
+
+    batch_uuid = sandbox_state(runtime)["batches"][0]["batch_uuid"]
+    requests.post(f"{base}/_sandbox/batches/{batch_uuid}/repair", timeout=5).raise_for_status()
+    retry_sync(runtime, sync.id)
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    with runtime.session() as session:
+        assert (
+            session.scalar(select(func.count()).select_from(SyncBatch).where(SyncBatch.sync_id == sync.id))
+            == 1
+        )
+    assert [b["charged"] > 0 for b in sandbox_state(runtime)["batches"]] == [True]
+    assert sandbox_state(runtime)["charges"] == 1
+
+
+def test_retry_of_a_sync_that_did_not_fail_is_refused(runtime: Runtime, tmp_path: Path) -> None:
+    from connector.pipeline.syncs import SyncStateError
+
+    sync = run_file_sync(runtime, write_lines(tmp_path / "ok.txt", ["ok@example.com"]))
+    with pytest.raises(SyncStateError):
+        retry_sync(runtime, sync.id)
