@@ -30,7 +30,7 @@ DEMO_API_KEY = "demo-key"
 _EMAIL_PATTERNS = [
     "{name}{n}@example.com",  # valid
     "{name}.{n}@gmail.com",  # valid, free
-    "info{n}@acme{n}.com",  # role
+    "info@acme{n}.com",  # role
     "support@shop{n}.io",  # role
     "{name}{n}@mailinator.com",  # disposable
     "{name}{n}@catchall-{n}.com",  # catch-all
@@ -81,6 +81,7 @@ def run_demo(settings: Settings, *, size: int = 3000) -> int:
         sync = start_file_sync(runtime, source, type_="email", country="US", reverify_after_days=0)
         with SyncProgress(Console(stderr=True)) as progress:
             sync = drive_until_settled(runtime, sync.id, on_tick=progress.update)
+        console.print()
         console.print(_summary(sync.counts, sync.cost, time.monotonic() - started, source))
         return 0 if sync.status == SyncStatus.COMPLETED else 1
     finally:
@@ -93,6 +94,9 @@ def _summary(counts: dict, cost: dict, seconds: float, source: Path) -> Table:
     table.add_column("values", justify="right")
     for verdict, number in sorted((counts.get("verdicts") or {}).items()):
         table.add_row(verdict, str(number))
+    table.add_section()
+    for flag, number in sorted((counts.get("flags") or {}).items()):
+        table.add_row(f"flagged {flag}", str(number))
     table.add_section()
     for label, number in (
         ("distinct values sent", counts.get("values_sent", 0)),

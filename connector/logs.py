@@ -53,6 +53,6 @@ def configure_logging(level: str = "INFO", secrets: list[str] | None = None) -> 
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
-    # Third-party HTTP logs would print full URLs and headers at DEBUG.
-    for noisy in ("urllib3", "werkzeug"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # Third-party logs: HTTP libraries print full URLs and headers at DEBUG; the others chatter.
+    for noisy in ("urllib3", "werkzeug", "alembic", "rq.worker", "rq.scheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -201,7 +201,11 @@ def test_internal_error_while_parsing_is_retried_by_parsing_again(runtime: Runti
     requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
 
     sync = run_file_sync(runtime, write_lines(tmp_path / "pe.txt", ["p@example.com"]))
-    assert (sync.status, sync.failed_step, sync.error_code) == ("failed", "parsing", "apexverify_internal_error")
+    assert (sync.status, sync.failed_step, sync.error_code) == (
+        "failed",
+        "parsing",
+        "apexverify_internal_error",
+    )
 
     retry_sync(runtime, sync.id)
     sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
@@ -216,7 +220,11 @@ def test_internal_error_fails_clearly_and_retry_reuses_the_batch(runtime: Runtim
     requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
 
     sync = run_file_sync(runtime, write_lines(tmp_path / "ie.txt", ["q@example.com"]))
-    assert (sync.status, sync.failed_step, sync.error_code) == ("failed", "verifying", "apexverify_internal_error")
+    assert (sync.status, sync.failed_step, sync.error_code) == (
+        "failed",
+        "verifying",
+        "apexverify_internal_error",
+    )
 
     retry_sync(runtime, sync.id)  # ApexVerify still says internal_error: fails again, launches nothing
     sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
@@ -242,3 +250,35 @@ def test_retry_of_a_sync_that_did_not_fail_is_refused(runtime: Runtime, tmp_path
     sync = run_file_sync(runtime, write_lines(tmp_path / "ok.txt", ["ok@example.com"]))
     with pytest.raises(SyncStateError):
         retry_sync(runtime, sync.id)
+
+
+def test_an_unexpected_error_after_a_step_fails_the_sync_instead_of_leaving_it_stuck(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connector.pipeline.runner as runner
+
+    def broken_counts(session: object, sync: object) -> None:
+        raise RuntimeError("counting broke")
+
+    monkeypatch.setattr(runner, "refresh_counts", broken_counts)
+    sync = start_file_sync(
+        runtime, write_lines(tmp_path / "x.txt", ["x@example.com"]), type_="email", country="US"
+    )
+    with pytest.raises(RuntimeError):
+        runner.run_sync_step(sync.id, sync_job_id(runtime, sync.id))
+
+    with runtime.session() as session:
+        stuck = session.get_one(Sync, sync.id)
+        assert (stuck.status, stuck.failed_step, stuck.error_code) == (
+            "failed",
+            "pending",
+            "unexpected_error",
+        )
+        assert "counting broke" in (stuck.error_message or "")
+
+
+def sync_job_id(runtime: Runtime, sync_id: int) -> str:
+    with runtime.session() as session:
+        job_id = session.get_one(Sync, sync_id).job_id
+    assert job_id is not None
+    return job_id

@@ -33,8 +33,13 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
             .group_by(SyncValue.status)
         ).all()
     )
-    values, from_cache = session.execute(
-        select(func.count(), func.count().filter(SyncValue.from_cache)).where(SyncValue.sync_id == sync_id)
+    values, from_cache, roles, disposables = session.execute(
+        select(
+            func.count(),
+            func.count().filter(SyncValue.from_cache),
+            func.count().filter(SyncValue.is_role),
+            func.count().filter(SyncValue.is_disposable),
+        ).where(SyncValue.sync_id == sync_id)
     ).one()
     sent = session.scalar(
         select(func.coalesce(func.sum(SyncBatch.rows), 0)).where(SyncBatch.sync_id == sync_id)
@@ -50,4 +55,5 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
         "values_sent": int(sent or 0),
         "values_from_cache": from_cache,
         "verdicts": verdicts,
+        "flags": {"is_role": roles, "is_disposable": disposables},
     }

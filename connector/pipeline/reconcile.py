@@ -8,7 +8,6 @@ runnable syncs whose job is gone (or stuck with an expired lease) and enqueues a
 from __future__ import annotations
 
 import logging
-
 from datetime import datetime, timedelta
 
 from rq.exceptions import NoSuchJobError

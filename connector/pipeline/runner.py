@@ -64,7 +64,7 @@ def run_sync_step(sync_id: int, job_id: str) -> str:
         _release(runtime, sync_id, job_id)
         return f"nothing to run in {status}"
     try:
-        result = step(context)
+        return _apply(runtime, sync_id, job_id, status, step(context))
     except StepAborted:
         log.info("step_aborted", extra={"sync_id": sync_id, "status": status})
         return "aborted"
@@ -84,9 +84,9 @@ def run_sync_step(sync_id: int, job_id: str) -> str:
         )
         return "paused: database_unavailable"
     except Exception as error:
+        # Recorded on the sync for operators, then re-raised so RQ keeps the traceback too.
         fail_sync(runtime, sync_id, job_id, status, "unexpected_error", f"{type(error).__name__}: {error}")
         raise
-    return _apply(runtime, sync_id, job_id, status, result)
 
 
 def _claim(runtime: Runtime, sync_id: int, job_id: str) -> bool:
