@@ -69,6 +69,9 @@ class Settings:
 
     coalesce_max_contacts: int = 10_000
     coalesce_window_seconds: int = 60
+    # Country used to parse phones of webhook contacts and CRM segments without one of their own.
+    default_country: str = "US"
+    max_request_bytes: int = 10 * 1024 * 1024
 
     # Internal knobs (not part of the contract; defaults suit production).
     poll_initial_seconds: float = 5.0
@@ -106,6 +109,8 @@ class Settings:
             salesforce_webhook_token=_str(env, "SALESFORCE_WEBHOOK_TOKEN"),
             coalesce_max_contacts=_int(env, "COALESCE_MAX_CONTACTS", 10_000),
             coalesce_window_seconds=_int(env, "COALESCE_WINDOW_SECONDS", 60),
+            default_country=(_str(env, "CONNECTOR_DEFAULT_COUNTRY", "US") or "US").upper(),
+            max_request_bytes=_int(env, "CONNECTOR_MAX_REQUEST_BYTES", 10 * 1024 * 1024),
             poll_initial_seconds=_float(env, "CONNECTOR_POLL_INITIAL_SECONDS", 5.0),
             poll_max_seconds=_float(env, "CONNECTOR_POLL_MAX_SECONDS", 60.0),
             step_lease_seconds=_int(env, "CONNECTOR_STEP_LEASE_SECONDS", 300),

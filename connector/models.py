@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,7 +110,8 @@ class Connection(Base):
     crm: Mapped[str] = mapped_column(String(20))
     external_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(255))
-    field_map: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Per-connection choices: {"default_country": "US", "field_names": {...}, "parameters": {...}}
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -285,3 +287,36 @@ class WebhookEvent(Base):
     source: Mapped[str] = mapped_column(String(20))
     dedupe_key: Mapped[str] = mapped_column(String(200))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CoalescedContact(Base):
+    """A contact that arrived alone (webhook) and waits to join others in one sync.
+
+    While `sync_id` is null it sits in the buffer of its connection and type; the flush that
+    turns the buffer into a sync sets `sync_id` in the same transaction that creates the sync.
+    """
+
+    __tablename__ = "coalesced_contacts"
+    __table_args__ = (
+        Index("ix_coalesced_contacts_buffer", "connection_id", "type", "sync_id", "id"),
+        Index(
+            "uq_coalesced_contacts_waiting",
+            "connection_id",
+            "type",
+            "object_type",
+            "record_id",
+            unique=True,
+            postgresql_where=text("sync_id IS NULL"),
+            sqlite_where=text("sync_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
+    type: Mapped[str] = mapped_column(String(10))
+    record_id: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(20), default="")
+    # Null when the webhook did not carry the value: the source reads it from the CRM.
+    value: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sync_id: Mapped[int | None] = mapped_column(ForeignKey("syncs.id", ondelete="SET NULL"))

@@ -6,7 +6,7 @@ records and reports, per record, whether the CRM took them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -47,17 +47,25 @@ class WriteFailure:
 
 
 class SegmentSource(Protocol):
-    def iter_records(self) -> Iterator[SourceRecord]: ...
+    def iter_records(self) -> Iterator[SourceRecord]:
+        """Every record of the segment, streamed (memory must not grow with the segment)."""
+        ...
+
+
+class RecordReader(Protocol):
+    def read_records(self, record_ids: list[str], type_: str) -> Iterator[SourceRecord]:
+        """The current value (email or phone) of these records; unknown ids are left out."""
+        ...
 
 
 class FlagWriter(Protocol):
-    # How many updates one call of `write` should carry.
+    # The most updates one call of `write` takes (a REST batch, or one bulk import/ingest job).
     batch_size: int
 
     def prepare(self) -> None:
         """Check or create what the write needs (fields, properties) before any credit is spent."""
         ...
 
-    def write(self, updates: Sequence[FlagUpdate]) -> list[WriteFailure]:
-        """Write the flags; return the records the CRM refused (the rest succeeded)."""
+    def write(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
+        """Write the flags (consuming `updates` once, lazily); return the records the CRM refused."""
         ...

@@ -7,7 +7,7 @@ accepts the verdicts (they are exported by the CLI from the database).
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from connector.crm.base import FlagUpdate, SourceRecord, WriteFailure
@@ -51,5 +51,7 @@ class NullFlagWriter:
     def prepare(self) -> None:
         return None
 
-    def write(self, updates: Sequence[FlagUpdate]) -> list[WriteFailure]:
+    def write(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
+        for _ in updates:
+            pass
         return []

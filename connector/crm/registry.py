@@ -18,7 +18,8 @@ def source_for(runtime: Runtime, sync: Sync) -> SegmentSource:
     raise ConnectorError("unknown_source", f"sync {sync.id} has a source of unknown kind {kind!r}")
 
 
-def writer_for(runtime: Runtime, sync: Sync) -> FlagWriter:
+def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> FlagWriter:
+    """The writer for the sync's CRM; `expected_updates` lets it choose REST batches or a bulk job."""
     if sync.crm == "file":
         return NullFlagWriter()
     raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")

@@ -12,6 +12,7 @@ import logging
 import uuid
 from datetime import timedelta
 
+import redis
 from sqlalchemy import or_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -36,6 +37,14 @@ def schedule_step(runtime: Runtime, sync_id: int, delay: float = 0.0) -> str:
 
 
 def enqueue_step(runtime: Runtime, sync_id: int, job_id: str, delay: float = 0.0) -> None:
+    """Enqueue, or leave it to the reconciler when Redis is away: the sync row already says what to run."""
+    try:
+        _enqueue(runtime, sync_id, job_id, delay)
+    except redis.exceptions.RedisError as error:
+        log.warning("step_not_enqueued", extra={"sync_id": sync_id, "error": type(error).__name__})
+
+
+def _enqueue(runtime: Runtime, sync_id: int, job_id: str, delay: float) -> None:
     queue = runtime.queue()
     options = {
         "job_id": job_id,

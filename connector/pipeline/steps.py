@@ -7,7 +7,7 @@ run again resumes instead of repeating anything that costs credits or CRM calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from connector.apexverify import (
     iter_export_records,
 )
 from connector.chaos import chaos_point
-from connector.crm.base import FlagUpdate
+from connector.crm.base import FlagUpdate, WriteFailure
 from connector.crm.registry import source_for, writer_for
 from connector.models import (
     ContactOutcome,
@@ -393,26 +393,52 @@ def _store_results(ctx: StepContext, type_: str, rows: list[dict[str, Any]]) -> 
 
 
 def write_back_flags(ctx: StepContext) -> StepResult:
-    """Write verdicts onto the records still pending, one CRM call's worth at a time."""
-    with ctx.session() as session:
-        sync = _load(session, ctx)
-        writer = writer_for(ctx.runtime, sync)
-    writer.prepare()
-    last_id = 0
-    while True:
-        with ctx.session() as session:
-            rows = session.execute(_pending_with_verdicts(ctx.sync_id, last_id, writer.batch_size)).all()
-        if not rows:
-            break
-        last_id = rows[-1].id
-        updates = [FlagUpdate(r.record_id, r.object_type, verdict_from_row(r, r.verified_at)) for r in rows]
-        failures = {f.record_id: f for f in writer.write(updates)}
-        chaos_point("write_back.after_call")
-        _record_outcomes(ctx, rows, failures)
-        ctx.heartbeat()
+    """Write verdicts onto the records still pending, one CRM call (or bulk job) at a time.
+
+    Outcomes are committed after each write, so a retry resumes after the last one written.
+    """
     with ctx.session() as session:
         _fail_orphans(session, ctx.sync_id)
+        sync = _load(session, ctx)
+        pending = session.scalar(
+            select(func.count()).where(
+                SyncContact.sync_id == sync.id, SyncContact.outcome == ContactOutcome.PENDING
+            )
+        )
+        writer = writer_for(ctx.runtime, sync, expected_updates=pending or 0)
+    writer.prepare()
+    after_id = 0
+    while True:
+        page = PendingUpdates(ctx, after_id, writer.batch_size)
+        failures = writer.write(page)
+        if not page.count:
+            break
+        chaos_point("write_back.after_call")
+        _record_outcomes(ctx, after_id, page.last_id, failures)
+        after_id = page.last_id
+        ctx.heartbeat()
     return Advance(SyncStatus.COMPLETED)
+
+
+class PendingUpdates:
+    """The next `limit` flag updates, streamed from the database as the writer consumes them."""
+
+    def __init__(self, ctx: StepContext, after_id: int, limit: int) -> None:
+        self.ctx, self.after_id, self.limit = ctx, after_id, limit
+        self.count = 0
+        self.last_id = after_id
+
+    def __iter__(self) -> Iterator[FlagUpdate]:
+        with self.ctx.session() as session:
+            rows = session.execute(
+                _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit).execution_options(
+                    yield_per=2000
+                )
+            )
+            for row in rows:
+                self.count += 1
+                self.last_id = row.id
+                yield FlagUpdate(row.record_id, row.object_type, verdict_from_row(row, row.verified_at))
 
 
 def _pending_with_verdicts(sync_id: int, after_id: int, limit: int) -> Any:
@@ -441,36 +467,31 @@ def _pending_with_verdicts(sync_id: int, after_id: int, limit: int) -> Any:
     )
 
 
-def _record_outcomes(ctx: StepContext, rows: list[Any], failures: dict[str, Any]) -> None:
-    ok = [r.id for r in rows if r.record_id not in failures]
-    failed = [
-        {
-            "b_id": r.id,
-            "b_reason": failures[r.record_id].code[:60],
-            "b_message": failures[r.record_id].message,
-        }
-        for r in rows
-        if r.record_id in failures
-    ]
+def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: list[WriteFailure]) -> None:
+    """Every pending contact of the written id range succeeded, except those the CRM refused."""
+    in_range = (
+        SyncContact.sync_id == ctx.sync_id,
+        SyncContact.outcome == ContactOutcome.PENDING,
+        SyncContact.id > after_id,
+        SyncContact.id <= last_id,
+    )
     table = SyncContact.__table__
     with ctx.session() as session:
-        for start in range(0, len(ok), 1000):
-            session.execute(
-                update(SyncContact)
-                .where(SyncContact.id.in_(ok[start : start + 1000]))
-                .values(outcome=ContactOutcome.VERIFIED)
-            )
-        if failed:
+        if failures:
             session.execute(
                 table.update()
-                .where(table.c.id == bindparam("b_id"))
+                .where(*in_range, table.c.record_id == bindparam("b_record_id"))
                 .values(
                     outcome=ContactOutcome.WRITE_FAILED,
                     reason=bindparam("b_reason"),
                     error_message=bindparam("b_message"),
                 ),
-                failed,
+                [
+                    {"b_record_id": f.record_id, "b_reason": f.code[:60], "b_message": f.message}
+                    for f in failures
+                ],
             )
+        session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
 
 
 def _fail_orphans(session: Session, sync_id: int) -> None:

@@ -59,39 +59,38 @@ def create_sync(
     idempotency_key: str | None = None,
 ) -> Sync:
     """Record a new sync and enqueue its first step. With an idempotency key, a repeat returns the first."""
-    sync = Sync(
-        connection_id=connection_id,
-        crm=crm,
-        type=validate_type(type_),
-        target_country=validate_country(target_country),
-        parameters=validate_parameters(parameters),
-        source=source,
-        trigger=trigger,
-        name=name[:255],
-        segment_id=segment_id,
-        reverify_after_days=reverify_after_days,
-        max_net_cost=max_net_cost,
-        idempotency_key=idempotency_key,
-        status=SyncStatus.PENDING,
-    )
+    fields = {
+        "connection_id": connection_id,
+        "crm": crm,
+        "type": validate_type(type_),
+        "target_country": validate_country(target_country),
+        "parameters": validate_parameters(parameters),
+        "source": source,
+        "trigger": trigger,
+        "name": name[:255],
+        "segment_id": segment_id,
+        "reverify_after_days": reverify_after_days,
+        "max_net_cost": max_net_cost,
+        "idempotency_key": idempotency_key,
+    }
     try:
         with runtime.session() as session:
-            session.add(sync)
-            session.flush()
-            session.add(
-                SyncTransition(
-                    sync_id=sync.id,
-                    from_status=None,
-                    to_status=SyncStatus.PENDING,
-                    note=f"created by {trigger}",
-                )
-            )
+            sync = add_sync(session, note=f"created by {trigger}", **fields)
     except IntegrityError:
         if idempotency_key is None:
             raise
         with runtime.session() as session:
             return session.scalars(select(Sync).where(Sync.idempotency_key == idempotency_key)).one()
     schedule_step(runtime, sync.id)
+    return sync
+
+
+def add_sync(session: Session, *, note: str, **fields: Any) -> Sync:
+    """Insert a pending sync and the first line of its history (the caller commits and schedules)."""
+    sync = Sync(status=SyncStatus.PENDING, **fields)
+    session.add(sync)
+    session.flush()
+    session.add(SyncTransition(sync_id=sync.id, from_status=None, to_status=SyncStatus.PENDING, note=note))
     return sync
 
 

@@ -17,14 +17,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     set_runtime(runtime)
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 10 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["connector"] = runtime
 
     from connector.web.errors import register_error_handlers
     from connector.web.health import health
+    from connector.web.webhooks import webhooks
 
     register_error_handlers(app)
     app.register_blueprint(health)
+    app.register_blueprint(webhooks)
     return app
 
 

@@ -1,0 +1,170 @@
+"""What a HubSpot webhook delivery says: its v3 signature, and the contacts or segment it names.
+
+Pure functions over bytes and parsed JSON; the HTTP glue is in connector/web/webhooks.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from connector.errors import ConnectorError, InputError
+from connector.pipeline.coalesce import IncomingContact
+
+MAX_SIGNATURE_AGE_MS = 5 * 60 * 1000
+VERIFIED_PROPERTIES = {"email": "email", "phone": "phone"}
+OWN_PROPERTY_PREFIX = "apexverify_"
+# HubSpot signs the URI with these escapes decoded (its request-validation guide lists them).
+_DECODED_IN_URI = {
+    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
+    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
+}  # fmt: skip
+
+
+class WebhookRefused(ConnectorError):
+    """The delivery is not from the configured HubSpot app or portal."""
+
+    def __init__(self, code: str, message: str, http_status: int = 401) -> None:
+        super().__init__(code, message)
+        self.http_status = http_status
+
+
+def check_signature(
+    *,
+    secret: str,
+    method: str,
+    uri: str,
+    body: bytes,
+    timestamp: str | None,
+    signature: str | None,
+    now_ms: int,
+) -> None:
+    """Raise WebhookRefused unless `signature` is HubSpot's v3 signature of this request."""
+    if not signature or not timestamp:
+        raise WebhookRefused(
+            "signature_missing", "X-HubSpot-Signature-v3 and X-HubSpot-Request-Timestamp required"
+        )
+    try:
+        sent_ms = int(timestamp)
+    except ValueError:
+        raise WebhookRefused("timestamp_invalid", "X-HubSpot-Request-Timestamp is not a number") from None
+    if abs(now_ms - sent_ms) > MAX_SIGNATURE_AGE_MS:
+        raise WebhookRefused("timestamp_out_of_window", "request timestamp is more than 5 minutes from now")
+    candidates = {uri, _decode_uri(uri)}
+    expected = [sign(secret, method, candidate, body, timestamp) for candidate in candidates]
+    # Compare against every candidate so timing does not depend on which one matched.
+    matches = [hmac.compare_digest(e.encode(), signature.encode()) for e in expected]
+    if not any(matches):
+        raise WebhookRefused("signature_invalid", "X-HubSpot-Signature-v3 does not match this request")
+
+
+def sign(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
+    message = method.upper().encode() + uri.encode() + body + timestamp.encode()
+    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
+
+
+def _decode_uri(uri: str) -> str:
+    for escaped, plain in _DECODED_IN_URI.items():
+        uri = uri.replace(escaped, plain).replace(escaped.lower(), plain)
+    return uri
+
+
+@dataclass
+class HubSpotDelivery:
+    contacts: dict[str, list[IncomingContact]] = field(default_factory=dict)
+    # (dedupe key, contacts it brought) for app webhook events, so a redelivery adds nothing.
+    event_keys: list[tuple[str, list[tuple[str, IncomingContact]]]] = field(default_factory=list)
+    segment: tuple[str, str] | None = None  # (list id, type)
+    ignored: int = 0
+
+    def add(self, type_: str, contact: IncomingContact) -> None:
+        self.contacts.setdefault(type_, []).append(contact)
+
+
+def read_delivery(body: Any, portal_id: str | None) -> HubSpotDelivery:
+    """Classify a delivery: app events, a workflow's contact, or a segment trigger."""
+    if isinstance(body, list):
+        return _read_events(body, portal_id)
+    if not isinstance(body, dict):
+        raise InputError("unreadable_body", "expected a JSON array of events or a JSON object")
+    _check_portal(body.get("portalId", body.get("portal-id")), portal_id)
+    if "listId" in body:
+        return HubSpotDelivery(segment=(_list_id(body["listId"]), _segment_type(body.get("type", "email"))))
+    if "vid" in body and isinstance(body.get("properties"), dict):
+        return _read_legacy_workflow(body)
+    if "hs_object_id" in body or "objectId" in body:
+        return _read_flat_workflow(body)
+    raise InputError("unreadable_body", "no listId, vid or hs_object_id in the body")
+
+
+def _read_events(events: list[Any], portal_id: str | None) -> HubSpotDelivery:
+    delivery = HubSpotDelivery()
+    for event in events:
+        if not isinstance(event, dict) or "subscriptionType" not in event or "objectId" not in event:
+            raise InputError("unreadable_event", "every event needs subscriptionType and objectId")
+        _check_portal(event.get("portalId"), portal_id)
+        brought = [(type_, contact) for type_, contact in _event_contacts(event)]
+        if not brought:
+            delivery.ignored += 1
+            continue
+        key = f"{event.get('eventId')}:{event['objectId']}:{event.get('occurredAt')}"
+        delivery.event_keys.append((key, brought))
+    return delivery
+
+
+def _event_contacts(event: dict[str, Any]) -> list[tuple[str, IncomingContact]]:
+    record_id = str(event["objectId"])
+    kind = event["subscriptionType"]
+    if kind == "contact.creation":
+        return [(type_, IncomingContact(record_id)) for type_ in VERIFIED_PROPERTIES]
+    if kind == "contact.propertyChange":
+        name = str(event.get("propertyName", ""))
+        if name.startswith(OWN_PROPERTY_PREFIX) or name not in VERIFIED_PROPERTIES:
+            return []  # includes our own write-back: no write → webhook → verify loop
+        value = event.get("propertyValue")
+        return [(VERIFIED_PROPERTIES[name], IncomingContact(record_id, str(value) if value else None))]
+    return []
+
+
+def _read_legacy_workflow(body: dict[str, Any]) -> HubSpotDelivery:
+    delivery = HubSpotDelivery()
+    properties = body["properties"]
+    for type_, name in VERIFIED_PROPERTIES.items():
+        prop = properties.get(name)
+        if isinstance(prop, dict) and prop.get("value"):
+            delivery.add(type_, IncomingContact(str(body["vid"]), str(prop["value"])))
+    if not delivery.contacts:
+        delivery.add("email", IncomingContact(str(body["vid"])))
+    return delivery
+
+
+def _read_flat_workflow(body: dict[str, Any]) -> HubSpotDelivery:
+    delivery = HubSpotDelivery()
+    record_id = str(body.get("hs_object_id") or body.get("objectId"))
+    for type_, name in VERIFIED_PROPERTIES.items():
+        if body.get(name):
+            delivery.add(type_, IncomingContact(record_id, str(body[name])))
+    if not delivery.contacts:
+        delivery.add("email", IncomingContact(record_id))
+    return delivery
+
+
+def _check_portal(sent: Any, expected: str | None) -> None:
+    if expected and sent is not None and str(sent) != str(expected):
+        raise WebhookRefused("portal_mismatch", f"delivery from portal {sent} refused", http_status=403)
+
+
+def _list_id(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text or len(text) > 64:
+        raise InputError("invalid_list_id", "listId must be a HubSpot list id")
+    return text
+
+
+def _segment_type(raw: Any) -> str:
+    if raw not in ("email", "phone"):
+        raise InputError("invalid_type", "type must be 'email' or 'phone'")
+    return raw

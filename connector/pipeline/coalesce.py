@@ -1,0 +1,166 @@
+"""Coalescing: contacts that arrive one by one are buffered and verified together.
+
+A buffer is (connection, type). It is flushed into one sync when it holds
+COALESCE_MAX_CONTACTS contacts or its oldest contact is COALESCE_WINDOW_SECONDS old, so a burst
+of thousands of webhook calls becomes one ApexVerify batch. The buffer lives in the database:
+a webhook is acknowledged once its contacts are committed, whether or not Redis answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from connector.models import CoalescedContact, Connection, Sync, utcnow
+from connector.pipeline.runner import schedule_step
+from connector.pipeline.syncs import add_sync
+from connector.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingContact:
+    record_id: str
+    value: str | None = None
+    object_type: str = ""
+
+
+def buffer_contacts(
+    session: Session, connection_id: int, type_: str, contacts: Iterable[IncomingContact]
+) -> int:
+    """Add contacts to the buffer; a contact already waiting gets its newer value. Returns how many."""
+    rows = [
+        {
+            "connection_id": connection_id,
+            "type": type_,
+            "record_id": c.record_id[:64],
+            "object_type": c.object_type,
+            "value": c.value,
+            "received_at": utcnow(),
+        }
+        for c in contacts
+    ]
+    if not rows:
+        return 0
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(CoalescedContact)
+    statement = statement.on_conflict_do_update(
+        index_elements=["connection_id", "type", "object_type", "record_id"],
+        index_where=CoalescedContact.sync_id.is_(None),
+        set_={"value": func.coalesce(statement.excluded.value, CoalescedContact.value)},
+    )
+    session.execute(statement, rows)
+    return len(rows)
+
+
+def waiting_count(session: Session, connection_id: int, type_: str) -> int:
+    return (
+        session.scalar(
+            select(func.count()).where(
+                CoalescedContact.connection_id == connection_id,
+                CoalescedContact.type == type_,
+                CoalescedContact.sync_id.is_(None),
+            )
+        )
+        or 0
+    )
+
+
+def request_flush(runtime: Runtime, connection_id: int, type_: str, *, waiting: int) -> None:
+    """Ask a worker to flush now (buffer full) or when the window closes (first contact).
+
+    Best effort: with Redis down the cron sweep flushes the buffer later.
+    """
+    settings = runtime.settings
+    try:
+        queue = runtime.queue()
+        if waiting >= settings.coalesce_max_contacts:
+            queue.enqueue(flush_buffer_job, connection_id, type_, job_timeout=600)
+        elif waiting == 1:
+            delay = timedelta(seconds=settings.coalesce_window_seconds)
+            queue.enqueue_in(delay, flush_buffer_job, connection_id, type_, job_timeout=600)
+    except redis.exceptions.RedisError as error:
+        log.warning(
+            "flush_not_enqueued", extra={"connection_id": connection_id, "error": type(error).__name__}
+        )
+
+
+def flush_buffer_job(connection_id: int, type_: str) -> int | None:
+    return flush_buffer(get_runtime(), connection_id, type_)
+
+
+def flush_due_buffers(runtime: Runtime | None = None) -> list[int]:
+    """The cron sweep: flush every buffer that is full or whose window has closed."""
+    runtime = runtime or get_runtime()
+    with runtime.session() as session:
+        buffers = session.execute(
+            select(CoalescedContact.connection_id, CoalescedContact.type)
+            .where(CoalescedContact.sync_id.is_(None))
+            .group_by(CoalescedContact.connection_id, CoalescedContact.type)
+        ).all()
+    created = [flush_buffer(runtime, connection_id, type_) for connection_id, type_ in buffers]
+    return [sync_id for sync_id in created if sync_id is not None]
+
+
+def flush_buffer(runtime: Runtime, connection_id: int, type_: str, *, force: bool = False) -> int | None:
+    """Turn the buffer into one sync if it is due; returns the new sync's id.
+
+    The connection row is locked so that two flushes of one buffer cannot both take its contacts.
+    """
+    settings = runtime.settings
+    with runtime.session() as session:
+        connection = session.get(Connection, connection_id, with_for_update=True)
+        if connection is None:
+            return None
+        waiting = select(CoalescedContact.id).where(
+            CoalescedContact.connection_id == connection_id,
+            CoalescedContact.type == type_,
+            CoalescedContact.sync_id.is_(None),
+        )
+        count, oldest = session.execute(
+            select(func.count(), func.min(CoalescedContact.received_at)).where(
+                CoalescedContact.id.in_(waiting)
+            )
+        ).one()
+        window_closed = oldest is not None and oldest <= utcnow() - timedelta(
+            seconds=settings.coalesce_window_seconds
+        )
+        if not count or not (force or window_closed or count >= settings.coalesce_max_contacts):
+            return None
+        last_id = session.scalar(
+            waiting.order_by(CoalescedContact.id).offset(settings.coalesce_max_contacts - 1).limit(1)
+        )
+        sync = _new_coalesced_sync(session, connection, type_)
+        taken = waiting.where(CoalescedContact.id <= last_id) if last_id is not None else waiting
+        session.execute(
+            update(CoalescedContact).where(CoalescedContact.id.in_(taken)).values(sync_id=sync.id)
+        )
+        sync_id = sync.id
+    log.info("buffer_flushed", extra={"sync_id": sync_id, "connection_id": connection_id, "type": type_})
+    schedule_step(runtime, sync_id)
+    return sync_id
+
+
+def _new_coalesced_sync(session: Session, connection: Connection, type_: str) -> Sync:
+    settings = connection.settings or {}
+    return add_sync(
+        session,
+        note="created from coalesced webhook contacts",
+        connection_id=connection.id,
+        crm=connection.crm,
+        type=type_,
+        target_country=settings.get("default_country", "US"),
+        parameters=settings.get("parameters", {}),
+        source={"kind": "coalesced"},
+        trigger="webhook",
+        name=f"{connection.name}: {type_} changes {utcnow():%Y-%m-%d %H:%M}",
+        reverify_after_days=int(settings.get("reverify_after_days", 30)),
+    )
