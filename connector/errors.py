@@ -32,6 +32,8 @@ class ConnectorError(Exception):
 class ConfigError(ConnectorError):
     """Missing or malformed configuration."""
 
+    http_status = 503
+
 
 class InputError(ConnectorError):
     """Bad input from a caller (HTTP 400 or a CLI usage error)."""

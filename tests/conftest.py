@@ -136,3 +136,17 @@ def with_settings(runtime: Runtime, **changes: object) -> Runtime:
     changed = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **changes))
     set_runtime(changed)
     return changed
+
+
+@pytest.fixture
+def web(runtime: Runtime) -> Iterator[SandboxServer]:
+    """The connector's own Flask app on a real port, sharing the current test runtime.
+
+    Request fixtures that change settings (with_settings) before this one, so the app sees them.
+    """
+    from connector.runtime import get_runtime
+    from connector.web import create_app
+
+    server = serve_in_thread(create_app(runtime=get_runtime()))
+    yield server
+    server.stop()

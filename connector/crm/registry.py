@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.crm.base import FlagWriter, SegmentSource
+from connector.crm.base import FlagWriter, RecordReader, SegmentSource
 from connector.crm.file import FileSegmentSource, NullFlagWriter
 from connector.errors import ConnectorError
-from connector.models import Sync
+from connector.models import Connection, Sync
 from connector.runtime import Runtime
 
 
@@ -15,11 +15,51 @@ def source_for(runtime: Runtime, sync: Sync) -> SegmentSource:
     kind = sync.source.get("kind")
     if kind == "file":
         return FileSegmentSource(Path(sync.source["path"]), sync.type)
+    if kind == "coalesced":
+        from connector.pipeline.coalesce import CoalescedSource
+
+        return CoalescedSource(runtime, sync.id, sync.type, reader_for(runtime, sync))
+    if kind == "hubspot_list":
+        from connector.crm.hubspot import HubSpotListSource
+
+        return HubSpotListSource(
+            _hubspot_api(runtime), sync.source["ref"], sync.type, settings=runtime.settings
+        )
     raise ConnectorError("unknown_source", f"sync {sync.id} has a source of unknown kind {kind!r}")
+
+
+def reader_for(runtime: Runtime, sync: Sync) -> RecordReader | None:
+    if sync.crm == "hubspot":
+        from connector.crm.hubspot import HubSpotRecordReader
+
+        return HubSpotRecordReader(_hubspot_api(runtime))
+    return None
 
 
 def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> FlagWriter:
     """The writer for the sync's CRM; `expected_updates` lets it choose REST batches or a bulk job."""
     if sync.crm == "file":
         return NullFlagWriter()
+    if sync.crm == "hubspot":
+        from connector.crm.hubspot import HubSpotFlagWriter
+
+        return HubSpotFlagWriter(
+            _hubspot_api(runtime),
+            sync.type,
+            expected_updates=expected_updates,
+            field_names=_field_names(runtime, sync),
+            work_dir=runtime.data_dir() / "syncs" / str(sync.id),
+        )
     raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
+
+
+def _hubspot_api(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from connector.crm.hubspot import HubSpotApi
+
+    return HubSpotApi(runtime.settings, runtime.redis)
+
+
+def _field_names(runtime: Runtime, sync: Sync) -> dict[str, str] | None:
+    with runtime.session() as session:
+        connection = session.get(Connection, sync.connection_id)
+        return (connection.settings or {}).get("field_names") if connection else None

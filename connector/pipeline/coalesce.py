@@ -9,21 +9,25 @@ a webhook is acknowledged once its contacts are committed, whether or not Redis 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from connector.crm.base import RecordReader, SourceRecord
+from connector.errors import ConnectorError
 from connector.models import CoalescedContact, Connection, Sync, utcnow
 from connector.pipeline.runner import schedule_step
 from connector.pipeline.syncs import add_sync
 from connector.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
+READ_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,46 @@ def _new_coalesced_sync(session: Session, connection: Connection, type_: str) ->
         name=f"{connection.name}: {type_} changes {utcnow():%Y-%m-%d %H:%M}",
         reverify_after_days=int(settings.get("reverify_after_days", 30)),
     )
+
+
+class CoalescedSource:
+    """The contacts a flush moved into a sync; values the webhook did not carry are read from the CRM."""
+
+    def __init__(self, runtime: Runtime, sync_id: int, type_: str, reader: RecordReader | None) -> None:
+        self.runtime, self.sync_id, self.type, self.reader = runtime, sync_id, type_, reader
+
+    def iter_records(self) -> Iterator[SourceRecord]:
+        after_id = 0
+        while True:
+            with self.runtime.session() as session:
+                rows = session.execute(
+                    select(
+                        CoalescedContact.id,
+                        CoalescedContact.record_id,
+                        CoalescedContact.object_type,
+                        CoalescedContact.value,
+                    )
+                    .where(CoalescedContact.sync_id == self.sync_id, CoalescedContact.id > after_id)
+                    .order_by(CoalescedContact.id)
+                    .limit(READ_CHUNK)
+                ).all()
+            if not rows:
+                return
+            after_id = rows[-1].id
+            yield from self._with_values(rows)
+
+    def _with_values(self, rows: list[Any]) -> Iterator[SourceRecord]:
+        missing = [r for r in rows if r.value is None]
+        for row in rows:
+            if row.value is not None:
+                yield SourceRecord(row.record_id, row.value, row.object_type or None)
+        if not missing:
+            return
+        if self.reader is None:
+            raise ConnectorError(
+                "no_record_reader", f"sync {self.sync_id} has contacts without values to read"
+            )
+        found = {r.record_id: r for r in self.reader.read_records([m.record_id for m in missing], self.type)}
+        for row in missing:
+            # A contact deleted since the webhook still gets an outcome: skipped, no value.
+            yield found.get(row.record_id, SourceRecord(row.record_id, None, row.object_type or None))
