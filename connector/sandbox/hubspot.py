@@ -1,0 +1,247 @@
+"""A local HubSpot: the v3 endpoints the connector uses, with HubSpot's auth, limits and errors.
+
+`connector sandbox hubspot --port 8102` serves it; tests use `create_app()` with
+`serve_in_thread`. Every request under /crm/ goes through, in order:
+
+1. counting (per "<METHOD> <route>", route = the spec's path template);
+2. auth: `Authorization: Bearer <token>`, the token being HUBSPOT_ACCESS_TOKEN at create time
+   (any non-empty token when unset); else 401 INVALID_AUTHENTICATION;
+3. the portal's rate limits (rolling 10 s window, daily count); else 429 with HubSpot's
+   RATE_LIMIT body. Every answer carries the X-HubSpot-RateLimit-* headers;
+4. injected faults (POST /_sandbox/faults);
+5. the OpenAPI specs (`validate_requests`): a request the specs do not allow gets 400
+   VALIDATION_ERROR with one `errors` entry per problem;
+6. the endpoint itself (connector/sandbox/hubspot_api.py).
+
+With `validate_responses` on, the sandbox also checks its own JSON answers against the specs and
+answers 500 when one does not conform (HubSpot's 429 body is exempt: it is not the spec's Error).
+The control endpoints are described in connector/sandbox/hubspot_control.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from connector.sandbox.hubspot_api import api, sandbox_state
+from connector.sandbox.hubspot_control import control
+from connector.sandbox.hubspot_errors import HubSpotError, error_body, rate_limit_body
+from connector.sandbox.hubspot_state import SandboxConfig, SandboxState
+from connector.sandbox.openapi_check import OpenApiChecker, load_checker
+from connector.sandbox.server import serve_forever
+
+API_PREFIX = "/crm/"
+MISSING_AUTH = (
+    "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more "
+    "details at https://developers.hubspot.com/docs/methods/auth/oauth-overview"
+)
+WRONG_AUTH = "The OAuth token used to make this call is invalid or has expired."
+
+
+def create_app(
+    *,
+    access_token: str | None = None,
+    rate_limit_per_10s: int = 100,
+    daily_limit: int = 10_000_000,
+    export_delay: float = 1.0,
+    import_delay: float = 1.0,
+    validate_requests: bool = True,
+    validate_responses: bool = False,
+    export_zip: bool = False,
+    specs_dir: Path | None = None,
+) -> Flask:
+    """The sandbox app. `access_token` defaults to HUBSPOT_ACCESS_TOKEN (read now, not per request)."""
+    config = SandboxConfig(
+        rate_limit_per_10s=rate_limit_per_10s,
+        daily_limit=daily_limit,
+        export_delay=export_delay,
+        import_delay=import_delay,
+        validate_requests=validate_requests,
+        validate_responses=validate_responses,
+        export_zip=export_zip,
+        access_token=access_token or os.environ.get("HUBSPOT_ACCESS_TOKEN") or None,
+    )
+    app = Flask("hubspot_sandbox")
+    app.url_map.strict_slashes = False  # HubSpot takes /crm/v3/imports/ (the client's spelling) too
+    app.extensions["hubspot_sandbox"] = SandboxState(config)
+    app.extensions["hubspot_openapi"] = load_checker(specs_dir)
+    app.register_blueprint(api)
+    app.register_blueprint(control)
+    app.before_request(_admit_api_request)
+    app.after_request(_finish_api_response)
+    app.register_error_handler(HubSpotError, _hubspot_error)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+RULE_VARIABLE = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
+
+
+def _checker() -> OpenApiChecker | None:
+    return current_app.extensions["hubspot_openapi"]
+
+
+def _route_name() -> str:
+    """'<METHOD> <route>', the route written like the specs' path templates."""
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    return f"{request.method} " + RULE_VARIABLE.sub(r"{\1}", rule)
+
+
+def _admit_api_request() -> Response | tuple[Response, int] | None:
+    if not request.path.startswith(API_PREFIX):
+        return None
+    state = sandbox_state()
+    route = _route_name()
+    with state.lock:
+        state.total_requests += 1
+        state.request_counts[route] += 1
+    refusal = _check_auth(state)
+    if refusal is not None:
+        return refusal
+    with state.lock:
+        policy = state.admit()
+        fault = None if policy else state.faults.take(route)
+        if policy or fault == "http_429":
+            state.rate_limited += 1
+        validate = state.config.validate_requests
+        g.validate_responses = state.config.validate_responses
+    if policy:
+        return jsonify(rate_limit_body(policy, state.rate_group)), 429
+    if fault:
+        return _fault_response(fault, state)
+    refusal = _check_against_spec(validate)
+    if refusal is not None:
+        return refusal
+    with state.lock:
+        state.advance_jobs()
+    return None
+
+
+def _check_auth(state: SandboxState) -> tuple[Response, int] | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return jsonify(error_body("INVALID_AUTHENTICATION", MISSING_AUTH)), 401
+    expected = state.config.access_token
+    if expected is not None and token.strip() != expected:
+        return jsonify(error_body("INVALID_AUTHENTICATION", WRONG_AUTH)), 401
+    return None
+
+
+def _fault_response(kind: str, state: SandboxState) -> Response | tuple[Response, int]:
+    if kind == "http_429":
+        return jsonify(rate_limit_body("TEN_SECONDLY_ROLLING", state.rate_group)), 429
+    if kind == "http_502":
+        # HubSpot's edge answers a bad gateway with an HTML page, not JSON.
+        return Response(
+            "<html><body><h1>502 Bad Gateway</h1></body></html>", status=502, mimetype="text/html"
+        )
+    return jsonify(error_body("INTERNAL_ERROR", "internal error")), 500
+
+
+def _check_against_spec(validate: bool) -> tuple[Response, int] | None:
+    checker = _checker()
+    g.operation = None
+    if checker is None or not (validate or g.validate_responses):
+        return None
+    is_form = request.mimetype == "multipart/form-data"
+    check = checker.check_request(
+        request.method,
+        request.path,
+        query={name: request.args.getlist(name) for name in request.args},
+        content_type=request.content_type,
+        body=b"" if is_form else request.get_data(cache=True),
+        form_fields=[*request.form.keys(), *request.files.keys()] if is_form else (),
+    )
+    g.operation = check.operation
+    if validate and not check.ok:
+        details = [{"message": p.message, "in": p.location} for p in check.problems]
+        message = "Invalid request (checked against HubSpot's OpenAPI spec): " + "; ".join(
+            map(str, check.problems)
+        )
+        return jsonify(error_body("VALIDATION_ERROR", message, errors=details)), 400
+    return None
+
+
+def _finish_api_response(response: Response) -> Response:
+    if not request.path.startswith(API_PREFIX):
+        return response
+    state = sandbox_state()
+    with state.lock:
+        response.headers.update(state.rate_headers())
+    operation = g.get("operation")
+    checker = _checker()
+    if g.get("validate_responses") and operation and checker and response.status_code not in (429, 502):
+        problems = checker.check_response(
+            operation, response.status_code, response.mimetype, response.get_data()
+        )
+        if problems:
+            message = f"The sandbox's answer to {operation.name} breaks the spec: " + "; ".join(
+                map(str, problems)
+            )
+            broken = jsonify(error_body("SANDBOX_RESPONSE_INVALID", message))
+            broken.status_code = 500
+            return broken
+    return response
+
+
+def _hubspot_error(exc: HubSpotError) -> tuple[Response, int]:
+    return jsonify(exc.body()), exc.status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    if request.path.startswith(API_PREFIX):
+        category = {404: "OBJECT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "VALIDATION_ERROR")
+        return jsonify(error_body(category, exc.description or exc.name)), status
+    return jsonify({"error": exc.description or exc.name}), status
+
+
+@click.command("hubspot")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8102, show_default=True, type=int)
+@click.option("--rate-limit-per-10s", default=100, show_default=True, type=int)
+@click.option("--daily-limit", default=10_000_000, show_default=True, type=int)
+@click.option(
+    "--export-delay", default=1.0, show_default=True, type=float, help="Seconds until an export is COMPLETE."
+)
+@click.option(
+    "--import-delay", default=1.0, show_default=True, type=float, help="Seconds until an import is DONE."
+)
+@click.option(
+    "--validate/--no-validate", default=True, show_default=True, help="Check requests against the specs."
+)
+@click.option("--export-zip", is_flag=True, help="Serve export files zipped, as HubSpot does for large ones.")
+@click.option(
+    "--generate", "generate_count", default=0, type=int, help="Generate this many contacts (one list)."
+)
+def command(
+    host: str,
+    port: int,
+    rate_limit_per_10s: int,
+    daily_limit: int,
+    export_delay: float,
+    import_delay: float,
+    validate: bool,
+    export_zip: bool,
+    generate_count: int,
+) -> None:
+    """Serve the HubSpot sandbox (token: HUBSPOT_ACCESS_TOKEN, any when unset)."""
+    app = create_app(
+        rate_limit_per_10s=rate_limit_per_10s,
+        daily_limit=daily_limit,
+        export_delay=export_delay,
+        import_delay=import_delay,
+        validate_requests=validate,
+        export_zip=export_zip,
+    )
+    if generate_count:
+        with app.test_client() as client:
+            answer = client.post("/_sandbox/seed", json={"generate": {"contacts": generate_count}}).get_json()
+        click.echo(f"generated {generate_count} contacts in list {answer['listId']}")
+    click.echo(f"HubSpot sandbox on http://{host}:{port}")
+    serve_forever(app, host, port)

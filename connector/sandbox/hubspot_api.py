@@ -1,0 +1,573 @@
+"""The HubSpot v3 endpoints of the sandbox (contacts, lists, properties, exports, imports).
+
+Auth, rate limits, injected faults and spec validation happen before these views run
+(connector/sandbox/hubspot.py); the views do what HubSpot does with a request it accepted.
+Route parameters keep the specs' camelCase names so that route names equal the specs' path
+templates (the sandbox counts requests per route under those names).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
+
+from connector.sandbox.hubspot_contacts import ALWAYS_RETURNED, DEFAULT_READ_PROPERTIES
+from connector.sandbox.hubspot_errors import (
+    HubSpotError,
+    not_found,
+    standard_error,
+    validation_error,
+)
+from connector.sandbox.hubspot_jobs import (
+    ExportTask,
+    ImportJob,
+    csv_stream,
+    export_headers,
+    export_row,
+    plan_import,
+    zip_stream,
+)
+from connector.sandbox.hubspot_properties import CONTACT_OBJECT_TYPES, describe_problems, iso_now
+from connector.sandbox.hubspot_state import SandboxState
+
+api = Blueprint("hubspot_api", __name__)
+
+BATCH_LIMIT = 100
+MEMBERSHIPS_LIMIT = 250
+EXPORT_CHUNK_ROWS = 1000
+
+
+def sandbox_state() -> SandboxState:
+    return current_app.extensions["hubspot_sandbox"]
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise validation_error("Invalid input JSON: expected an object")
+    return body
+
+
+def _batch_inputs(body: dict[str, Any]) -> list[dict[str, Any]]:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise validation_error("inputs must be a list of objects")
+    if len(inputs) > BATCH_LIMIT:
+        raise validation_error(f"Too many inputs: {len(inputs)}; a batch takes at most {BATCH_LIMIT}")
+    return inputs
+
+
+def _property_values(raw: Any) -> dict[str, str]:
+    """Property values as the strings HubSpot stores (lenient like HubSpot when validation is off)."""
+    if not isinstance(raw, dict):
+        raise validation_error("properties must be an object of property name to value")
+    values = {}
+    for name, value in raw.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        values[str(name)] = "" if value is None else str(value)
+    return values
+
+
+def _query_flag(name: str) -> bool:
+    return request.args.get(name, "").lower() == "true"
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise validation_error(f"{name} must be an integer from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _offset_arg(name: str) -> int:
+    raw = request.args.get(name, "0")
+    if not raw.isdigit():
+        raise validation_error(f"{name} {raw!r} is not a paging token this endpoint issued")
+    return int(raw)
+
+
+# ---- contacts -----------------------------------------------------------------------------
+
+
+def public_contact(
+    contact_id: str, props: dict[str, str], names: Iterable[str], with_history: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """SimplePublicObject: the named properties that are set, plus the ones HubSpot always returns."""
+    wanted = [*names, *ALWAYS_RETURNED]
+    contact: dict[str, Any] = {
+        "id": contact_id,
+        "properties": {name: props[name] for name in wanted if name in props},
+        "createdAt": props["createdate"],
+        "updatedAt": props["lastmodifieddate"],
+        "archived": False,
+    }
+    if with_history:
+        contact["propertiesWithHistory"] = {
+            name: [{"value": props[name], "timestamp": props["lastmodifieddate"], "sourceType": "API"}]
+            for name in with_history
+            if name in props
+        }
+    return contact
+
+
+def _batch_answer(
+    results: list[dict], errors: list[dict], started: str, ok_status: int = 200
+) -> tuple[dict, int]:
+    body: dict[str, Any] = {
+        "status": "COMPLETE",
+        "results": results,
+        "requestedAt": started,
+        "startedAt": started,
+        "completedAt": iso_now(),
+    }
+    if errors:
+        body["errors"] = errors
+        body["numErrors"] = len(errors)
+        return body, 207
+    return body, ok_status
+
+
+def _find_contact(state: SandboxState, id_property: str, key: str) -> str | None:
+    try:
+        return state.contacts.find_id(id_property, key)
+    except ValueError as exc:
+        raise validation_error(str(exc)) from None
+
+
+@api.post("/crm/v3/objects/contacts/batch/read")
+def batch_read_contacts() -> tuple[dict, int]:
+    body = _json_body()
+    inputs = _batch_inputs(body)
+    names = body.get("properties") or DEFAULT_READ_PROPERTIES
+    id_property = body.get("idProperty") or "hs_object_id"
+    started = iso_now()
+    state = sandbox_state()
+    results: dict[str, dict] = {}
+    missing: list[str] = []
+    with state.lock:
+        for item in inputs:
+            key = str(item.get("id", ""))
+            contact_id = _find_contact(state, id_property, key)
+            if contact_id is None:
+                missing.append(key)
+            elif contact_id not in results:
+                props = state.contacts.get(contact_id) or {}
+                results[contact_id] = public_contact(
+                    contact_id, props, names, body.get("propertiesWithHistory")
+                )
+    errors = []
+    if missing:
+        message = (
+            "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid."
+        )
+        errors.append(standard_error("OBJECT_NOT_FOUND", message, {"ids": missing}, []))
+    return _batch_answer(list(results.values()), errors, started)
+
+
+@api.post("/crm/v3/objects/contacts/batch/update")
+def batch_update_contacts() -> tuple[dict, int]:
+    inputs = _batch_inputs(_json_body())
+    keys = [str(item.get("id", "")) for item in inputs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise validation_error(f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique")
+    started = iso_now()
+    state = sandbox_state()
+    results, errors = [], []
+    with state.lock:
+        for item, key in zip(inputs, keys, strict=True):
+            contact_id = _find_contact(state, item.get("idProperty") or "hs_object_id", key)
+            if contact_id is None:
+                message = f"Object not found. objectId are usually numeric. (id {key})"
+                errors.append({**standard_error("OBJECT_NOT_FOUND", message, {"ids": [key]}, []), "id": key})
+                continue
+            accepted, problems = state.catalog.check_values(_property_values(item.get("properties")))
+            if problems:
+                context = {"ids": [key], "propertyName": [p.name for p in problems]}
+                details = [p.detail() for p in problems]
+                errors.append(
+                    {
+                        **standard_error("VALIDATION_ERROR", describe_problems(problems), context, details),
+                        "id": key,
+                    }
+                )
+                continue
+            state.contacts.update(contact_id, accepted, iso_now())
+            results.append(public_contact(contact_id, state.contacts.get(contact_id) or {}, accepted))
+    return _batch_answer(results, errors, started)
+
+
+@api.post("/crm/v3/objects/contacts/batch/create")
+def batch_create_contacts() -> tuple[dict, int]:
+    inputs = _batch_inputs(_json_body())
+    started = iso_now()
+    state = sandbox_state()
+    with state.lock:
+        checked = []
+        for item in inputs:
+            accepted, problems = state.catalog.check_values(_property_values(item.get("properties")))
+            if problems:
+                raise validation_error(describe_problems(problems), errors=[p.detail() for p in problems])
+            checked.append(accepted)
+        _refuse_existing_emails(state, checked)
+        now = iso_now()
+        created = [state.contacts.add(values, now) for values in checked]
+        results = [
+            public_contact(cid, state.contacts.get(cid) or {}, values)
+            for cid, values in zip(created, checked, strict=True)
+        ]
+    return _batch_answer(results, [], started, ok_status=201)
+
+
+def _refuse_existing_emails(state: SandboxState, inputs: list[dict[str, str]]) -> None:
+    seen: set[str] = set()
+    for values in inputs:
+        email = values.get("email", "").strip().lower()
+        if not email:
+            continue
+        existing = state.contacts.find_id("email", email)
+        if existing is not None:
+            raise HubSpotError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing}")
+        if email in seen:
+            raise validation_error(f"Duplicate email in batch input: {email}")
+        seen.add(email)
+
+
+@api.get("/crm/v3/objects/contacts/<contactId>")
+def get_contact(contactId: str) -> dict:
+    names = request.args.getlist("properties") or DEFAULT_READ_PROPERTIES
+    state = sandbox_state()
+    with state.lock:
+        contact_id = _find_contact(state, request.args.get("idProperty") or "hs_object_id", contactId)
+        props = state.contacts.get(contact_id) if contact_id else None
+    if props is None:
+        raise not_found()
+    return public_contact(
+        contact_id or contactId, props, names, request.args.getlist("propertiesWithHistory")
+    )
+
+
+# ---- lists --------------------------------------------------------------------------------
+
+
+@api.get("/crm/v3/lists/<listId>")
+def get_list(listId: str) -> dict:
+    state = sandbox_state()
+    with state.lock:
+        found = state.lists.get(listId)
+        if found is None:
+            raise not_found(f"List does not exist with listId {listId}")
+        return {"list": found.to_json()}
+
+
+@api.get("/crm/v3/lists")
+def get_lists() -> dict:
+    state = sandbox_state()
+    with state.lock:
+        found = [state.lists[i].to_json() for i in request.args.getlist("listIds") if i in state.lists]
+    return {"lists": found}
+
+
+@api.get("/crm/v3/lists/object-type-id/<objectTypeId>/name/<listName>")
+def get_list_by_name(objectTypeId: str, listName: str) -> dict:
+    state = sandbox_state()
+    with state.lock:
+        for candidate in state.lists.values():
+            if objectTypeId == "0-1" and candidate.name == listName:
+                return {"list": candidate.to_json()}
+    raise not_found(f"List does not exist with name {listName}")
+
+
+@api.post("/crm/v3/lists/search")
+def search_lists() -> dict:
+    body = _json_body()
+    query = str(body.get("query") or "").lower()
+    offset, count = int(body.get("offset") or 0), int(body.get("count") or 20)
+    wanted_ids = set(body.get("listIds") or [])
+    state = sandbox_state()
+    with state.lock:
+        matches = [
+            found.to_search_json()
+            for found in state.lists.values()
+            if query in found.name.lower() and (not wanted_ids or found.list_id in wanted_ids)
+        ]
+    page = matches[offset : offset + count]
+    return {
+        "lists": page,
+        "offset": offset + len(page),
+        "hasMore": offset + count < len(matches),
+        "total": len(matches),
+    }
+
+
+@api.get("/crm/v3/lists/<listId>/memberships")
+def list_memberships(listId: str) -> dict:
+    limit = _int_arg("limit", 100, 1, MEMBERSHIPS_LIMIT)
+    start = _offset_arg("after")  # `before` (descending pages) is not supported: ignored
+    state = sandbox_state()
+    with state.lock:
+        found = state.lists.get(listId)
+        if found is None:
+            raise not_found(f"List does not exist with listId {listId}")
+        members, joined = found.members, found.created_at
+    end = min(start + limit, len(members))
+    page: dict[str, Any] = {
+        "results": [{"recordId": members[i], "membershipTimestamp": joined} for i in range(start, end)],
+        "total": len(members),
+    }
+    if end < len(members):
+        link = url_for(
+            "hubspot_api.list_memberships", listId=listId, after=str(end), limit=limit, _external=True
+        )
+        page["paging"] = {"next": {"after": str(end), "link": link}}
+    return page
+
+
+# ---- properties ---------------------------------------------------------------------------
+
+
+def _require_contacts(object_type: str) -> None:
+    if object_type.lower() not in CONTACT_OBJECT_TYPES:
+        raise validation_error(
+            f"Unable to infer object type from: {object_type} (the sandbox has contacts only)"
+        )
+
+
+@api.get("/crm/v3/properties/<objectType>")
+def list_properties(objectType: str) -> dict:
+    _require_contacts(objectType)
+    state = sandbox_state()
+    with state.lock:
+        return {"results": [prop.to_json() for prop in state.catalog.properties.values()]}
+
+
+@api.post("/crm/v3/properties/<objectType>")
+def create_property(objectType: str) -> tuple[dict, int]:
+    _require_contacts(objectType)
+    body = _json_body()
+    state = sandbox_state()
+    with state.lock:
+        return state.catalog.create_property(body, iso_now()).to_json(), 201
+
+
+@api.get("/crm/v3/properties/<objectType>/<propertyName>")
+def get_property(objectType: str, propertyName: str) -> dict:
+    _require_contacts(objectType)
+    state = sandbox_state()
+    with state.lock:
+        prop = state.catalog.get(propertyName)
+        if prop is None:
+            raise not_found(f"Unable to find property with name '{propertyName}' for object type 0-1")
+        return prop.to_json()
+
+
+@api.get("/crm/v3/properties/<objectType>/groups")
+def list_property_groups(objectType: str) -> dict:
+    _require_contacts(objectType)
+    state = sandbox_state()
+    with state.lock:
+        return {"results": list(state.catalog.groups.values())}
+
+
+@api.post("/crm/v3/properties/<objectType>/groups")
+def create_property_group(objectType: str) -> tuple[dict, int]:
+    _require_contacts(objectType)
+    body = _json_body()
+    state = sandbox_state()
+    with state.lock:
+        return state.catalog.create_group(body), 201
+
+
+@api.get("/crm/v3/properties/<objectType>/groups/<groupName>")
+def get_property_group(objectType: str, groupName: str) -> dict:
+    _require_contacts(objectType)
+    state = sandbox_state()
+    with state.lock:
+        group = state.catalog.groups.get(groupName)
+        if group is None:
+            raise not_found(f"Unable to find property group with name '{groupName}'")
+        return group
+
+
+# ---- exports ------------------------------------------------------------------------------
+
+
+@api.post("/crm/v3/exports/export/async")
+def start_export() -> tuple[dict, int]:
+    body = _json_body()
+    if body.get("exportType") != "LIST":
+        raise validation_error("The sandbox supports exportType LIST only")
+    if str(body.get("objectType", "")).lower() not in CONTACT_OBJECT_TYPES:
+        raise validation_error(
+            f"objectType {body.get('objectType')!r} not supported: the sandbox exports contacts"
+        )
+    if body.get("format") != "CSV":
+        raise validation_error(f"format {body.get('format')!r} not supported by the sandbox: use CSV")
+    options = set(body.get("exportInternalValuesOptions") or [])
+    names = [str(n) for n in body.get("objectProperties") or [] if n != "hs_object_id"]
+    state = sandbox_state()
+    with state.lock:
+        unknown = [n for n in names if state.catalog.get(n) is None]
+        if unknown:
+            raise validation_error(f"Unknown properties for CONTACT: {unknown}")
+        source = state.lists.get(str(body.get("listId")))
+        if source is None:
+            raise not_found(f"List does not exist with listId {body.get('listId')}")
+        task = ExportTask(
+            task_id=state.new_task_id(),
+            name=str(body.get("exportName") or f"list-{source.list_id}"),
+            list_id=source.list_id,
+            property_names=names,
+            headers=export_headers(state.catalog, names, internal_names="NAMES" in options),
+            member_ids=source.members,
+            option_labels="VALUES" not in options,
+            zipped=state.config.export_zip,
+            download_token=secrets.token_urlsafe(16),
+        )
+        state.exports[task.task_id] = task
+    status_url = url_for("hubspot_api.export_status", taskId=task.task_id, _external=True)
+    return {"id": task.task_id, "links": {"status": status_url}}, 202
+
+
+def _export_task(state: SandboxState, task_id: str) -> ExportTask:
+    task = state.exports.get(task_id)
+    if task is None:
+        raise not_found(f"No export task with id {task_id}")
+    return task
+
+
+@api.get("/crm/v3/exports/export/async/tasks/<taskId>/status")
+def export_status(taskId: str) -> dict:
+    state = sandbox_state()
+    with state.lock:
+        task = _export_task(state, taskId)
+        status = task.status(time.time(), state.config.export_delay)
+    body: dict[str, Any] = {
+        "status": status,
+        "requestedAt": task.requested_iso,
+        "startedAt": task.requested_iso,
+        "completedAt": task.completed_iso or task.requested_iso,
+        "links": {},
+    }
+    if status == "COMPLETE":
+        body["result"] = url_for(
+            "hubspot_api.download_export", token=task.download_token, file_name=task.file_name, _external=True
+        )
+    return body
+
+
+@api.get("/crm/v3/exports/export/<exportId>")
+def get_export(exportId: str) -> dict:
+    state = sandbox_state()
+    with state.lock:
+        task = _export_task(state, exportId)
+        status = task.status(time.time(), state.config.export_delay)
+    return {
+        "id": task.task_id,
+        "exportName": task.name,
+        "exportState": {"COMPLETE": "DONE", "PENDING": "ENQUEUED"}.get(status, status),
+        "exportType": "LIST",
+        "objectType": "CONTACT",
+        "objectProperties": task.property_names,
+        "recordCount": len(task.member_ids),
+        "createdAt": task.requested_iso,
+        "updatedAt": task.completed_iso or task.requested_iso,
+    }
+
+
+# HubSpot hands out a pre-signed file URL that needs no token; this route stands in for it.
+@api.get("/_sandbox/exports/<token>/<file_name>")
+def download_export(token: str, file_name: str) -> Response:
+    state = sandbox_state()
+    with state.lock:
+        task = next((t for t in state.exports.values() if t.download_token == token), None)
+        ready = task is not None and task.completed_iso is not None and task.file_name == file_name
+    if not ready or task is None:
+        return Response("not found", status=404, mimetype="text/plain")
+    chunks = csv_stream(task.headers, _export_row_batches(state, task))
+    if task.zipped:
+        chunks = zip_stream(task.file_name.removesuffix(".zip") + ".csv", chunks)
+    mimetype = "application/zip" if task.zipped else "text/csv"
+    response = Response(stream_with_context(chunks), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{task.file_name}"'
+    return response
+
+
+def _export_row_batches(state: SandboxState, task: ExportTask) -> Iterator[list[list[str]]]:
+    # The lock is taken per chunk, so a million-row download does not stall the API.
+    for start in range(0, len(task.member_ids), EXPORT_CHUNK_ROWS):
+        ids = task.member_ids[start : start + EXPORT_CHUNK_ROWS]
+        with state.lock:
+            yield [export_row(state.catalog, task, cid, state.contacts.get(cid) or {}) for cid in ids]
+
+
+# ---- imports ------------------------------------------------------------------------------
+
+
+@api.post("/crm/v3/imports")
+def start_import() -> dict:
+    raw_request = request.form.get("importRequest")
+    upload = request.files.get("files")
+    if raw_request is None or upload is None:
+        raise validation_error("A multipart body with an importRequest field and a files file is required")
+    try:
+        import_request = json.loads(raw_request)
+    except ValueError as exc:
+        raise validation_error(f"importRequest is not valid JSON: {exc}") from None
+    if not isinstance(import_request, dict):
+        raise validation_error("importRequest must be a JSON object")
+    content = upload.read()
+    state = sandbox_state()
+    with state.lock:
+        plan = plan_import(import_request, upload.filename or "", state.catalog)
+        import_id = state.new_import_id()
+        job = ImportJob(import_id, str(100000 + int(import_id)), plan, import_request, content)
+        state.imports[import_id] = job
+        return job.to_json()
+
+
+def _import_job(state: SandboxState, import_id: str) -> ImportJob:
+    job = state.imports.get(import_id)
+    if job is None:
+        raise not_found(f"No import with id {import_id}")
+    return job
+
+
+@api.get("/crm/v3/imports/<importId>")
+def get_import(importId: str) -> dict:
+    state = sandbox_state()
+    with state.lock:
+        return _import_job(state, importId).to_json()
+
+
+@api.get("/crm/v3/imports/<importId>/errors")
+def import_errors(importId: str) -> dict:
+    limit = _int_arg("limit", 100, 1, 1000)
+    start = _offset_arg("after")
+    with_message, with_row = _query_flag("includeErrorMessage"), _query_flag("includeRowData")
+    state = sandbox_state()
+    with state.lock:
+        errors = _import_job(state, importId).errors
+        page = [_import_error_view(e, with_message, with_row) for e in errors[start : start + limit]]
+        total = len(errors)
+    body: dict[str, Any] = {"results": page}
+    if start + limit < total:
+        body["paging"] = {"next": {"after": str(start + limit)}}
+    return body
+
+
+def _import_error_view(error: dict[str, Any], with_message: bool, with_row: bool) -> dict[str, Any]:
+    view = dict(error)
+    if not with_message:
+        view.pop("errorMessage", None)
+    if not with_row:
+        view["sourceData"] = {**error["sourceData"], "rowData": []}
+    return view

@@ -1,0 +1,165 @@
+"""The HubSpot sandbox's control endpoints under /_sandbox/ (JSON, no auth): seed, inspect, configure.
+
+- POST /_sandbox/seed: {"contacts": [{"id"?: str, "properties": {...}}],
+  "lists": [{"listId"?: str, "name": str, "contactIds": [...]}],
+  "generate": {"contacts": n, "list_name", "duplicate_every", "malformed_every",
+  "missing_email_every", "seed"}} -> the new ids; "generate" adds n deterministic contacts and
+  a list of them (its id is the answer's "listId"). Seeded values are stored as given, unchecked.
+- GET /_sandbox/contacts/<id>: all properties of one contact.
+- GET /_sandbox/contacts?property=a&property=b&offset=&limit=: contacts with those properties
+  (all when none is named), seeded contacts first, then generated ones.
+- GET /_sandbox/state: request counts per route, 429s, sizes, custom properties, jobs, config.
+- POST /_sandbox/config: change rate_limit_per_10s, daily_limit, export_delay, import_delay,
+  validate_requests, validate_responses, export_zip, portal_id.
+- POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" |
+  "http_502" | "http_429", "count": n}: the next n matching requests fail that way.
+- POST /_sandbox/reset: back to the state the sandbox started in.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connector.sandbox.hubspot_api import sandbox_state
+from connector.sandbox.hubspot_contacts import IdRange
+from connector.sandbox.hubspot_properties import iso_now
+from connector.sandbox.hubspot_state import SandboxState
+
+control = Blueprint("hubspot_control", __name__, url_prefix="/_sandbox")
+
+MAX_GENERATED = 5_000_000
+GENERATE_DEFAULTS = {"duplicate_every": 50, "malformed_every": 97, "missing_email_every": 61, "seed": 1}
+
+
+class ControlError(Exception):
+    pass
+
+
+@control.errorhandler(ControlError)
+def _control_error(exc: ControlError) -> ResponseReturnValue:
+    return jsonify({"error": str(exc)}), 400
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ControlError("expected a JSON object")
+    return body
+
+
+@control.post("/seed")
+def seed() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    answer: dict[str, Any] = {}
+    with state.lock:
+        try:
+            answer["contactIds"] = [_seed_contact(state, c) for c in body.get("contacts", [])]
+            answer["listIds"] = [_seed_list(state, spec) for spec in body.get("lists", [])]
+            if "generate" in body:
+                answer.update(_generate(state, body["generate"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ControlError(f"cannot seed: {exc}") from None
+    return jsonify(answer)
+
+
+def _seed_contact(state: SandboxState, spec: dict[str, Any]) -> str:
+    properties = {str(k): "" if v is None else str(v) for k, v in (spec.get("properties") or {}).items()}
+    contact_id = spec.get("id")
+    return state.contacts.add(properties, iso_now(), None if contact_id is None else str(contact_id))
+
+
+def _seed_list(state: SandboxState, spec: dict[str, Any]) -> str:
+    members = [str(i) for i in spec.get("contactIds", [])]
+    unknown = [i for i in members if not state.contacts.exists(i)]
+    if unknown:
+        raise ValueError(f"list {spec.get('name')!r} names contacts that do not exist: {unknown[:10]}")
+    ordered = sorted(set(members), key=int)  # HubSpot pages memberships by ascending record id
+    list_id = spec.get("listId")
+    return state.add_list(str(spec["name"]), ordered, None if list_id is None else str(list_id)).list_id
+
+
+def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
+    count = spec.get("contacts")
+    if not isinstance(count, int) or not 1 <= count <= MAX_GENERATED:
+        raise ValueError(f"generate.contacts must be an integer from 1 to {MAX_GENERATED}")
+    knobs = {name: int(spec.get(name, default)) for name, default in GENERATE_DEFAULTS.items()}
+    block = state.contacts.generate(count, iso_now(), **knobs)
+    members = IdRange(block.first_id, block.count)
+    generated_list = state.add_list(str(spec.get("list_name") or "Generated contacts"), members)
+    return {
+        "listId": generated_list.list_id,
+        "generated": {"count": count, "firstContactId": members[0], "lastContactId": members[-1], **knobs},
+    }
+
+
+@control.get("/contacts/<contact_id>")
+def get_contact(contact_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        props = state.contacts.get(contact_id)
+    if props is None:
+        return jsonify({"error": f"no contact {contact_id}"}), 404
+    return jsonify({"id": contact_id, "properties": props})
+
+
+@control.get("/contacts")
+def list_contacts() -> ResponseReturnValue:
+    names = request.args.getlist("property")
+    offset = request.args.get("offset", 0, type=int)
+    limit = request.args.get("limit", type=int)
+    state = sandbox_state()
+    with state.lock:
+        ids = islice(state.contacts.iter_ids(), offset, None if limit is None else offset + limit)
+        contacts = []
+        for contact_id in ids:
+            props = state.contacts.get(contact_id) or {}
+            shown = {n: props[n] for n in names if n in props} if names else props
+            contacts.append({"id": contact_id, "properties": shown})
+        total = len(state.contacts)
+    return jsonify({"total": total, "offset": offset, "contacts": contacts})
+
+
+@control.get("/state")
+def show_state() -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(state.summary())
+
+
+@control.post("/config")
+def configure() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            state.config.update(body)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
+        return jsonify({"config": state.config.public()})
+
+
+@control.post("/faults")
+def add_fault() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            state.faults.add(
+                str(body.get("endpoint", "any")), str(body.get("kind")), int(body.get("count", 1))
+            )
+        except (ValueError, TypeError) as exc:
+            raise ControlError(str(exc)) from None
+        return jsonify({"faults": state.faults.pending()})
+
+
+@control.post("/reset")
+def reset() -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        state.reset()
+    return jsonify({"reset": True})

@@ -1,0 +1,227 @@
+"""Everything the HubSpot sandbox remembers, in memory behind one lock (the server is threaded)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, date, datetime
+from typing import Any
+
+from connector.sandbox.hubspot_contacts import ContactStore
+from connector.sandbox.hubspot_jobs import ExportTask, ImportJob
+from connector.sandbox.hubspot_properties import PropertyCatalog, iso_now
+
+RATE_WINDOW_SECONDS = 10.0
+FAULT_KINDS = ("http_500", "http_502", "http_429")
+
+
+@dataclass
+class SandboxConfig:
+    rate_limit_per_10s: int = 100
+    daily_limit: int = 10_000_000
+    export_delay: float = 1.0
+    import_delay: float = 1.0
+    validate_requests: bool = True
+    validate_responses: bool = False
+    export_zip: bool = False
+    portal_id: int = 62515
+    # None: any non-empty bearer token is accepted. Not changeable through /_sandbox/config.
+    access_token: str | None = field(default=None, repr=False)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply `changes` from /_sandbox/config; ValueError names what is wrong."""
+        types = {f.name: f.type for f in fields(self) if f.name != "access_token"}
+        for name, value in changes.items():
+            if name not in types:
+                raise ValueError(f"unknown setting {name!r}; known: {sorted(types)}")
+            expected = {"int": int, "float": (int, float), "bool": bool}[str(types[name])]
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+                raise ValueError(f"{name} must be {types[name]}, got {value!r}")
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def public(self) -> dict[str, Any]:
+        settings = asdict(self)
+        settings.pop("access_token")
+        return settings
+
+
+class RateLimiter:
+    """HubSpot's per-portal limits: a rolling 10 s window and a daily count (UTC days)."""
+
+    def __init__(self) -> None:
+        self._recent: deque[float] = deque()
+        self._day: date | None = None
+        self._day_count = 0
+
+    def admit(self, now: float, today: date, per_10s: int, daily: int) -> str | None:
+        """Count the request and return None, or return the policy that refuses it."""
+        self._expire(now, today)
+        if self._day_count >= daily:
+            return "DAILY"
+        if len(self._recent) >= per_10s:
+            return "TEN_SECONDLY_ROLLING"
+        self._recent.append(now)
+        self._day_count += 1
+        return None
+
+    def headers(self, now: float, today: date, per_10s: int, daily: int) -> dict[str, str]:
+        self._expire(now, today)
+        secondly = math.ceil(per_10s / RATE_WINDOW_SECONDS)
+        last_second = sum(1 for stamp in reversed(self._recent) if stamp > now - 1.0)
+        return {
+            "X-HubSpot-RateLimit-Daily": str(daily),
+            "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, daily - self._day_count)),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(RATE_WINDOW_SECONDS * 1000)),
+            "X-HubSpot-RateLimit-Max": str(per_10s),
+            "X-HubSpot-RateLimit-Remaining": str(max(0, per_10s - len(self._recent))),
+            "X-HubSpot-RateLimit-Secondly": str(secondly),
+            "X-HubSpot-RateLimit-Secondly-Remaining": str(max(0, secondly - last_second)),
+        }
+
+    def _expire(self, now: float, today: date) -> None:
+        while self._recent and self._recent[0] <= now - RATE_WINDOW_SECONDS:
+            self._recent.popleft()
+        if today != self._day:
+            self._day, self._day_count = today, 0
+
+
+class FaultPlan:
+    """Injected failures: the next `count` requests to a route (or to any route) fail with `kind`."""
+
+    def __init__(self) -> None:
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, endpoint: str, kind: str, count: int) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {list(FAULT_KINDS)}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        self._pending.append({"endpoint": endpoint, "kind": kind, "count": count})
+
+    def take(self, route: str) -> str | None:
+        for fault in self._pending:
+            if fault["endpoint"] in (route, "any"):
+                fault["count"] -= 1
+                if fault["count"] == 0:
+                    self._pending.remove(fault)
+                return fault["kind"]
+        return None
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [dict(f) for f in self._pending]
+
+
+@dataclass
+class ContactList:
+    list_id: str
+    name: str
+    members: Sequence[str]  # ascending record ids
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        """PublicObjectList of the lists spec."""
+        return {
+            "listId": self.list_id,
+            "listVersion": 1,
+            "name": self.name,
+            "objectTypeId": "0-1",
+            "processingStatus": "COMPLETE",
+            "processingType": "MANUAL",
+            "size": len(self.members),
+            "createdAt": self.created_at,
+            "updatedAt": self.created_at,
+            "filtersUpdatedAt": self.created_at,
+        }
+
+    def to_search_json(self) -> dict[str, Any]:
+        """PublicObjectListSearchResult: HubSpot reports the size in additionalProperties."""
+        body = self.to_json()
+        del body["size"]
+        body["additionalProperties"] = {"hs_list_size": str(len(self.members))}
+        return body
+
+
+class SandboxState:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.lock = threading.Lock()
+        self._initial_config = replace(config)
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = replace(self._initial_config)
+        self.contacts = ContactStore()
+        self.catalog = PropertyCatalog()
+        self.lists: dict[str, ContactList] = {}
+        self.exports: dict[str, ExportTask] = {}
+        self.imports: dict[str, ImportJob] = {}
+        self.request_counts: Counter[str] = Counter()
+        self.total_requests = 0
+        self.rate_limited = 0
+        self.rate_limiter = RateLimiter()
+        self.faults = FaultPlan()
+        self._next_list_id = 1
+        self._next_task_id = 1
+        self._next_import_id = 1
+
+    @property
+    def rate_group(self) -> str:
+        return f"publicapi:private-app:{self.config.portal_id}"
+
+    def admit(self) -> str | None:
+        return self.rate_limiter.admit(
+            time.monotonic(),
+            datetime.now(UTC).date(),
+            self.config.rate_limit_per_10s,
+            self.config.daily_limit,
+        )
+
+    def rate_headers(self) -> dict[str, str]:
+        return self.rate_limiter.headers(
+            time.monotonic(),
+            datetime.now(UTC).date(),
+            self.config.rate_limit_per_10s,
+            self.config.daily_limit,
+        )
+
+    def add_list(self, name: str, members: Sequence[str], list_id: str | None = None) -> ContactList:
+        if list_id is None:
+            while str(self._next_list_id) in self.lists:
+                self._next_list_id += 1
+            list_id = str(self._next_list_id)
+        if list_id in self.lists:
+            raise ValueError(f"list {list_id} already exists")
+        created = ContactList(list_id, name, members, iso_now())
+        self.lists[list_id] = created
+        return created
+
+    def new_task_id(self) -> str:
+        task_id, self._next_task_id = str(self._next_task_id), self._next_task_id + 1
+        return task_id
+
+    def new_import_id(self) -> str:
+        import_id, self._next_import_id = str(self._next_import_id), self._next_import_id + 1
+        return import_id
+
+    def advance_jobs(self) -> None:
+        now = time.time()
+        for job in self.imports.values():
+            job.advance(now, self.config.import_delay, self.contacts, self.catalog)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.request_counts),
+            "total_requests": self.total_requests,
+            "rate_limited": self.rate_limited,
+            "contacts": len(self.contacts),
+            "lists": len(self.lists),
+            "properties": self.catalog.custom_names(),
+            "exports": len(self.exports),
+            "imports": {job.import_id: job.state for job in self.imports.values()},
+            "faults": self.faults.pending(),
+            "config": self.config.public(),
+        }
