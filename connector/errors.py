@@ -55,3 +55,11 @@ class NotFoundError(ConnectorError):
     """The thing asked for does not exist."""
 
     http_status = 404
+
+
+class WebhookRefused(ConnectorError):
+    """A delivery that is not from the configured app, portal or org (401, or 403 for a foreign account)."""
+
+    def __init__(self, code: str, message: str, http_status: int = 401) -> None:
+        super().__init__(code, message)
+        self.http_status = http_status

@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from connector.errors import ConnectorError, InputError
+from connector.errors import InputError, WebhookRefused
 from connector.pipeline.coalesce import IncomingContact
 
 MAX_SIGNATURE_AGE_MS = 5 * 60 * 1000
@@ -22,14 +22,6 @@ _DECODED_IN_URI = {
     "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
     "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
 }  # fmt: skip
-
-
-class WebhookRefused(ConnectorError):
-    """The delivery is not from the configured HubSpot app or portal."""
-
-    def __init__(self, code: str, message: str, http_status: int = 401) -> None:
-        super().__init__(code, message)
-        self.http_status = http_status
 
 
 def check_signature(

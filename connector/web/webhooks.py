@@ -6,11 +6,11 @@ import json
 import time
 from typing import Any
 
-from flask import Blueprint, Request, jsonify, request
+from flask import Blueprint, Request, Response, jsonify, request
 
 from connector.config import Settings
-from connector.crm import hubspot_webhook
-from connector.errors import ConfigError, InputError
+from connector.crm import hubspot_webhook, salesforce_webhook
+from connector.errors import ConfigError, ConnectorError, InputError
 from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync
 from connector.web import current_runtime
 
@@ -53,6 +53,47 @@ def hubspot():  # type: ignore[no-untyped-def]
         )
         accepted += 1
     return jsonify({"accepted": accepted})
+
+
+@webhooks.post("/webhooks/salesforce")
+def salesforce():  # type: ignore[no-untyped-def]
+    runtime = current_runtime()
+    settings = runtime.settings
+    mimetype = request.mimetype
+    if mimetype in ("text/xml", "application/xml", "application/soap+xml"):
+        delivery = salesforce_webhook.read_outbound_message(request.get_data(), settings.salesforce_org_id)
+    elif mimetype == "application/json":
+        if not settings.salesforce_webhook_token:
+            raise ConfigError("salesforce_not_configured", "SALESFORCE_WEBHOOK_TOKEN is not set")
+        salesforce_webhook.check_flow_token(
+            request.headers.get("X-Connector-Token"), settings.salesforce_webhook_token
+        )
+        delivery = salesforce_webhook.read_flow_callout(parse_json(request.get_data()))
+    else:
+        raise UnsupportedMediaType()
+    connection = crm_connection(runtime, "salesforce")
+    accepted = accept_contacts(runtime, connection, keyed=delivery.keyed, unkeyed=delivery.unkeyed)
+    if delivery.campaign is not None:
+        campaign_id, type_, sobject = delivery.campaign
+        start_segment_sync(
+            runtime,
+            connection,
+            source={"kind": "salesforce_campaign", "ref": campaign_id, "object": sobject},
+            type_=type_,
+            trigger="webhook",
+            name=f"Salesforce campaign {campaign_id} ({type_})",
+        )
+        accepted += 1
+    if mimetype == "application/json":
+        return jsonify({"accepted": accepted})
+    return Response(salesforce_webhook.ACK, mimetype="text/xml")
+
+
+class UnsupportedMediaType(ConnectorError):
+    http_status = 415
+
+    def __init__(self) -> None:
+        super().__init__("unsupported_media_type", "send text/xml (outbound message) or application/json")
 
 
 def signed_uri(settings: Settings, req: Request) -> str:

@@ -1,0 +1,157 @@
+"""What a Salesforce delivery says: an outbound message (SOAP) or a Flow callout (JSON).
+
+XML is parsed with defusedxml and DTDs are refused outright, so external entities and entity
+expansion ("billion laughs") never get a chance to run.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+
+from connector.errors import InputError, WebhookRefused
+from connector.pipeline.coalesce import IncomingContact
+
+OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
+SOAP_ENV_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+MAX_NOTIFICATIONS = 100
+OBJECTS = ("Contact", "Lead")
+# Field name in the notification → verification type.
+VERIFIED_FIELDS = {"Email": "email", "Phone": "phone"}
+ID_PREFIXES = {"003": "Contact", "00Q": "Lead"}
+
+ACK = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    f'<soapenv:Envelope xmlns:soapenv="{SOAP_ENV_NS}"><soapenv:Body>'
+    f'<notificationsResponse xmlns="{OUTBOUND_NS}"><Ack>true</Ack></notificationsResponse>'
+    "</soapenv:Body></soapenv:Envelope>"
+)
+
+
+@dataclass
+class SalesforceDelivery:
+    # (notification Id, contacts it brought) — a redelivered message repeats its Ids.
+    keyed: list[tuple[str, list[tuple[str, IncomingContact]]]] = field(default_factory=list)
+    unkeyed: list[tuple[str, IncomingContact]] = field(default_factory=list)
+    campaign: tuple[str, str, str | None] | None = None  # (campaign id, type, object or None)
+    ignored: int = 0
+
+
+def same_org(sent: str, expected: str) -> bool:
+    """15- and 18-character ids of one org are equal: the 18-char form only adds a case-safe suffix."""
+    sent, expected = sent.strip(), expected.strip()
+    if len(sent) not in (15, 18) or len(expected) not in (15, 18):
+        return False
+    return hmac.compare_digest(sent[:15], expected[:15])
+
+
+def read_outbound_message(raw: bytes, org_id: str | None) -> SalesforceDelivery:
+    root = _parse_xml(raw)
+    notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
+    if notifications is None:
+        raise InputError("unreadable_body", "no outbound-message notifications element in the SOAP body")
+    sent_org = (notifications.findtext(f"{{{OUTBOUND_NS}}}OrganizationId") or "").strip()
+    if org_id and not same_org(sent_org, org_id):
+        raise WebhookRefused(
+            "org_mismatch", f"outbound message from org {sent_org or '?'} refused", http_status=403
+        )
+    items = notifications.findall(f"{{{OUTBOUND_NS}}}Notification")
+    if len(items) > MAX_NOTIFICATIONS:
+        raise InputError("too_many_notifications", f"at most {MAX_NOTIFICATIONS} notifications per message")
+    delivery = SalesforceDelivery()
+    for item in items:
+        notification_id = (item.findtext(f"{{{OUTBOUND_NS}}}Id") or "").strip()
+        sobject = item.find(f"{{{OUTBOUND_NS}}}sObject")
+        if not notification_id or sobject is None:
+            raise InputError("unreadable_notification", "every Notification needs an Id and an sObject")
+        brought = _sobject_contacts(sobject)
+        if brought:
+            delivery.keyed.append((notification_id, brought))
+        else:
+            delivery.ignored += 1
+    return delivery
+
+
+def _parse_xml(raw: bytes) -> Element:
+    try:
+        return fromstring(raw, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException:
+        raise InputError("xml_forbidden", "XML with a DTD or entities is refused") from None
+    except ParseError as error:
+        raise InputError("malformed_xml", f"body is not well-formed XML: {error}") from None
+
+
+def _sobject_contacts(sobject: Element) -> list[tuple[str, IncomingContact]]:
+    object_type = (sobject.get(f"{{{XSI_NS}}}type") or "").split(":")[-1]
+    if object_type not in OBJECTS:
+        return []
+    fields = {_local_name(child.tag): (child.text or "").strip() for child in sobject}
+    record_id = fields.get("Id", "")
+    if not record_id:
+        raise InputError("unreadable_notification", "an sObject without an Id")
+    return _contacts(record_id, object_type, fields)
+
+
+def _contacts(record_id: str, object_type: str, fields: dict[str, Any]) -> list[tuple[str, IncomingContact]]:
+    brought = [
+        (type_, IncomingContact(record_id, str(fields[name]), object_type))
+        for name, type_ in VERIFIED_FIELDS.items()
+        if fields.get(name)
+    ]
+    return brought or [("email", IncomingContact(record_id, None, object_type))]
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def check_flow_token(sent: str | None, expected: str) -> None:
+    if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise WebhookRefused("token_invalid", "X-Connector-Token is missing or wrong")
+
+
+def read_flow_callout(body: Any) -> SalesforceDelivery:
+    if not isinstance(body, dict):
+        raise InputError("unreadable_body", "expected a JSON object with campaignId or records")
+    if "campaignId" in body:
+        return SalesforceDelivery(campaign=_campaign(body))
+    records = body.get("records")
+    if not isinstance(records, list):
+        raise InputError("unreadable_body", "expected campaignId or a records array")
+    delivery = SalesforceDelivery()
+    for record in records:
+        if not isinstance(record, dict) or not record.get("Id"):
+            raise InputError("unreadable_record", "every record needs an Id")
+        record_id = str(record["Id"])
+        object_type = _object_type(record, record_id)
+        if object_type is None:
+            delivery.ignored += 1
+            continue
+        delivery.unkeyed.extend(_contacts(record_id, object_type, record))
+    return delivery
+
+
+def _campaign(body: dict[str, Any]) -> tuple[str, str, str | None]:
+    campaign_id = str(body["campaignId"]).strip()
+    if len(campaign_id) not in (15, 18) or not campaign_id.startswith("701"):
+        raise InputError("invalid_campaign_id", "campaignId must be a 15- or 18-character Campaign id (701…)")
+    type_ = body.get("type", "email")
+    if type_ not in ("email", "phone"):
+        raise InputError("invalid_type", "type must be 'email' or 'phone'")
+    sobject = body.get("object")
+    if sobject is not None and sobject not in OBJECTS:
+        raise InputError("invalid_object", "object must be Contact or Lead")
+    return campaign_id, type_, sobject
+
+
+def _object_type(record: dict[str, Any], record_id: str) -> str | None:
+    attributes = record.get("attributes")
+    if isinstance(attributes, dict) and attributes.get("type") in OBJECTS:
+        return attributes["type"]
+    return ID_PREFIXES.get(record_id[:3])
