@@ -8,12 +8,26 @@ from __future__ import annotations
 from rq import cron
 
 from connector.config import Settings
+from connector.pipeline.coalesce import flush_due_buffers
 from connector.pipeline.reconcile import reconcile
+from connector.pipeline.retention import purge_expired_data
 
 
 def reconcile_job() -> int:
     return len(reconcile())
 
 
+def flush_buffers_job() -> int:
+    return len(flush_due_buffers())
+
+
+def purge_job() -> int:
+    return len(purge_expired_data())
+
+
 # This module is the cron process's configuration file, so reading the queue name here is its job.
-cron.register(reconcile_job, queue_name=Settings.from_env().queue_name, interval=60, job_timeout=300)
+QUEUE = Settings.from_env().queue_name
+cron.register(reconcile_job, queue_name=QUEUE, interval=60, job_timeout=300)
+# Well inside COALESCE_WINDOW_SECONDS, so a buffer is flushed soon after its window closes.
+cron.register(flush_buffers_job, queue_name=QUEUE, interval=10, job_timeout=300)
+cron.register(purge_job, queue_name=QUEUE, interval=3600, job_timeout=1800)

@@ -174,6 +174,8 @@ class Sync(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+    # Contacts, values and files are deleted DATA_RETENTION_DAYS after a sync ends; counts stay.
+    data_purged_at: Mapped[datetime | None]
 
     batches: Mapped[list[SyncBatch]] = relationship(
         back_populates="sync", order_by="SyncBatch.seq", cascade="all, delete-orphan"

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from connector.errors import ConnectorError, TransientError
 from connector.models import Sync, SyncStatus, utcnow
+from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
 from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
 from connector.pipeline.steps import STEPS
@@ -148,6 +149,8 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
         runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in STEPS)
     if runnable:
         schedule_step(runtime, sync_id, delay)
+    elif getattr(result, "to", None) == SyncStatus.COMPLETED:
+        remove_sync_files(runtime, sync_id)  # the verdicts are in the database; the files held PII
     return f"{status} -> {getattr(result, 'to', status)}"
 
 
