@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from connector.metrics import count
 from connector.models import RUNNABLE_STATES, Connection, Sync, WebhookEvent
 from connector.pipeline.coalesce import IncomingContact, buffer_contacts, request_flush, waiting_count
 from connector.pipeline.syncs import create_sync, ensure_connection
@@ -50,6 +51,7 @@ def accept_contacts(
                 accepted += 1
                 for type_, contact in brought:
                     by_type.setdefault(type_, []).append(contact)
+        duplicates = len(keyed) - accepted
         for type_, contact in unkeyed:
             by_type.setdefault(type_, []).append(contact)
             accepted += 1
@@ -57,8 +59,10 @@ def accept_contacts(
         for type_, contacts in by_type.items():
             buffer_contacts(session, connection.id, type_, contacts)
             waiting[type_] = waiting_count(session, connection.id, type_)
-    for type_, count in waiting.items():
-        request_flush(runtime, connection.id, type_, waiting=count)
+    for type_, number in waiting.items():
+        request_flush(runtime, connection.id, type_, waiting=number)
+    count(runtime.redis, "webhook_events", accepted, source=connection.crm, result="accepted")
+    count(runtime.redis, "webhook_events", duplicates, source=connection.crm, result="duplicate")
     return accepted
 
 

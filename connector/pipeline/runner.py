@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from connector.errors import ConnectorError, TransientError
+from connector.metrics import observe_step
 from connector.models import Sync, SyncStatus, utcnow
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
@@ -142,8 +143,10 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
             sync.poll_attempt += 1
         else:
             sync.poll_attempt = 0
+            entered = sync.updated_at
             transition(session, sync, result.to, result.note)
             refresh_counts(session, sync)
+            observe_step(runtime.redis, str(status), (sync.updated_at - entered).total_seconds())
         sync.lease_until = None
         sync.job_id = None
         runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in STEPS)

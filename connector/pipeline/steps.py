@@ -25,6 +25,7 @@ from connector.apexverify import (
 from connector.chaos import chaos_point
 from connector.crm.base import FlagUpdate, WriteFailure
 from connector.crm.registry import source_for, writer_for
+from connector.metrics import call_outcome, count
 from connector.models import (
     ContactOutcome,
     Sync,
@@ -45,7 +46,11 @@ RESULT_CHUNK = 2000
 
 
 def _client(ctx: StepContext) -> ApexVerifyClient:
-    return ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis)
+    client = ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis)
+    client.on_call = lambda endpoint, status: count(
+        ctx.runtime.redis, "api_calls", service="apexverify", outcome=call_outcome(status)
+    )
+    return client
 
 
 def _load(session: Session, ctx: StepContext) -> Sync:
@@ -273,8 +278,12 @@ def _cost_summary(batches: list[SyncBatch]) -> dict[str, float]:
         for part, marker in _COST_PARTS.items():
             summary[part] += sum(float(v) for k, v in cost.items() if marker in k)
         if batch.launched_at is not None:
-            summary["charged"] += sum(float(v) for k, v in cost.items() if k.startswith("net_"))
+            summary["charged"] += _batch_net_cost(batch)
     return summary
+
+
+def _batch_net_cost(batch: SyncBatch) -> float:
+    return sum(float(v) for k, v in (batch.found_cost or {}).items() if k.startswith("net_"))
 
 
 def check_cost(ctx: StepContext) -> StepResult:
@@ -300,6 +309,8 @@ def launch_batches(ctx: StepContext) -> StepResult:
             _update_batch(ctx, batch.id, parse_requested=False)
             return Advance(SyncStatus.PARSING, f"batch {batch.batch_uuid} was not ready; parsing again")
         _update_batch(ctx, batch.id, launched_at=utcnow(), remote_status=BatchStatus.VERIFICATION_ONGOING)
+        if outcome == LaunchOutcome.OK:
+            count(ctx.runtime.redis, "credits_spent", _batch_net_cost(batch))
     with ctx.session() as session:
         sync = _load(session, ctx)
         sync.cost = _cost_summary(sync.batches)
@@ -406,6 +417,7 @@ def write_back_flags(ctx: StepContext) -> StepResult:
             )
         )
         writer = writer_for(ctx.runtime, sync, expected_updates=pending or 0)
+        crm = sync.crm
     writer.prepare()
     after_id = 0
     while True:
@@ -415,6 +427,8 @@ def write_back_flags(ctx: StepContext) -> StepResult:
             break
         chaos_point("write_back.after_call")
         _record_outcomes(ctx, after_id, page.last_id, failures)
+        count(ctx.runtime.redis, "contacts_written", page.count - len(failures), crm=crm, result="ok")
+        count(ctx.runtime.redis, "contacts_written", len(failures), crm=crm, result="failed")
         after_id = page.last_id
         ctx.heartbeat()
     return Advance(SyncStatus.COMPLETED)

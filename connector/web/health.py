@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
+from connector.metrics import ConnectorCollector
+from connector.runtime import Runtime
 from connector.web import current_runtime
 
 health = Blueprint("health", __name__)
@@ -37,4 +39,11 @@ def readyz():  # type: ignore[no-untyped-def]
 
 @health.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    registry = current_app.extensions.setdefault("connector_metrics", _registry(current_runtime()))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _registry(runtime: Runtime) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ConnectorCollector(runtime))
+    return registry

@@ -11,10 +11,24 @@ from flask import Blueprint, Request, Response, jsonify, request
 from connector.config import Settings
 from connector.crm import hubspot_webhook, salesforce_webhook
 from connector.errors import ConfigError, ConnectorError, InputError
+from connector.metrics import count
 from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync
 from connector.web import current_runtime
 
 webhooks = Blueprint("webhooks", __name__)
+
+
+@webhooks.after_request
+def count_refusals(response: Response) -> Response:
+    if response.status_code >= 400:
+        source = request.path.rsplit("/", 1)[-1]
+        count(
+            current_runtime().redis,
+            "webhook_events",
+            source=source,
+            result=f"rejected_{response.status_code}",
+        )
+    return response
 
 
 @webhooks.post("/webhooks/hubspot")
