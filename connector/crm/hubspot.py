@@ -36,6 +36,7 @@ from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
 from connector.crm.hubspot_bulk import export_list_rows, import_flag_rows
 from connector.crm.hubspot_client import make_hubspot_client
 from connector.errors import ConfigError, ConnectorError, TransientError
+from connector.metrics import call_outcome, count
 from connector.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class HubSpotApi:
             raise ConfigError("hubspot_not_configured", "HUBSPOT_ACCESS_TOKEN is not set")
         self.settings = settings
         self.sleep = sleep
+        self.redis = redis_connection
         self._token = settings.hubspot_access_token
         self.limiter = RateLimiter(
             redis_connection,
@@ -182,11 +184,14 @@ class HubSpotApi:
             self.limiter.acquire()
             self._count("calls")
             try:
-                return operation(*args, **kwargs)
+                answer = operation(*args, **kwargs)
+                count(self.redis, "api_calls", service="hubspot", outcome="ok")
+                return answer
             except API_ERRORS as exc:
                 failure = _failure_from_exception(exc)
             except CONNECTION_ERRORS as exc:
                 failure = _Failure(0, {"message": f"connection failed ({type(exc).__name__})"}, None)
+            count(self.redis, "api_calls", service="hubspot", outcome=call_outcome(failure.status or None))
             if failure.status == 429:
                 rate_limited += 1
                 self._absorb_rate_limit(failure, rate_limited)

@@ -32,7 +32,7 @@ def reader_for(runtime: Runtime, sync: Sync) -> RecordReader | None:
     if sync.crm == "hubspot":
         from connector.crm.hubspot import HubSpotRecordReader
 
-        return HubSpotRecordReader(_hubspot_api(runtime))
+        return HubSpotRecordReader(_hubspot_api(runtime), field_names=_field_names(runtime, sync))
     return None
 
 

@@ -12,13 +12,14 @@ from sqlalchemy.orm import Session
 from connector.crm.base import Verdict
 from connector.models import VerifiedValue
 
+# A malformed value is neither a role address nor a disposable inbox: every flag gets written.
 INVALID_FORMAT = {
     "status": "invalid_format",
     "valid": False,
     "wrong": True,
     "unknown": False,
-    "is_role": None,
-    "is_disposable": None,
+    "is_role": False,
+    "is_disposable": False,
 }
 
 

@@ -1,0 +1,124 @@
+"""A HubSpot list, triggered by a signed webhook, verified and flagged — through the sandboxes over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from connector.crm.hubspot_webhook import sign
+from connector.models import Sync, SyncStatus, SyncValue
+from connector.pipeline.drive import drive_until_settled
+from connector.runtime import Runtime
+from connector.sandbox.server import SandboxServer, serve_in_thread
+from tests.conftest import with_settings
+
+TOKEN = "pat-test-hubspot-token"
+SECRET = "hubspot-app-secret-e2e"
+EMAIL_PROPERTIES = (
+    "apexverify_valid", "apexverify_wrong", "apexverify_is_role", "apexverify_is_disposable",
+    "apexverify_status", "apexverify_verified_at",
+)  # fmt: skip
+
+
+@pytest.fixture
+def hubspot_sandbox() -> Iterator[SandboxServer]:
+    from connector.sandbox.hubspot import create_app
+
+    server = serve_in_thread(create_app(access_token=TOKEN, export_delay=0.2, import_delay=0.2))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hubspot_runtime(runtime: Runtime, hubspot_sandbox: SandboxServer) -> Runtime:
+    return with_settings(
+        runtime, hubspot_base_url=hubspot_sandbox.url, hubspot_access_token=TOKEN,
+        hubspot_client_secret=SECRET, hubspot_portal_id="777",
+    )  # fmt: skip
+
+
+def generate_list(sandbox: SandboxServer, contacts: int) -> str:
+    body = {"generate": {"contacts": contacts, "list_name": "e2e", "seed": 3}}
+    answer = requests.post(f"{sandbox.url}/_sandbox/seed", json=body, timeout=30)
+    answer.raise_for_status()
+    return str(answer.json()["listId"])
+
+
+def all_contacts(sandbox: SandboxServer) -> Iterator[dict]:
+    offset = 0
+    while True:
+        page = requests.get(
+            f"{sandbox.url}/_sandbox/contacts", params={"offset": offset, "limit": 5000}, timeout=30
+        )
+        items = page.json()["contacts"]
+        if not items:
+            return
+        yield from items
+        offset += len(items)
+
+
+def trigger_list_sync(web: SandboxServer, list_id: str) -> None:
+    body = json.dumps({"listId": list_id, "type": "email"}).encode()
+    stamp = str(int(time.time() * 1000))
+    url = f"{web.url}/webhooks/hubspot"
+    headers = {"X-HubSpot-Signature-v3": sign(SECRET, "POST", url, body, stamp),
+               "X-HubSpot-Request-Timestamp": stamp, "Content-Type": "application/json"}  # fmt: skip
+    assert requests.post(url, data=body, headers=headers, timeout=5).json() == {"accepted": 1}
+
+
+@pytest.mark.slow
+def test_a_10000_contact_list_gets_every_flag_matching_the_export(
+    hubspot_runtime: Runtime, hubspot_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    list_id = generate_list(hubspot_sandbox, 10_000)
+    trigger_list_sync(web, list_id)
+    with hubspot_runtime.session() as session:
+        sync_id = session.scalars(select(Sync.id)).one()
+
+    sync = drive_until_settled(hubspot_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    with hubspot_runtime.session() as session:
+        verdicts = dict(
+            session.execute(
+                select(SyncValue.value, SyncValue.status).where(SyncValue.sync_id == sync_id)
+            ).all()
+        )
+    contacts = list(all_contacts(hubspot_sandbox))
+    with_email = [c for c in contacts if (c["properties"].get("email") or "").strip()]
+    without_email = [c for c in contacts if not (c["properties"].get("email") or "").strip()]
+    assert len(contacts) == 10_000 and without_email and len(verdicts) < len(with_email)  # duplicates exist
+    for contact in with_email:
+        props = contact["properties"]
+        assert all(props.get(name) not in (None, "") for name in EMAIL_PROPERTIES), contact
+        assert props["apexverify_status"] == verdicts[props["email"].strip().lower()]
+        if props["apexverify_status"] == "invalid_format":
+            assert props["apexverify_wrong"] == "true" and props["apexverify_valid"] == "false"
+    for contact in without_email:
+        assert not any(contact["properties"].get(name) for name in EMAIL_PROPERTIES)
+    assert sync.counts["skipped_by_reason"] == {"no_value": len(without_email)}
+    assert sync.counts["verified"] == len(with_email)
+    assert "invalid_format" in verdicts.values()
+
+
+@pytest.mark.slow
+def test_a_50000_contact_list_uses_the_bulk_apis_under_the_rate_limit(
+    hubspot_runtime: Runtime, hubspot_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    list_id = generate_list(hubspot_sandbox, 50_000)
+    trigger_list_sync(web, list_id)
+    with hubspot_runtime.session() as session:
+        sync_id = session.scalars(select(Sync.id)).one()
+
+    sync = drive_until_settled(hubspot_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    state = requests.get(f"{hubspot_sandbox.url}/_sandbox/state", timeout=10).json()
+    assert state["rate_limited"] < 0.01 * state["total_requests"]
+    assert state["total_requests"] < 40  # an export and an import, not 1,000 batch calls
+    assert sync.counts["verified"] + sync.counts["skipped"] == 50_000
