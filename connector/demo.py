@@ -7,22 +7,27 @@ DATABASE_URL set (and reachable) it uses them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
-from pathlib import Path
 
+import requests
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select
 
 from connector.config import Settings
+from connector.crm.hubspot_webhook import sign
 from connector.db import upgrade_database
-from connector.models import SyncStatus
+from connector.models import Sync, SyncStatus
 from connector.pipeline.drive import drive_until_settled
 from connector.progress import SyncProgress
-from connector.runtime import build_runtime
+from connector.runtime import Runtime, build_runtime
 from connector.sandbox.apexverify import ApexVerifySandboxOptions, create_app
+from connector.sandbox.hubspot import create_app as create_hubspot_app
 from connector.sandbox.server import serve_in_thread
 from connector.verify_command import start_file_sync
+from connector.web import create_app as create_web_app
 
 DEMO_API_KEY = "demo-key"
 
@@ -55,41 +60,128 @@ def generate_emails(size: int, seed: int = 7) -> list[str]:
     return lines
 
 
+DEMO_HUBSPOT_TOKEN = "demo-hubspot-token"
+DEMO_HUBSPOT_SECRET = "demo-hubspot-app-secret"
+
+
 def run_demo(settings: Settings, *, size: int = 3000) -> int:
     console = Console()
-    apexverify = serve_in_thread(
-        create_app(ApexVerifySandboxOptions(api_key=DEMO_API_KEY, parse_delay=0.5, verify_delay=2.0))
-    )
+    sandboxes = [
+        serve_in_thread(
+            create_app(ApexVerifySandboxOptions(api_key=DEMO_API_KEY, parse_delay=0.5, verify_delay=2.0))
+        ),
+        serve_in_thread(
+            create_hubspot_app(access_token=DEMO_HUBSPOT_TOKEN, export_delay=0.5, import_delay=0.5)
+        ),
+    ]
     try:
-        settings = dataclasses.replace(
-            settings,
-            apexverify_base_url=apexverify.url,
-            apexverify_api_key=DEMO_API_KEY,
-            poll_initial_seconds=1.0,
-            poll_max_seconds=5.0,
-        )
-        runtime = build_runtime(settings, allow_fallback_broker=True)
-        upgrade_database(runtime.engine)
+        runtime = _demo_runtime(settings, apexverify_url=sandboxes[0].url, hubspot_url=sandboxes[1].url)
         console.print(
             f"[bold]ApexVerify CRM Connector demo[/] — database {runtime.engine.url.render_as_string()}, "
-            f"broker {'in-process' if runtime.uses_fallback_broker else 'Redis'}, sandbox {apexverify.url}"
+            f"broker {'in-process' if runtime.uses_fallback_broker else 'Redis'}"
         )
-        source = settings.data_dir / "demo" / "contacts.txt"
-        source.parent.mkdir(parents=True, exist_ok=True)
-        source.write_text("\n".join(generate_emails(size)) + "\n", encoding="utf-8")
-        started = time.monotonic()
-        sync = start_file_sync(runtime, source, type_="email", country="US", reverify_after_days=0)
-        with SyncProgress(Console(stderr=True)) as progress:
-            sync = drive_until_settled(runtime, sync.id, on_tick=progress.update)
-        console.print()
-        console.print(_summary(sync.counts, sync.cost, time.monotonic() - started, source))
-        return 0 if sync.status == SyncStatus.COMPLETED else 1
+        results = [_file_demo(runtime, console, size), _hubspot_demo(runtime, console, sandboxes[1].url)]
+        return 0 if all(results) else 1
     finally:
-        apexverify.stop()
+        for server in sandboxes:
+            server.stop()
 
 
-def _summary(counts: dict, cost: dict, seconds: float, source: Path) -> Table:
-    table = Table(title=f"{source.name}: {counts.get('contacts', 0)} contacts in {seconds:.1f}s")
+def _demo_runtime(settings: Settings, *, apexverify_url: str, hubspot_url: str) -> Runtime:
+    settings = dataclasses.replace(
+        settings,
+        apexverify_base_url=apexverify_url,
+        apexverify_api_key=DEMO_API_KEY,
+        hubspot_base_url=hubspot_url,
+        hubspot_access_token=DEMO_HUBSPOT_TOKEN,
+        hubspot_client_secret=DEMO_HUBSPOT_SECRET,
+        hubspot_portal_id="demo",
+        poll_initial_seconds=1.0,
+        poll_max_seconds=5.0,
+    )
+    runtime = build_runtime(settings, allow_fallback_broker=True)
+    upgrade_database(runtime.engine)
+    return runtime
+
+
+def _file_demo(runtime: Runtime, console: Console, size: int) -> bool:
+    """A generated list of emails, one of every verdict, verified from a file."""
+    console.rule("1. a file of emails")
+    source = runtime.settings.data_dir / "demo" / "contacts.txt"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("\n".join(generate_emails(size)) + "\n", encoding="utf-8")
+    sync = start_file_sync(runtime, source, type_="email", country="US", reverify_after_days=0)
+    return _run_and_show(runtime, console, sync.id, source.name)
+
+
+def _hubspot_demo(runtime: Runtime, console: Console, hubspot_url: str) -> bool:
+    """A seeded HubSpot portal sends a signed segment webhook; the flags land on its contacts."""
+    console.rule("2. a HubSpot list, triggered by a signed webhook")
+    answer = requests.post(
+        f"{hubspot_url}/_sandbox/seed",
+        json={"generate": {"contacts": 2000, "list_name": "Demo list"}},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    list_id = str(answer.json()["listId"])
+    web = serve_in_thread(create_web_app(runtime=runtime))
+    try:
+        body = json.dumps({"listId": list_id, "type": "email"}).encode()
+        stamp = str(int(time.time() * 1000))
+        url = f"{web.url}/webhooks/hubspot"
+        signature = sign(DEMO_HUBSPOT_SECRET, "POST", url, body, stamp)
+        headers = {"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": stamp}
+        reply = requests.post(
+            url, data=body, headers={**headers, "Content-Type": "application/json"}, timeout=10
+        )
+        console.print(f"POST /webhooks/hubspot {{listId: {list_id}}} → {reply.status_code} {reply.json()}")
+    finally:
+        web.stop()
+    with runtime.session() as session:
+        sync_id = session.scalar(select(Sync.id).where(Sync.crm == "hubspot").order_by(Sync.id.desc()))
+    ok = _run_and_show(runtime, console, sync_id, f"HubSpot list {list_id}")
+    console.print(_hubspot_flags(hubspot_url))
+    return ok
+
+
+def _run_and_show(runtime: Runtime, console: Console, sync_id: int, title: str) -> bool:
+    started = time.monotonic()
+    with SyncProgress(Console(stderr=True)) as progress:
+        sync = drive_until_settled(runtime, sync_id, on_tick=progress.update)
+    console.print()
+    console.print(_summary(sync.counts, sync.cost, time.monotonic() - started, title))
+    if sync.status != SyncStatus.COMPLETED:
+        console.print(f"[red]sync {sync.id} {sync.status}: {sync.error_code} {sync.error_message}[/]")
+    return sync.status == SyncStatus.COMPLETED
+
+
+def _hubspot_flags(hubspot_url: str, rows: int = 8) -> Table:
+    """One contact of each kind of outcome, read back from the sandbox."""
+    names = [
+        "email",
+        "apexverify_status",
+        "apexverify_valid",
+        "apexverify_is_role",
+        "apexverify_is_disposable",
+    ]
+    contacts = requests.get(
+        f"{hubspot_url}/_sandbox/contacts", params={"property": names, "limit": 1000}, timeout=10
+    ).json()["contacts"]
+    table = Table(title="flags on the sandbox's HubSpot contacts (one of each kind)")
+    for name in names:
+        table.add_column(name.removeprefix("apexverify_"))
+    seen: set[tuple] = set()
+    for contact in contacts:
+        values = tuple(contact["properties"].get(n) or "" for n in names)
+        kind = values[1:]
+        if kind not in seen and len(seen) < rows:
+            seen.add(kind)
+            table.add_row(values[0] or "(no email: left untouched)", *values[1:])
+    return table
+
+
+def _summary(counts: dict, cost: dict, seconds: float, title: str) -> Table:
+    table = Table(title=f"{title}: {counts.get('contacts', 0)} contacts in {seconds:.1f}s")
     table.add_column("verdict")
     table.add_column("values", justify="right")
     for verdict, number in sorted((counts.get("verdicts") or {}).items()):
