@@ -1,0 +1,501 @@
+"""Bulk API 2.0 in the Salesforce sandbox: ingest jobs (update) and query jobs, CSV in and out.
+
+Ingest: POST jobs/ingest -> Open; PUT .../batches with the CSV (streamed to disk; once per job);
+PATCH {"state": "UploadComplete"}; `bulk_delay` seconds later (InProgress half-way) the rows are
+applied one by one, as sObject updates are, and the job is JobComplete. successfulResults,
+failedResults and unprocessedrecords are streamed back from the uploaded file.
+
+Query: POST jobs/query -> UploadComplete; `bulk_delay` seconds later the query runs and the job
+is JobComplete; GET .../results pages through the rows with `maxRecords` and the opaque
+`locator` (Sforce-Locator: next page, "null" after the last; Sforce-NumberOfRecords).
+
+Jobs move on when any API request arrives (no background thread), so a test that waits out the
+delay sees the same thing a poller would.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import itertools
+import time
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connector.sandbox.salesforce_api import bound_query
+from connector.sandbox.salesforce_schema import coerce_csv, json_datetime
+from connector.sandbox.salesforce_soql import BoundQuery
+from connector.sandbox.salesforce_state import (
+    SalesforceError,
+    SandboxState,
+    not_found,
+    sandbox_state,
+    utc_now,
+)
+from connector.sandbox.salesforce_writes import apply, plan_update
+
+bulk = Blueprint("salesforce_bulk", __name__, url_prefix="/services/data/v<version>/jobs")
+
+DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
+LINE_ENDINGS = {"LF": "\n", "CRLF": "\r\n"}
+RESULT_KINDS = {"successfulResults", "failedResults", "unprocessedrecords"}
+UPLOAD_CHUNK = 1 << 16
+ROWS_PER_CHUNK = 1000
+DEFAULT_MAX_RECORDS = 100_000
+CSV_TYPE = "text/csv; charset=UTF-8"
+FINISHED = ("JobComplete", "Failed", "Aborted")
+ONE_UPLOAD = (
+    "Found multiple contents for job: <{job_id}>, please 'Close' / 'Abort' / 'Delete' the current Job then "
+    "create a new Job and make sure you only do 'PUT' once on a given Job."
+)
+
+
+@dataclass
+class CsvFormat:
+    column_delimiter: str = "COMMA"
+    line_ending: str = "LF"
+
+    def reader(self, lines: Iterator[str]) -> Iterator[list[str]]:
+        return csv.reader(lines, delimiter=DELIMITERS[self.column_delimiter])
+
+    def writer(self, buffer: io.StringIO) -> Any:
+        return csv.writer(
+            buffer,
+            delimiter=DELIMITERS[self.column_delimiter],
+            lineterminator=LINE_ENDINGS[self.line_ending],
+            quoting=csv.QUOTE_ALL,
+        )
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> CsvFormat:
+        found = cls(str(body.get("columnDelimiter") or "COMMA"), str(body.get("lineEnding") or "LF"))
+        if found.column_delimiter not in DELIMITERS or found.line_ending not in LINE_ENDINGS:
+            raise SalesforceError(400, "INVALIDJOB", "Invalid columnDelimiter or lineEnding")
+        if (body.get("contentType") or "CSV") != "CSV":
+            raise SalesforceError(400, "INVALIDJOB", "The only supported contentType is CSV")
+        return found
+
+
+@dataclass
+class Job:
+    job_id: str
+    version: str
+    csv_format: CsvFormat
+    created: datetime = field(default_factory=utc_now)
+    state: str = "Open"
+    error_message: str | None = None
+    started: float | None = None  # monotonic time processing was asked for
+    modified: datetime = field(default_factory=utc_now)
+
+    def move(self, state: str) -> None:
+        self.state, self.modified = state, utc_now()
+
+    def due(self, now: float, delay: float) -> bool:
+        """True when the job's delay is over and it should be processed; InProgress half-way there."""
+        if self.state not in ("UploadComplete", "InProgress") or self.started is None:
+            return False
+        elapsed = now - self.started
+        if elapsed < delay and elapsed >= delay / 2 and self.state != "InProgress":
+            self.move("InProgress")
+        return elapsed >= delay
+
+    def base_info(self) -> dict[str, Any]:
+        info = {
+            "id": self.job_id,
+            "createdById": "005Dn0000000001IAA",
+            "createdDate": json_datetime(self.created),
+            "systemModstamp": json_datetime(self.modified),
+            "state": self.state,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": float(self.version),
+            "lineEnding": self.csv_format.line_ending,
+            "columnDelimiter": self.csv_format.column_delimiter,
+        }
+        if self.error_message:
+            info["errorMessage"] = self.error_message
+        return info
+
+
+@dataclass
+class IngestJob(Job):
+    object_name: str = ""
+    upload: Path | None = None
+    header: list[str] = field(default_factory=list)
+    # Per processed row: (sf__Id, error) — error None for a success.
+    outcomes: list[tuple[str, str | None]] = field(default_factory=list)
+    failed: int = 0
+
+    def info(self) -> dict[str, Any]:
+        info = {"operation": "update", "object": self.object_name, **self.base_info(), "jobType": "V2Ingest"}
+        info["contentUrl"] = f"services/data/v{self.version}/jobs/ingest/{self.job_id}/batches"
+        info.update(
+            numberRecordsProcessed=len(self.outcomes),
+            numberRecordsFailed=self.failed,
+            retries=0,
+            totalProcessingTime=0,
+            apiActiveProcessingTime=0,
+            apexProcessingTime=0,
+        )
+        return info
+
+    def advance(self, now: float, state: SandboxState) -> None:
+        if self.due(now, state.config.bulk_delay):
+            self.process(state)
+
+    def process(self, state: SandboxState) -> None:
+        assert self.upload is not None
+        with self.upload.open(newline="", encoding="utf-8") as lines:
+            rows = self.csv_format.reader(lines)
+            self.header = next(rows, [])
+            columns = self._columns(state)
+            if columns is None:
+                return
+            for row in rows:
+                self._process_row(state, columns, row)
+        self.move("JobComplete")
+
+    def _columns(self, state: SandboxState) -> list[str] | None:
+        """Canonical field names of the header; None (job Failed) when one is unknown or Id is missing."""
+        schema = state.schema.object(self.object_name)
+        assert schema is not None
+        columns = []
+        for name in self.header:
+            found = schema.field(name.strip())
+            if found is None:
+                self.error_message = f"InvalidBatch : Field name not found : {name}"
+                self.move("Failed")
+                return None
+            columns.append(found.name)
+        if "Id" not in columns:
+            self.error_message = "InvalidBatch : Field name not found : Id"
+            self.move("Failed")
+            return None
+        return columns
+
+    def _process_row(self, state: SandboxState, columns: list[str], row: list[str]) -> None:
+        if len(row) != len(columns):
+            self.outcomes.append(
+                ("", "INVALID_FIELD:Row has a different number of columns than the header:--")
+            )
+            self.failed += 1
+            return
+        cells = dict(zip(columns, row, strict=True))
+        raw_id = cells.pop("Id").strip()
+        plan = plan_update(state, self.object_name, raw_id, cells, coerce_csv)
+        if plan.ok:
+            apply(state, plan)
+            self.outcomes.append((plan.record_id or "", None))
+            return
+        self.outcomes.append((plan.record_id or "", " ".join(error.to_bulk() for error in plan.errors)))
+        self.failed += 1
+
+    def results(self, kind: str) -> Iterator[str]:
+        """One of the result files, streamed: the uploaded rows joined with their outcomes."""
+        prefix = {"successfulResults": ["sf__Id", "sf__Created"], "failedResults": ["sf__Id", "sf__Error"]}
+        buffer = io.StringIO()
+        writer = self.csv_format.writer(buffer)
+        if self.upload is None:
+            writer.writerow(prefix.get(kind, []))
+            yield _drain(buffer)
+            return
+        with self.upload.open(newline="", encoding="utf-8") as lines:
+            rows = self.csv_format.reader(lines)
+            writer.writerow([*prefix.get(kind, []), *next(rows, [])])
+            for count, (row, outcome) in enumerate(itertools.zip_longest(rows, list(self.outcomes))):
+                if row is not None:
+                    self._write_result(writer, kind, row, outcome)
+                if count % ROWS_PER_CHUNK == 0:
+                    yield _drain(buffer)
+        yield _drain(buffer)
+
+    @staticmethod
+    def _write_result(writer: Any, kind: str, row: list[str], outcome: tuple[str, str | None] | None) -> None:
+        if kind == "unprocessedrecords":
+            if outcome is None:
+                writer.writerow(row)
+            return
+        if outcome is None:
+            return
+        record_id, error = outcome
+        if kind == "successfulResults" and error is None:
+            writer.writerow([record_id, "false", *row])
+        elif kind == "failedResults" and error is not None:
+            writer.writerow([record_id, error, *row])
+
+
+@dataclass
+class QueryJob(Job):
+    operation: str = "query"
+    query: BoundQuery | None = None
+    serials: array[int] | None = None
+    state: str = "UploadComplete"
+
+    def info(self) -> dict[str, Any]:
+        assert self.query is not None
+        info = {"operation": self.operation, "object": self.query.object_name, **self.base_info()}
+        info.update(
+            jobType="V2Query",
+            numberRecordsProcessed=0 if self.serials is None else len(self.serials),
+            retries=0,
+            totalProcessingTime=0,
+        )
+        return info
+
+    def advance(self, now: float, state: SandboxState) -> None:
+        if self.due(now, state.config.bulk_delay):
+            assert self.query is not None
+            self.serials = self.query.run(state.store, include_deleted=self.operation == "queryAll")
+            self.move("JobComplete")
+
+
+def _drain(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise SalesforceError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    return body
+
+
+# ---- ingest ----
+
+
+@bulk.post("/ingest")
+def create_ingest_job(version: str) -> ResponseReturnValue:
+    body = _json_object()
+    state = sandbox_state()
+    with state.lock:
+        schema = state.schema.object(str(body.get("object") or ""))
+        if schema is None:
+            raise SalesforceError(
+                400, "INVALIDENTITY", f"Entity '{body.get('object')}' is not supported by the Bulk API."
+            )
+        if body.get("operation") != "update":
+            raise SalesforceError(400, "INVALIDJOB", "The sandbox supports the update operation only")
+        job = IngestJob(state.new_id("Job"), version, CsvFormat.from_body(body), object_name=schema.name)
+        state.ingest_jobs[job.job_id] = job
+        return jsonify(job.info())
+
+
+@bulk.get("/ingest")
+def list_ingest_jobs(version: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(
+            {
+                "done": True,
+                "records": [job.info() for job in state.ingest_jobs.values()],
+                "nextRecordsUrl": None,
+            }
+        )
+
+
+def _ingest_job(state: SandboxState, job_id: str) -> IngestJob:
+    job = state.ingest_jobs.get(job_id)
+    if job is None:
+        raise not_found()
+    return job
+
+
+@bulk.put("/ingest/<job_id>/batches")
+def upload_ingest_data(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        job = _ingest_job(state, job_id)
+        if job.state != "Open":
+            raise SalesforceError(409, "INVALIDJOBSTATE", f"Job {job_id} is not Open (state: {job.state})")
+        if job.upload is not None:
+            raise SalesforceError(400, "BULK_API_ERROR", ONE_UPLOAD.format(job_id=job_id))
+        path = job.upload = state.upload_path(job_id)
+    # Read the body in chunks straight to disk: uploads can be 100 MB.
+    with path.open("wb") as upload:
+        while chunk := request.stream.read(UPLOAD_CHUNK):
+            upload.write(chunk)
+    return "", 201
+
+
+@bulk.patch("/ingest/<job_id>")
+def change_ingest_job(version: str, job_id: str) -> ResponseReturnValue:
+    wanted = _json_object().get("state")
+    state = sandbox_state()
+    with state.lock:
+        job = _ingest_job(state, job_id)
+        if wanted == "UploadComplete" and job.state == "Open":
+            job.started = time.monotonic()
+            job.move("UploadComplete")
+            if job.upload is None:
+                job.error_message = "InvalidBatch : No data was uploaded for this job"
+                job.move("Failed")
+        elif wanted == "Aborted" and job.state not in FINISHED:
+            job.move("Aborted")
+        else:
+            raise SalesforceError(400, "INVALIDJOBSTATE", f"Cannot change a {job.state} job to {wanted}")
+        return jsonify(job.info())
+
+
+@bulk.get("/ingest/<job_id>")
+def get_ingest_job(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(_ingest_job(state, job_id).info())
+
+
+@bulk.get("/ingest/<job_id>/<kind>")
+def ingest_results(version: str, job_id: str, kind: str) -> ResponseReturnValue:
+    if kind not in RESULT_KINDS:
+        raise not_found()
+    state = sandbox_state()
+    with state.lock:
+        job = _ingest_job(state, job_id)
+    return Response(job.results(kind), content_type=CSV_TYPE)
+
+
+@bulk.delete("/ingest/<job_id>")
+def delete_ingest_job(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        job = _ingest_job(state, job_id)
+        if job.state not in (*FINISHED, "UploadComplete"):
+            raise SalesforceError(400, "INVALIDJOBSTATE", f"Cannot delete a job in state {job.state}")
+        del state.ingest_jobs[job_id]
+        if job.upload is not None:
+            job.upload.unlink(missing_ok=True)
+    return "", 204
+
+
+# ---- query ----
+
+
+@bulk.post("/query")
+def create_query_job(version: str) -> ResponseReturnValue:
+    body = _json_object()
+    operation = body.get("operation")
+    if operation not in ("query", "queryAll"):
+        raise SalesforceError(400, "INVALIDJOB", "operation must be query or queryAll")
+    state = sandbox_state()
+    with state.lock:
+        query = bound_query(state, body.get("query"))
+        if query.is_count:
+            raise SalesforceError(400, "INVALIDJOB", "Aggregate queries are not supported by Bulk API 2.0")
+        job = QueryJob(
+            state.new_id("Job"), version, CsvFormat.from_body(body), operation=operation, query=query
+        )
+        job.started = time.monotonic()
+        state.query_jobs[job.job_id] = job
+        return jsonify(job.info())
+
+
+@bulk.get("/query")
+def list_query_jobs(version: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(
+            {
+                "done": True,
+                "records": [job.info() for job in state.query_jobs.values()],
+                "nextRecordsUrl": None,
+            }
+        )
+
+
+def _query_job(state: SandboxState, job_id: str) -> QueryJob:
+    job = state.query_jobs.get(job_id)
+    if job is None:
+        raise not_found()
+    return job
+
+
+@bulk.get("/query/<job_id>")
+def get_query_job(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(_query_job(state, job_id).info())
+
+
+@bulk.patch("/query/<job_id>")
+def abort_query_job(version: str, job_id: str) -> ResponseReturnValue:
+    wanted = _json_object().get("state")
+    state = sandbox_state()
+    with state.lock:
+        job = _query_job(state, job_id)
+        if wanted != "Aborted" or job.state in FINISHED:
+            raise SalesforceError(400, "INVALIDJOBSTATE", f"Cannot change a {job.state} job to {wanted}")
+        job.move("Aborted")
+        return jsonify(job.info())
+
+
+@bulk.delete("/query/<job_id>")
+def delete_query_job(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        _query_job(state, job_id)
+        del state.query_jobs[job_id]
+    return "", 204
+
+
+@bulk.get("/query/<job_id>/results")
+def query_results(version: str, job_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        job = _query_job(state, job_id)
+        if job.state != "JobComplete" or job.serials is None or job.query is None:
+            raise SalesforceError(
+                400, "INVALIDJOBSTATE", f"Job {job_id} is not JobComplete (state: {job.state})"
+            )
+        serials, query = job.serials, job.query
+    start = _locator_offset(request.args.get("locator"), len(serials))
+    size = request.args.get("maxRecords", DEFAULT_MAX_RECORDS, type=int) or DEFAULT_MAX_RECORDS
+    if size < 1:
+        raise SalesforceError(400, "INVALIDJOB", "maxRecords must be a positive number")
+    end = min(start + size, len(serials))
+    rows = _query_rows(state, query, serials[start:end], job.csv_format)
+    response = Response(rows, content_type=CSV_TYPE)
+    response.headers["Sforce-Locator"] = _locator(end) if end < len(serials) else "null"
+    response.headers["Sforce-NumberOfRecords"] = str(end - start)
+    return response
+
+
+def _locator(offset: int) -> str:
+    # Salesforce's locators are opaque; like theirs, ours happen to be the base64 of an offset.
+    return base64.b64encode(str(offset).encode()).decode().rstrip("=")
+
+
+def _locator_offset(locator: str | None, total: int) -> int:
+    if not locator:
+        return 0
+    try:
+        offset = int(base64.b64decode(locator + "=" * (-len(locator) % 4)).decode())
+    except ValueError:
+        offset = -1
+    if not 0 <= offset <= total:
+        raise SalesforceError(400, "INVALIDLOCATOR", f"Invalid locator: {locator}")
+    return offset
+
+
+def _query_rows(
+    state: SandboxState, query: BoundQuery, serials: array[int], csv_format: CsvFormat
+) -> Iterator[str]:
+    """The page as CSV, built a chunk at a time (the lock is taken per chunk, not for the whole page)."""
+    buffer = io.StringIO()
+    writer = csv_format.writer(buffer)
+    writer.writerow(query.csv_header())
+    for start in range(0, len(serials), ROWS_PER_CHUNK):
+        with state.lock:
+            for serial in serials[start : start + ROWS_PER_CHUNK]:
+                writer.writerow(query.csv_row(state.store.view(serial, query.needed)))
+        yield _drain(buffer)
+    yield _drain(buffer)

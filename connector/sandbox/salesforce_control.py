@@ -1,0 +1,300 @@
+"""The Salesforce sandbox's control endpoints under /_sandbox/ (JSON, no auth): seed, inspect, configure.
+
+- POST /_sandbox/seed: {"contacts": [{"Id"?, "Email", "Phone", "FirstName", "LastName", ...}],
+  "leads": [{..., "IsConverted": bool}], "campaigns": [{"Id"?, "Name", "members":
+  [{"ContactId" | "LeadId", "Status"?}]}], "deleted_ids": [...], "validation_rule_ids": [...],
+  "generate": {"campaign_members": n, "lead_ratio": 0.3, "duplicate_every": 50, "malformed_every": 97,
+  "missing_email_every": 61, "converted_every": 200, "seed": 1, "campaign_name"?}}
+  -> {"contacts": [ids], "leads": [ids], "campaigns": [{"Id", "members": [ids]}],
+  "campaign_id" and "generated" (counts) when generating}. Field names are Salesforce's (any case);
+  "IsDeleted": true seeds a deleted record. Deleted and validation-rule ids may name any record,
+  seeded earlier or in the same call (they are applied last).
+- GET /_sandbox/records/<id>: {"object", "id", "deleted", "validation_rule", "fields"} (every field).
+- GET /_sandbox/records?object=Contact&offset=0&limit=1000&field=Email&field=...: records in query
+  order (seeded first, then generated), only the named fields when some are named.
+- GET /_sandbox/state: requests per "<METHOD> <route>" (route as the URL rule, e.g.
+  "GET /services/data/v{version}/query"), api_usage, api_limit, record counts, jobs, config.
+- POST /_sandbox/config: {"daily_api_limit", "api_usage", "bulk_delay", "missing_fields":
+  {"Contact": [...]}, "readonly_fields": {"Lead": [...]}, "expire_token": true} (any subset).
+- POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" | "http_503" |
+  "request_limit", "count": n}: the next n matching API requests fail that way.
+- POST /_sandbox/reset: back to the state the sandbox started in.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connector.sandbox.salesforce_ids import object_for_id, to_18
+from connector.sandbox.salesforce_records import GenerateKnobs
+from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json
+from connector.sandbox.salesforce_state import SandboxState, sandbox_state, utc_now
+
+control = Blueprint("salesforce_control", __name__, url_prefix="/_sandbox")
+
+MAX_GENERATED = 5_000_000
+DEFAULT_LIST_LIMIT = 1000
+
+
+class ControlError(Exception):
+    pass
+
+
+@control.errorhandler(ControlError)
+def _control_error(exc: ControlError) -> ResponseReturnValue:
+    return jsonify({"error": str(exc)}), 400
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ControlError("expected a JSON object")
+    return body
+
+
+# ---- seeding ----
+
+
+@control.post("/seed")
+def seed() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            answer: dict[str, Any] = {
+                "contacts": [_seed_record(state, "Contact", spec) for spec in body.get("contacts", [])],
+                "leads": [_seed_record(state, "Lead", spec) for spec in body.get("leads", [])],
+                "campaigns": [_seed_campaign(state, spec) for spec in body.get("campaigns", [])],
+            }
+            if "generate" in body:
+                answer.update(_generate(state, body["generate"]))
+            state.store.deleted.update(_serials(state, body.get("deleted_ids", [])))
+            state.store.validation_rule.update(_serials(state, body.get("validation_rule_ids", [])))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ControlError(f"cannot seed: {exc}") from None
+    return jsonify(answer)
+
+
+def _seed_record(state: SandboxState, object_name: str, spec: dict[str, Any]) -> str:
+    schema = full_object(object_name)
+    now = utc_now()
+    values = {
+        **default_values(object_name),
+        "CreatedDate": now,
+        "LastModifiedDate": now,
+        "SystemModstamp": now,
+    }
+    record_id = None
+    deleted = False
+    for name, raw in spec.items():
+        found = schema.field(name)
+        if found is None:
+            raise ValueError(f"{object_name} has no field {name!r}")
+        if found.name == "Id":
+            record_id = _seed_id(object_name, raw)
+        elif found.name == "IsDeleted":
+            deleted = bool(raw)
+        else:
+            values[found.name] = _seed_value(found.type, raw)
+    if values.get("Name") is None and object_name in ("Contact", "Lead"):
+        values["Name"] = " ".join(str(values[n]) for n in ("FirstName", "LastName") if values.get(n)) or None
+    if values.get("IsConverted"):
+        values["Status"] = "Closed - Converted"
+    record_id = state.store.add(object_name, values, record_id)
+    if deleted:
+        state.store.deleted.update(_serials(state, [record_id]))
+    return record_id
+
+
+def _seed_id(object_name: str, raw: Any) -> str:
+    id18 = to_18(raw)
+    if id18 is None or object_for_id(id18) != object_name:
+        raise ValueError(f"{raw!r} is not a valid {object_name} id")
+    return id18
+
+
+def _seed_value(field_type: str, raw: Any) -> Any:
+    """Seeded values are stored as given, typed: no picklist or format checks (real orgs hold odd data)."""
+    if raw is None:
+        return False if field_type == "boolean" else None
+    if field_type == "boolean":
+        return raw if isinstance(raw, bool) else str(raw).lower() == "true"
+    if field_type == "datetime":
+        parsed = parse_datetime(str(raw))
+        if parsed is None:
+            raise ValueError(f"{raw!r} is not a datetime")
+        return parsed
+    if field_type in ("id", "reference"):
+        return to_18(raw) or str(raw)
+    return str(raw)
+
+
+def _seed_campaign(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
+    members = spec.get("members", [])
+    campaign_spec = {name: value for name, value in spec.items() if name != "members"}
+    campaign_id = _seed_record(state, "Campaign", {"Name": "Campaign", **campaign_spec})
+    member_ids = []
+    for member in members:
+        person = _person_id(state, member)
+        kind = object_for_id(person)
+        values = {"CampaignId": campaign_id, "Status": member.get("Status", "Sent")}
+        values["ContactId" if kind == "Contact" else "LeadId"] = person
+        member_ids.append(_seed_record(state, "CampaignMember", values))
+    return {"Id": campaign_id, "members": member_ids}
+
+
+def _person_id(state: SandboxState, member: dict[str, Any]) -> str:
+    raw = member.get("ContactId") or member.get("LeadId")
+    id18 = to_18(raw)
+    if id18 is None or state.store.resolve(id18) is None or object_for_id(id18) not in ("Contact", "Lead"):
+        raise ValueError(f"campaign member names no existing contact or lead: {member}")
+    return id18
+
+
+def _serials(state: SandboxState, ids: list[Any]) -> list[int]:
+    serials = []
+    for raw in ids:
+        id18 = to_18(raw)
+        serial = state.store.resolve(id18) if id18 else None
+        if serial is None:
+            raise ValueError(f"no record with id {raw!r}")
+        serials.append(serial)
+    return serials
+
+
+def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
+    count = spec.get("campaign_members")
+    if not isinstance(count, int) or not 1 <= count <= MAX_GENERATED:
+        raise ValueError(f"generate.campaign_members must be an integer from 1 to {MAX_GENERATED}")
+    lead_ratio = float(spec.get("lead_ratio", 0.3))
+    if not 0 <= lead_ratio <= 1:
+        raise ValueError("generate.lead_ratio must be between 0 and 1")
+    counts = ("duplicate_every", "malformed_every", "missing_email_every", "converted_every", "seed")
+    knobs = GenerateKnobs(count, lead_ratio, **{name: int(spec[name]) for name in counts if name in spec})
+    campaign_id = _seed_record(state, "Campaign", {"Name": spec.get("campaign_name") or "Generated campaign"})
+    campaign = state.store.generate(knobs, campaign_id, utc_now())
+    return {
+        "campaign_id": campaign_id,
+        "generated": {
+            "campaign_members": count,
+            "contacts": campaign.count_of("Contact"),
+            "leads": campaign.count_of("Lead"),
+            "converted_leads": campaign.converted_count,
+            **vars(knobs),
+        },
+    }
+
+
+# ---- inspecting ----
+
+
+@control.get("/records/<record_id>")
+def get_record(record_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        id18 = to_18(record_id)
+        serial = state.store.resolve(id18) if id18 else None
+        object_name = state.store.object_of(serial) if serial is not None else None
+        if serial is None or object_name is None:
+            return jsonify({"error": f"no record {record_id}"}), 404
+        values = state.store.values(serial, full_object(object_name).fields)
+        return jsonify(
+            {
+                "object": object_name,
+                "id": id18,
+                "deleted": serial in state.store.deleted,
+                "validation_rule": serial in state.store.validation_rule,
+                "fields": {name: to_json(value) for name, value in values.items()},
+            }
+        )
+
+
+@control.get("/records")
+def list_records() -> ResponseReturnValue:
+    object_name = request.args.get("object", "Contact")
+    offset = request.args.get("offset", 0, type=int)
+    limit = request.args.get("limit", DEFAULT_LIST_LIMIT, type=int)
+    if object_name not in sandbox_state().schema.full:
+        return jsonify({"error": f"unknown object {object_name}"}), 400
+    names = request.args.getlist("field") or list(full_object(object_name).fields)
+    state = sandbox_state()
+    with state.lock:
+        serials = islice(state.store.serials(object_name), offset, offset + limit)
+        records = [state.store.values(serial, ["Id", *names]) for serial in serials]
+        total = state.store.count(object_name)
+    shown = [{name: to_json(value) for name, value in record.items()} for record in records]
+    return jsonify({"object": object_name, "total": total, "offset": offset, "records": shown})
+
+
+@control.get("/state")
+def show_state() -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(state.summary())
+
+
+# ---- configuring ----
+
+
+@control.post("/config")
+def configure() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            expired = _apply_config(state, body)
+        except (ValueError, TypeError) as exc:
+            raise ControlError(str(exc)) from None
+        return jsonify({"config": state.summary()["config"], "expired_tokens": expired})
+
+
+def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
+    """Check every setting first, then change them all; returns how many tokens were expired."""
+    known = {
+        "daily_api_limit",
+        "api_usage",
+        "bulk_delay",
+        "missing_fields",
+        "readonly_fields",
+        "expire_token",
+    }
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; known: {sorted(known)}")
+    for name in ("daily_api_limit", "api_usage"):
+        if name in body and (not isinstance(body[name], int) or body[name] < 0):
+            raise ValueError(f"{name} must be a non-negative integer")
+    bulk_delay = float(body.get("bulk_delay", state.config.bulk_delay))
+    if "missing_fields" in body or "readonly_fields" in body:
+        missing = body.get("missing_fields", state.schema.missing)
+        state.schema.configure(missing, body.get("readonly_fields", state.schema.readonly))
+    state.config.daily_api_limit = body.get("daily_api_limit", state.config.daily_api_limit)
+    state.api_usage = body.get("api_usage", state.api_usage)
+    state.config.bulk_delay = bulk_delay
+    return state.tokens.expire_current() if body.get("expire_token") else 0
+
+
+@control.post("/faults")
+def add_fault() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            state.faults.add(
+                str(body.get("endpoint", "any")), str(body.get("kind")), int(body.get("count", 1))
+            )
+        except (ValueError, TypeError) as exc:
+            raise ControlError(str(exc)) from None
+        return jsonify({"faults": state.faults.pending()})
+
+
+@control.post("/reset")
+def reset() -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        state.reset()
+    return jsonify({"reset": True})

@@ -1,0 +1,361 @@
+"""Records of the Salesforce sandbox: seeded ones kept as dicts, generated campaigns computed on demand.
+
+Every record has a serial (an int) that indexes storage; its id is `make_id(prefix, serial)`
+(seeded records may bring their own ids, mapped to serials). Callers ask for a record's values
+by field name, so a query reads only the fields it names.
+
+A generated campaign of n members stores no record: member i and its contact-or-lead i are
+pure functions of (seed, i); a bytearray of n kinds says which members are leads (and converted),
+and write-backs land in one list per written field (8 bytes per record), so a million members
+cost seconds and a few megabytes.
+
+Generated emails cover the patterns the ApexVerify sandbox tells apart: corporate and free-mail
+addresses, role addresses (info@...), disposable domains (mailinator.com...), undeliverable
+mailboxes (bounce...@), catch-all domains, unknown answers. Every `duplicate_every`-th person
+repeats the previous one's address (upper-cased, padded), every `malformed_every`-th has a
+malformed address, every `missing_email_every`-th none, and every `converted_every`-th is a
+converted lead. A knob of 0 turns its pattern off.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from connector.sandbox.hubspot_contacts import (
+    COMPANIES,
+    DISPOSABLE_DOMAINS,
+    FIRST_NAMES,
+    FREE_DOMAINS,
+    LAST_NAMES,
+    PHONE_FORMATS,
+    ROLE_LOCAL_PARTS,
+    UNDELIVERABLE_LOCAL_PARTS,
+)
+from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id, serial_of
+from connector.sandbox.salesforce_schema import default_values
+
+LEAD = 1
+CONVERTED = 2
+# A campaign member shows its contact's (or lead's) name, email and phone.
+MEMBER_COPIES = ("FirstName", "LastName", "Name", "Email", "Phone")
+_UNWRITTEN = object()
+MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Needed:
+    """The fields a reader wants: its own, and per relationship (id field, the related record's fields)."""
+
+    fields: frozenset[str]
+    related: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerateKnobs:
+    campaign_members: int
+    lead_ratio: float = 0.3
+    duplicate_every: int = 50
+    malformed_every: int = 97
+    missing_email_every: int = 61
+    converted_every: int = 200
+    seed: int = 1
+
+
+def _mix(seed: int, index: int) -> int:
+    """A cheap deterministic 64-bit hash (splitmix64), so person `index` looks the same on every read."""
+    value = ((index + 1) * 0x9E3779B97F4A7C15 + seed * 0xBF58476D1CE4E5B9) & MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK64
+    return value ^ (value >> 31)
+
+
+class GeneratedCampaign:
+    def __init__(
+        self, knobs: GenerateKnobs, campaign_id: str, people_first: int, members_first: int, created: datetime
+    ) -> None:
+        self.knobs = knobs
+        self.campaign_id = campaign_id
+        self.count = knobs.campaign_members
+        self.people_first = people_first
+        self.members_first = members_first
+        self.created = created
+        self.kinds = self._kinds()
+        self.lead_count = self.count - self.kinds.count(0)
+        self.converted_count = self.kinds.count(LEAD | CONVERTED)
+        self.written: dict[str, list[Any]] = {}
+        # Unset checkboxes read false, as on a real record.
+        self._defaults = {name: default_values(name) for name in ("Contact", "Lead", "CampaignMember")}
+
+    def _kinds(self) -> bytearray:
+        knobs, kinds = self.knobs, bytearray(self.count)
+        threshold = int(knobs.lead_ratio * 1_000_000)
+        for index in range(self.count):
+            if (_mix(knobs.seed, index) >> 20) % 1_000_000 < threshold:
+                kinds[index] = LEAD
+        if knobs.converted_every:
+            for index in range(knobs.converted_every - 1, self.count, knobs.converted_every):
+                kinds[index] = LEAD | CONVERTED
+        return kinds
+
+    def count_of(self, object_name: str) -> int:
+        return {
+            "Lead": self.lead_count,
+            "Contact": self.count - self.lead_count,
+            "CampaignMember": self.count,
+        }.get(object_name, 0)
+
+    def locate(self, serial: int) -> tuple[str, int] | None:
+        """(object, index) of a serial this campaign generated."""
+        if 0 <= serial - self.people_first < self.count:
+            index = serial - self.people_first
+            return ("Lead" if self.kinds[index] & LEAD else "Contact"), index
+        if 0 <= serial - self.members_first < self.count:
+            return "CampaignMember", serial - self.members_first
+        return None
+
+    def serials(self, object_name: str) -> Iterator[int]:
+        if object_name == "CampaignMember":
+            return iter(range(self.members_first, self.members_first + self.count))
+        if object_name not in ("Contact", "Lead"):
+            return iter(())
+        want_lead = object_name == "Lead"
+        first, kinds = self.people_first, self.kinds
+        return (first + i for i in range(self.count) if bool(kinds[i] & LEAD) == want_lead)
+
+    def values(self, object_name: str, index: int, names: Iterable[str]) -> dict[str, Any]:
+        names = set(names)
+        if object_name == "CampaignMember":
+            base = self._member(index, names)
+        else:
+            base = self._person(index, names)
+            for name in names:
+                column = self.written.get(name)
+                if column is not None and column[index] is not _UNWRITTEN:
+                    base[name] = column[index]
+        defaults = self._defaults[object_name]
+        return {name: base.get(name, defaults.get(name)) for name in names}
+
+    def write(self, index: int, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            column = self.written.get(name)
+            if column is None:
+                column = self.written[name] = [_UNWRITTEN] * self.count
+            column[index] = value
+
+    # Ids and emails are computed only when asked for: a query over a million members reads few fields.
+
+    def _person(self, index: int, names: set[str]) -> dict[str, Any]:
+        h = _mix(self.knobs.seed, index)
+        kind = self.kinds[index]
+        first, last = FIRST_NAMES[h % 20], LAST_NAMES[(h >> 5) % 20]
+        person: dict[str, Any] = {
+            "FirstName": first,
+            "LastName": last,
+            "Name": f"{first} {last}",
+            "CreatedDate": self.created,
+            "LastModifiedDate": self.created,
+            "SystemModstamp": self.created,
+        }
+        if "Id" in names:
+            person["Id"] = make_id(
+                KEY_PREFIXES["Lead" if kind & LEAD else "Contact"], self.people_first + index
+            )
+        if "Email" in names:
+            person["Email"] = self._email(index)
+        if "Phone" in names and (h >> 50) % 3:
+            person["Phone"] = PHONE_FORMATS[(h >> 52) % len(PHONE_FORMATS)].format(index % 10000)
+        if kind & LEAD:
+            converted = bool(kind & CONVERTED)
+            person["Company"] = COMPANIES[(h >> 10) % len(COMPANIES)].capitalize()
+            person["Status"] = "Closed - Converted" if converted else "Open - Not Contacted"
+            person["IsConverted"] = converted
+        return person
+
+    def _member(self, index: int, names: set[str]) -> dict[str, Any]:
+        member: dict[str, Any] = {
+            "CampaignId": self.campaign_id,
+            "Status": "Sent",
+            "CreatedDate": self.created,
+            "LastModifiedDate": self.created,
+            "SystemModstamp": self.created,
+        }
+        if "Id" in names:
+            member["Id"] = make_id(KEY_PREFIXES["CampaignMember"], self.members_first + index)
+        person_object = "Lead" if self.kinds[index] & LEAD else "Contact"
+        if "ContactId" in names or "LeadId" in names:
+            person_id = make_id(KEY_PREFIXES[person_object], self.people_first + index)
+            member["LeadId" if person_object == "Lead" else "ContactId"] = person_id
+        copies = names.intersection(MEMBER_COPIES)
+        if copies:
+            member.update(self.values(person_object, index, copies))
+        return member
+
+    def _email(self, index: int) -> str | None:
+        knobs, position = self.knobs, index + 1  # "every 50th" is the 50th, not the first
+        if knobs.missing_email_every and position % knobs.missing_email_every == 0:
+            return None
+        if knobs.malformed_every and position % knobs.malformed_every == 0:
+            return self._malformed_email(index)
+        if knobs.duplicate_every and index > 0 and position % knobs.duplicate_every == 0:
+            return f"  {self._pattern_email(index - 1).upper()} "
+        return self._pattern_email(index)
+
+    def _pattern_email(self, index: int) -> str:
+        h = _mix(self.knobs.seed, index)
+        first, last = FIRST_NAMES[h % 20].lower(), LAST_NAMES[(h >> 5) % 20].lower()
+        company = COMPANIES[(h >> 10) % len(COMPANIES)]
+        kind = (h >> 14) % 20
+        if kind < 10:
+            return f"{first}.{last}{index}@{company}.com"
+        if kind < 13:
+            return f"{first}{last}{index}@{FREE_DOMAINS[kind % len(FREE_DOMAINS)]}"
+        patterns = {
+            13: f"{ROLE_LOCAL_PARTS[index % len(ROLE_LOCAL_PARTS)]}@{company}{index}.com",
+            14: f"{first}{index}@{DISPOSABLE_DOMAINS[index % len(DISPOSABLE_DOMAINS)]}",
+            15: f"{UNDELIVERABLE_LOCAL_PARTS[index % len(UNDELIVERABLE_LOCAL_PARTS)]}{index}@{company}.com",
+            16: f"{first}{index}@catchall-{company}.com",
+            17: f"unknown{index}@{company}.com",
+        }
+        return patterns.get(kind, f"{first[0]}{last}{index}@{company}.io")
+
+    def _malformed_email(self, index: int) -> str:
+        h = _mix(self.knobs.seed, index)
+        first, company = FIRST_NAMES[h % 20].lower(), COMPANIES[(h >> 10) % len(COMPANIES)]
+        shapes = (
+            f"{first}{index}@@{company}.com",
+            f"{first} {index}@{company}.com",
+            f"{first}{index}.{company}.com",
+            f"{first}{index}@{company}",
+            f"@{company}.com",
+        )
+        return shapes[index % len(shapes)]
+
+
+class RecordStore:
+    """Every record of every object, addressed by serial (guarded by the state's lock)."""
+
+    def __init__(self) -> None:
+        self._seeded: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._seeded_by_object: dict[str, list[int]] = {}
+        self._serial_by_id: dict[str, int] = {}
+        self._campaigns: list[GeneratedCampaign] = []
+        self._next_serial = 1
+        self.deleted: set[int] = set()
+        self.validation_rule: set[int] = set()
+
+    # ---- adding ----
+
+    def add(self, object_name: str, values: dict[str, Any], record_id: str | None = None) -> str:
+        """Store a record with all its fields already filled in; returns its id."""
+        serial = self._take_serials(1)
+        record_id = record_id or make_id(KEY_PREFIXES[object_name], serial)
+        if record_id in self._serial_by_id or self.resolve(record_id) is not None:
+            raise ValueError(f"a record with id {record_id} already exists")
+        self._seeded[serial] = (object_name, {**values, "Id": record_id})
+        self._seeded_by_object.setdefault(object_name, []).append(serial)
+        self._serial_by_id[record_id] = serial
+        return record_id
+
+    def generate(self, knobs: GenerateKnobs, campaign_id: str, created: datetime) -> GeneratedCampaign:
+        people_first = self._take_serials(knobs.campaign_members)
+        members_first = self._take_serials(knobs.campaign_members)
+        campaign = GeneratedCampaign(knobs, campaign_id, people_first, members_first, created)
+        self._campaigns.append(campaign)
+        return campaign
+
+    def _take_serials(self, count: int) -> int:
+        first, self._next_serial = self._next_serial, self._next_serial + count
+        return first
+
+    # ---- finding ----
+
+    def resolve(self, id18: str) -> int | None:
+        """The serial of the record with this (18-character) id, or None."""
+        serial = self._serial_by_id.get(id18)
+        if serial is not None:
+            return serial
+        serial = serial_of(id18)
+        if serial is None:
+            return None
+        located = self._locate(serial)
+        if located is None:
+            return None
+        return serial if KEY_PREFIXES[located[1]] == id18[:3] else None
+
+    def object_of(self, serial: int) -> str | None:
+        if serial in self._seeded:
+            return self._seeded[serial][0]
+        located = self._locate(serial)
+        return located[1] if located else None
+
+    def serials(self, object_name: str) -> Iterator[int]:
+        """Seeded records first (in seeding order), then each generated campaign's."""
+        seeded = list(self._seeded_by_object.get(object_name, ()))
+        return itertools.chain(seeded, *(c.serials(object_name) for c in list(self._campaigns)))
+
+    def count(self, object_name: str) -> int:
+        seeded = len(self._seeded_by_object.get(object_name, ()))
+        return seeded + sum(c.count_of(object_name) for c in self._campaigns)
+
+    def _locate(self, serial: int) -> tuple[GeneratedCampaign, str, int] | None:
+        for campaign in self._campaigns:
+            located = campaign.locate(serial)
+            if located is not None:
+                return campaign, *located
+        return None
+
+    def _locate_or_fail(self, serial: int) -> tuple[GeneratedCampaign, str, int]:
+        located = self._locate(serial)
+        if located is None:
+            raise KeyError(serial)
+        return located
+
+    # ---- reading and writing ----
+
+    def values(self, serial: int, names: Iterable[str]) -> dict[str, Any]:
+        """The named fields of a record (None for fields it does not have)."""
+        names = list(names)
+        if serial in self._seeded:
+            object_name, record = self._seeded[serial]
+            found = {name: record.get(name) for name in names}
+            if object_name == "CampaignMember":
+                self._fill_member_copies(found, record)
+        else:
+            campaign, object_name, index = self._locate_or_fail(serial)
+            found = campaign.values(object_name, index, names)
+        if "IsDeleted" in found:
+            found["IsDeleted"] = serial in self.deleted
+        return found
+
+    def view(self, serial: int, needed: Needed) -> dict[str, Any]:
+        """The fields `needed` names, related records nested under their relationship name (or None)."""
+        found = self.values(serial, needed.fields)
+        for relationship, (id_field, names) in needed.related.items():
+            target = found.get(id_field)
+            target_serial = self.resolve(target) if target else None
+            if target_serial is None:
+                found[relationship] = None
+            else:
+                found[relationship] = {**self.values(target_serial, names - {"Id"}), "Id": target}
+        return found
+
+    def update(self, serial: int, values: dict[str, Any]) -> None:
+        if serial in self._seeded:
+            self._seeded[serial][1].update(values)
+        else:
+            campaign, _, index = self._locate_or_fail(serial)
+            campaign.write(index, values)
+
+    def _fill_member_copies(self, found: dict[str, Any], member: dict[str, Any]) -> None:
+        copies = [name for name in MEMBER_COPIES if name in found]
+        person_id = member.get("ContactId") or member.get("LeadId")
+        person_serial = self.resolve(person_id) if person_id else None
+        if copies and person_serial is not None:
+            found.update(self.values(person_serial, copies))
+
+    def summary(self) -> dict[str, int]:
+        return {name: self.count(name) for name in ("Contact", "Lead", "Campaign", "CampaignMember")}

@@ -1,0 +1,212 @@
+"""Everything the Salesforce sandbox remembers, in memory behind one lock (the server is threaded)."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from array import array
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app
+
+from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id
+from connector.sandbox.salesforce_records import RecordStore
+from connector.sandbox.salesforce_schema import Schema
+from connector.sandbox.salesforce_soql import BoundQuery
+
+if TYPE_CHECKING:
+    from connector.sandbox.salesforce_bulk import IngestJob, QueryJob
+
+FAULT_KINDS = ("http_500", "http_503", "request_limit")
+MAX_OPEN_CURSORS = 100  # oldest query cursors are dropped beyond this, as Salesforce expires them
+
+
+class SalesforceError(Exception):
+    """An API error answered as Salesforce does: status and [{"message", "errorCode"}]."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> list[dict[str, str]]:
+        return [{"message": self.message, "errorCode": self.code}]
+
+
+def not_found() -> SalesforceError:
+    return SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
+
+
+@dataclass
+class SandboxConfig:
+    # None: any non-empty value is accepted. Not changeable through /_sandbox/config.
+    access_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    org_id: str = make_id(KEY_PREFIXES["Organization"], 1)
+    daily_api_limit: int = 100_000
+    bulk_delay: float = 1.0
+
+    def public(self) -> dict[str, Any]:
+        return {"org_id": self.org_id, "daily_api_limit": self.daily_api_limit, "bulk_delay": self.bulk_delay}
+
+
+class FaultPlan:
+    """Injected failures: the next `count` requests to a route (or to any route) fail with `kind`."""
+
+    def __init__(self) -> None:
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, endpoint: str, kind: str, count: int) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {list(FAULT_KINDS)}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        self._pending.append({"endpoint": endpoint, "kind": kind, "count": count})
+
+    def take(self, route: str) -> str | None:
+        for fault in self._pending:
+            if fault["endpoint"] in (route, "any"):
+                fault["count"] -= 1
+                if fault["count"] == 0:
+                    self._pending.remove(fault)
+                return str(fault["kind"])
+        return None
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [dict(f) for f in self._pending]
+
+
+class TokenBook:
+    """Which bearer tokens are good: the configured one (or any), those issued by OAuth, none expired."""
+
+    def __init__(self, configured: str | None) -> None:
+        self.configured = configured
+        self.issued: set[str] = set()
+        self.seen: set[str] = set()  # accepted because any token is (nothing configured)
+        self.expired: set[str] = set()
+
+    def accepts(self, token: str) -> bool:
+        if not token or token in self.expired:
+            return False
+        if token in self.issued or token == self.configured:
+            return True
+        if self.configured is None:
+            self.seen.add(token)
+            return True
+        return False
+
+    def expire_current(self) -> int:
+        """Expire every token good so far (a session timeout); OAuth can issue new ones."""
+        current = self.issued | self.seen | ({self.configured} if self.configured else set())
+        self.expired |= current
+        self.issued.clear()
+        self.seen.clear()
+        return len(current)
+
+
+@dataclass
+class QueryCursor:
+    query: BoundQuery
+    serials: array[int]
+    version: str
+    endpoint: str  # query | queryAll
+    batch_size: int
+
+
+class SandboxState:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.lock = threading.Lock()
+        self._initial = config
+        self._uploads: tempfile.TemporaryDirectory[str] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = SandboxConfig(**vars(self._initial))
+        self.schema = Schema()
+        self.store = RecordStore()
+        self.tokens = TokenBook(self.config.access_token)
+        self.faults = FaultPlan()
+        self.request_counts: Counter[str] = Counter()
+        self.api_usage = 0
+        self.limited = 0
+        self.cursors: OrderedDict[str, QueryCursor] = OrderedDict()
+        self.ingest_jobs: dict[str, IngestJob] = {}
+        self.query_jobs: dict[str, QueryJob] = {}
+        self._serials = Counter[str]()
+        if self._uploads is not None:
+            self._uploads.cleanup()
+        # Ingest uploads go to disk, not memory; the directory goes when the state does.
+        self._uploads = tempfile.TemporaryDirectory(prefix="salesforce-sandbox-")
+
+    def new_id(self, kind: str) -> str:
+        """A fresh id for a job, cursor or other non-record thing (`kind` names its key prefix)."""
+        self._serials[kind] += 1
+        return make_id(KEY_PREFIXES[kind], self._serials[kind])
+
+    def upload_path(self, job_id: str) -> Path:
+        assert self._uploads is not None
+        return Path(self._uploads.name) / f"{job_id}.csv"
+
+    # ---- API allocation ----
+
+    def admit(self) -> bool:
+        """Count one API request against the daily allocation; False when it is used up."""
+        if self.api_usage >= self.config.daily_api_limit:
+            self.limited += 1
+            return False
+        self.api_usage += 1
+        return True
+
+    def limit_info(self) -> str:
+        return f"api-usage={self.api_usage}/{self.config.daily_api_limit}"
+
+    # ---- query cursors ----
+
+    def open_cursor(self, cursor: QueryCursor) -> str:
+        cursor_id = self.new_id("QueryLocator")
+        self.cursors[cursor_id] = cursor
+        while len(self.cursors) > MAX_OPEN_CURSORS:
+            self.cursors.popitem(last=False)
+        return cursor_id
+
+    # ---- bulk jobs ----
+
+    def advance_jobs(self) -> None:
+        now = time.monotonic()
+        for ingest in self.ingest_jobs.values():
+            ingest.advance(now, self)
+        for query in self.query_jobs.values():
+            query.advance(now, self)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.request_counts),
+            "api_usage": self.api_usage,
+            "api_limit": self.config.daily_api_limit,
+            "request_limited": self.limited,
+            "records": self.store.summary(),
+            "deleted": len(self.store.deleted),
+            "validation_rule": len(self.store.validation_rule),
+            "missing_fields": self.schema.missing,
+            "readonly_fields": self.schema.readonly,
+            "ingest_jobs": {job.job_id: job.state for job in self.ingest_jobs.values()},
+            "query_jobs": {job.job_id: job.state for job in self.query_jobs.values()},
+            "open_cursors": len(self.cursors),
+            "faults": self.faults.pending(),
+            "config": self.config.public(),
+        }
+
+
+def sandbox_state() -> SandboxState:
+    return current_app.extensions["salesforce_sandbox"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,633 @@
+"""The Salesforce sandbox, driven over real HTTP with simple-salesforce built by `make_salesforce`
+(as the connector drives Salesforce): SOQL and paging, describe, sObject Collections, Bulk API 2.0,
+the API allocation, sessions and OAuth client credentials, and generated campaigns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+import pytest
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
+)
+
+from connector.crm.salesforce_client import make_salesforce, refresh_session
+from connector.sandbox.salesforce import command, create_app
+from connector.sandbox.salesforce_ids import to_18
+from connector.sandbox.server import SandboxServer, serve_in_thread
+
+TOKEN = "00DDn0000000001!sandbox-session"
+CLIENT_ID = "3MVG9-connector-client"
+CLIENT_SECRET = "connector-client-secret"
+VERSION = "62.0"
+CSV = {"Content-Type": "text/csv"}
+APEXVERIFY_FIELDS = [
+    "ApexVerify_Valid__c",
+    "ApexVerify_Wrong__c",
+    "ApexVerify_Is_Role__c",
+    "ApexVerify_Is_Disposable__c",
+    "ApexVerify_Status__c",
+    "ApexVerify_Verified_At__c",
+    "ApexVerify_Phone_Valid__c",
+    "ApexVerify_Phone_Wrong__c",
+    "ApexVerify_Phone_Status__c",
+    "ApexVerify_Phone_Verified_At__c",
+]
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    app = create_app(access_token=TOKEN, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, bulk_delay=0)
+    server = serve_in_thread(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh(sandbox: SandboxServer) -> None:
+    control(sandbox, "reset")
+
+
+@pytest.fixture
+def sf(sandbox: SandboxServer) -> Salesforce:
+    return make_salesforce(sandbox.url, session_id=TOKEN, version=VERSION)
+
+
+Rest = Callable[..., requests.Response]
+
+
+@pytest.fixture
+def rest(sandbox: SandboxServer) -> Rest:
+    """Raw calls to /services/data/v62.0/<path> with the session id, for what simple-salesforce hides."""
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {TOKEN}"
+
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        return session.request(method, f"{sandbox.url}/services/data/v{VERSION}/{path}", timeout=10, **kwargs)
+
+    return call
+
+
+def control(sandbox: SandboxServer, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = requests.post(f"{sandbox.url}/_sandbox/{name}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def sandbox_record(sandbox: SandboxServer, record_id: str) -> dict[str, Any]:
+    response = requests.get(f"{sandbox.url}/_sandbox/records/{record_id}", timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def sandbox_state(sandbox: SandboxServer) -> dict[str, Any]:
+    return requests.get(f"{sandbox.url}/_sandbox/state", timeout=5).json()
+
+
+def error_code(error: Exception) -> str:
+    content = getattr(error, "content", None)
+    assert isinstance(content, list), content
+    return str(content[0]["errorCode"])
+
+
+def seed_people(sandbox: SandboxServer) -> dict[str, str]:
+    """A small org covering every per-record refusal; returns ids by role."""
+    seeded = control(
+        sandbox,
+        "seed",
+        {
+            "contacts": [
+                {
+                    "FirstName": "Ada",
+                    "LastName": "Adams",
+                    "Email": "ada@acme.com",
+                    "Phone": "+1 415 555 0100",
+                },
+                {"FirstName": "Ben", "LastName": "Berg", "Email": "info@globex.com"},
+                {"FirstName": "Cleo", "LastName": "Costa", "Email": "cleo@mailinator.com"},
+                {"FirstName": "Dev", "LastName": "Dubois", "Email": None},
+            ],
+            "leads": [
+                {"LastName": "Evans", "Company": "Initech", "Email": "eve@gmail.com"},
+                {"LastName": "Fischer", "Company": "Hooli", "Email": "fritz@hooli.com", "IsConverted": True},
+            ],
+        },
+    )
+    ada, ben, cleo, dev = seeded["contacts"]
+    eve, fritz = seeded["leads"]
+    campaign = control(
+        sandbox,
+        "seed",
+        {
+            "campaigns": [
+                {"Name": "Spring", "members": [{"ContactId": ada}, {"ContactId": ben}, {"LeadId": eve}]}
+            ],
+            "deleted_ids": [dev],
+            "validation_rule_ids": [cleo],
+        },
+    )["campaigns"][0]
+    return {
+        "ada": ada,
+        "ben": ben,
+        "cleo": cleo,
+        "dev": dev,
+        "eve": eve,
+        "fritz": fritz,
+        "campaign": campaign["Id"],
+    }
+
+
+def ids(records: list[dict[str, Any]]) -> list[str]:
+    return [record["Id"] for record in records]
+
+
+# ---- ids ----
+
+
+def test_ids_are_18_characters_with_the_case_safe_suffix_and_key_prefix(sandbox: SandboxServer) -> None:
+    people = seed_people(sandbox)
+    # Salesforce's documented example of the suffix algorithm.
+    assert to_18("001A0000006Vm9r") == "001A0000006Vm9rIAC"
+    assert to_18("001A0000006Vm9rIAD") is None
+    for role, prefix in (("ada", "003"), ("eve", "00Q"), ("campaign", "701")):
+        record_id = people[role]
+        assert len(record_id) == 18 and record_id.startswith(prefix)
+        assert to_18(record_id[:15]) == record_id
+
+
+# ---- SOQL ----
+
+
+def test_query_pages_in_batches_of_2000_and_query_all_includes_deleted(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    seeded = control(sandbox, "seed", {"contacts": [{"LastName": f"P{i}"} for i in range(2300)]})["contacts"]
+    control(sandbox, "seed", {"deleted_ids": seeded[:5]})
+
+    first = sf.query("SELECT Id, LastName FROM Contact")
+    assert (first["totalSize"], first["done"], len(first["records"])) == (2295, False, 2000)
+    assert re.fullmatch(rf"/services/data/v{VERSION}/query/01g\w{{15}}-2000", first["nextRecordsUrl"])
+    assert first["records"][0]["attributes"] == {
+        "type": "Contact",
+        "url": f"/services/data/v{VERSION}/sobjects/Contact/{seeded[5]}",
+    }
+
+    everything = sf.query_all("SELECT Id FROM Contact")
+    assert ids(everything["records"]) == seeded[5:]
+    with_deleted = sf.query_all("SELECT Id, IsDeleted FROM Contact", include_deleted=True)
+    assert ids(with_deleted["records"]) == seeded
+    assert [r["IsDeleted"] for r in with_deleted["records"][:6]] == [True] * 5 + [False]
+
+    counts = sandbox_state(sandbox)["requests"]
+    assert counts["GET /services/data/v{version}/query/{locator}"] == 1
+    assert counts["GET /services/data/v{version}/queryAll/{locator}"] == 1
+
+
+def test_soql_where_order_limit_and_campaign_member_relationships(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    ada, ben, cleo = people["ada"], people["ben"], people["cleo"]
+
+    def contact_ids(where: str) -> list[str]:
+        return ids(sf.query_all(f"SELECT Id FROM Contact WHERE {where} ORDER BY LastName")["records"])
+
+    assert contact_ids("email = 'ADA@acme.com'") == [ada]  # text compares case-insensitively
+    assert contact_ids("Email != 'ada@acme.com'") == [ben, cleo]
+    assert contact_ids("Email LIKE '%@globex.com' OR Email LIKE 'cleo%'") == [ben, cleo]
+    assert contact_ids(f"Id IN ('{ada[:15]}', '{cleo}')") == [ada, cleo]  # 15-char ids match too
+    assert contact_ids(f"Id NOT IN ('{ada}') AND (Phone = null OR FirstName = 'Ada')") == [ben, cleo]
+    assert contact_ids("ApexVerify_Valid__c = false AND ApexVerify_Verified_At__c = null") == [ada, ben, cleo]
+    assert contact_ids("CreatedDate = LAST_N_DAYS:1 AND CreatedDate > 2020-01-01T00:00:00Z") == [
+        ada,
+        ben,
+        cleo,
+    ]
+    assert contact_ids("CreatedDate < LAST_N_DAYS:30") == []
+    assert contact_ids("NOT Email LIKE '%acme%'") == [ben, cleo]
+
+    ordered = sf.query("SELECT LastName FROM Contact ORDER BY LastName DESC LIMIT 2")["records"]
+    assert [r["LastName"] for r in ordered] == ["Costa", "Berg"]
+    assert sf.query("SELECT COUNT() FROM Lead WHERE IsConverted = TRUE")["totalSize"] == 1
+
+    members = sf.query_all(
+        "SELECT Id, ContactId, LeadId, Contact.Email, Lead.Email FROM CampaignMember "
+        f"WHERE CampaignId = '{people['campaign']}' AND (Contact.Email LIKE '%acme.com' OR LeadId != null)"
+    )["records"]
+    assert [(m["ContactId"], m["LeadId"]) for m in members] == [(ada, None), (None, people["eve"])]
+    assert members[0]["Contact"]["Email"] == "ada@acme.com" and members[0]["Lead"] is None
+    assert members[1]["Lead"] == {
+        "attributes": {"type": "Lead", "url": f"/services/data/v{VERSION}/sobjects/Lead/{people['eve']}"},
+        "Email": "eve@gmail.com",
+    }
+
+
+@pytest.mark.parametrize(
+    ("soql", "code"),
+    [
+        ("SELECT Id FROM Contact WHERE Email = 'a' AND Phone = 'b' OR Title = 'c'", "MALFORMED_QUERY"),
+        ("SELECT Id FROM Contact WHERE", "MALFORMED_QUERY"),
+        ("SELECT Id, Nope__c FROM Contact", "INVALID_FIELD"),
+        ("SELECT Id, Account.Name FROM CampaignMember", "INVALID_FIELD"),
+        ("SELECT Id FROM Contact WHERE CreatedDate > '2024-01-01'", "INVALID_FIELD"),
+        ("SELECT Id FROM Opportunity", "INVALID_TYPE"),
+    ],
+)
+def test_soql_errors(sf: Salesforce, soql: str, code: str) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.query(soql)
+    assert error_code(raised.value) == code
+
+
+# ---- describe ----
+
+
+def test_describe_has_the_apexverify_fields_and_honours_missing_and_readonly(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    for described in (sf.Contact.describe(), sf.Lead.describe()):
+        fields = {f["name"]: f for f in described["fields"]}
+        assert all(fields[name]["updateable"] for name in APEXVERIFY_FIELDS)
+        assert fields["ApexVerify_Valid__c"]["type"] == "boolean"
+        assert fields["ApexVerify_Verified_At__c"]["type"] == "datetime"
+        assert fields["Email"]["type"] == "email" and fields["Id"]["type"] == "id"
+        status = fields["ApexVerify_Phone_Status__c"]
+        assert status["type"] == "picklist" and status["restrictedPicklist"]
+        assert [v["value"] for v in status["picklistValues"]] == [
+            "valid",
+            "wrong",
+            "unknown",
+            "invalid_format",
+        ]
+
+    control(
+        sandbox,
+        "config",
+        {
+            "missing_fields": {"Contact": ["ApexVerify_Is_Role__c", "ApexVerify_Phone_Status__c"]},
+            "readonly_fields": {"Lead": ["ApexVerify_Valid__c"]},
+        },
+    )
+    contact_fields = {f["name"] for f in sf.Contact.describe()["fields"]}
+    assert set(APEXVERIFY_FIELDS) - contact_fields == {"ApexVerify_Is_Role__c", "ApexVerify_Phone_Status__c"}
+    lead_fields = {f["name"]: f for f in sf.Lead.describe()["fields"]}
+    assert not lead_fields["ApexVerify_Valid__c"]["updateable"]
+    with pytest.raises(SalesforceMalformedRequest) as raised:
+        sf.query("SELECT ApexVerify_Is_Role__c FROM Contact")
+    assert error_code(raised.value) == "INVALID_FIELD"
+    with pytest.raises(SalesforceResourceNotFound):
+        sf.Opportunity.describe()
+
+
+# ---- sObject Collections ----
+
+
+def collection_update(sf: Salesforce, records: list[dict[str, Any]], all_or_none: bool = False) -> Any:
+    return sf.restful(
+        "composite/sobjects", method="PATCH", json={"allOrNone": all_or_none, "records": records}
+    )
+
+
+def flags(object_type: str, record_id: str, **values: Any) -> dict[str, Any]:
+    return {"attributes": {"type": object_type}, "Id": record_id, **values}
+
+
+def test_collections_update_reports_each_record(sandbox: SandboxServer, sf: Salesforce) -> None:
+    people = seed_people(sandbox)
+    nonexistent = people["ada"][:8] + "zzzzzzz"
+    results = collection_update(
+        sf,
+        [
+            flags(
+                "Contact",
+                people["ada"],
+                ApexVerify_Valid__c=True,
+                ApexVerify_Status__c="valid",
+                ApexVerify_Verified_At__c="2024-05-01T10:00:00Z",
+            ),
+            flags("Contact", people["dev"], ApexVerify_Valid__c=True),  # deleted
+            flags("Lead", people["fritz"], ApexVerify_Wrong__c=True),  # converted
+            flags("Contact", people["cleo"], ApexVerify_Is_Disposable__c=True),  # validation rule
+            flags("Contact", nonexistent, ApexVerify_Valid__c=True),
+            flags("Contact", "not-an-id", ApexVerify_Valid__c=True),
+            flags("Contact", people["eve"], ApexVerify_Valid__c=True),  # a Lead id as a Contact
+            flags("Lead", people["eve"], ApexVerify_Status__c="maybe", ApexVerify_Valid__c="yes"),
+            flags("Contact", people["ben"], Name="Someone Else"),
+        ],
+    )
+    codes = [[e["statusCode"] for e in r["errors"]] for r in results]
+    assert codes == [
+        [],
+        ["ENTITY_IS_DELETED"],
+        ["CANNOT_UPDATE_CONVERTED_LEAD"],
+        ["FIELD_CUSTOM_VALIDATION_EXCEPTION"],
+        ["INVALID_CROSS_REFERENCE_KEY"],
+        ["MALFORMED_ID"],
+        ["MALFORMED_ID"],
+        ["INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "INVALID_TYPE_ON_FIELD_IN_RECORD"],
+        ["INVALID_FIELD_FOR_INSERT_UPDATE"],
+    ]
+    assert results[0] == {"id": people["ada"], "success": True, "errors": []}
+    assert results[1]["id"] == people["dev"] and results[1]["success"] is False
+    assert "id" not in results[5]
+    assert results[7]["errors"][0]["fields"] == ["ApexVerify_Status__c"]
+
+    ada = sandbox_record(sandbox, people["ada"])["fields"]
+    assert (ada["ApexVerify_Valid__c"], ada["ApexVerify_Status__c"]) == (True, "valid")
+    assert ada["ApexVerify_Verified_At__c"] == "2024-05-01T10:00:00.000+0000"
+    assert sandbox_record(sandbox, people["cleo"])["fields"]["ApexVerify_Is_Disposable__c"] is False
+
+
+def test_collections_all_or_none_rolls_everything_back(sandbox: SandboxServer, sf: Salesforce) -> None:
+    people = seed_people(sandbox)
+    results = collection_update(
+        sf,
+        [
+            flags("Contact", people["ada"], ApexVerify_Valid__c=True),
+            flags("Lead", people["fritz"], ApexVerify_Valid__c=True),
+        ],
+        all_or_none=True,
+    )
+    assert [r["errors"][0]["statusCode"] for r in results] == [
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+        "CANNOT_UPDATE_CONVERTED_LEAD",
+    ]
+    assert sandbox_record(sandbox, people["ada"])["fields"]["ApexVerify_Valid__c"] is False
+
+
+def test_collections_refuse_more_than_200_records_and_unknown_fields(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    with pytest.raises(SalesforceMalformedRequest) as too_many:
+        collection_update(sf, [flags("Contact", people["ada"], ApexVerify_Valid__c=True)] * 201)
+    assert error_code(too_many.value) == "EXCEEDED_ID_LIMIT"
+
+    control(sandbox, "config", {"missing_fields": {"Contact": ["ApexVerify_Is_Role__c"]}})
+    with pytest.raises(SalesforceMalformedRequest) as unknown:
+        collection_update(sf, [flags("Contact", people["ada"], ApexVerify_Is_Role__c=True)])
+    assert error_code(unknown.value) == "INVALID_FIELD"
+
+
+# ---- Bulk API 2.0 ----
+
+
+def test_bulk_ingest_update_with_failed_and_successful_results(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    rows = [
+        {"Id": people["ada"], "ApexVerify_Wrong__c": "true", "ApexVerify_Status__c": "wrong"},
+        {"Id": people["ben"], "ApexVerify_Wrong__c": "false", "ApexVerify_Status__c": "valid"},
+        {"Id": people["dev"], "ApexVerify_Wrong__c": "true", "ApexVerify_Status__c": "wrong"},
+        {"Id": people["cleo"], "ApexVerify_Wrong__c": "true", "ApexVerify_Status__c": "wrong"},
+        {"Id": people["ben"][:15], "ApexVerify_Wrong__c": "perhaps", "ApexVerify_Status__c": "valid"},
+    ]
+    [outcome] = sf.bulk2.Contact.update(records=rows, wait=0)
+    assert (outcome["numberRecordsProcessed"], outcome["numberRecordsFailed"]) == (5, 3)
+
+    failed = list(csv.DictReader(io.StringIO(sf.bulk2.Contact.get_failed_records(outcome["job_id"]))))
+    assert [(row["sf__Id"], row["sf__Error"].split(":")[0]) for row in failed] == [
+        (people["dev"], "ENTITY_IS_DELETED"),
+        (people["cleo"], "FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        (people["ben"], "INVALID_TYPE_ON_FIELD_IN_RECORD"),
+    ]
+    assert failed[0]["sf__Error"] == "ENTITY_IS_DELETED:entity is deleted:--"
+    assert failed[2]["Id"] == people["ben"][:15]  # the original columns, as uploaded
+    succeeded = list(csv.DictReader(io.StringIO(sf.bulk2.Contact.get_successful_records(outcome["job_id"]))))
+    assert [(row["sf__Id"], row["sf__Created"]) for row in succeeded] == [
+        (people["ada"], "false"),
+        (people["ben"], "false"),
+    ]
+
+    ada = sandbox_record(sandbox, people["ada"])["fields"]
+    assert (ada["ApexVerify_Wrong__c"], ada["ApexVerify_Status__c"]) == (True, "wrong")
+
+
+def test_bulk_ingest_job_lifecycle_over_the_raw_endpoints(sandbox: SandboxServer, rest: Rest) -> None:
+    people = seed_people(sandbox)
+    control(sandbox, "config", {"bulk_delay": 3600})
+    job = rest(
+        "POST", "jobs/ingest", json={"object": "Lead", "operation": "update", "lineEnding": "LF"}
+    ).json()
+    assert (job["state"], job["object"], job["id"][:3]) == ("Open", "Lead", "750")
+    path = f"jobs/ingest/{job['id']}"
+
+    upload = f"Id,ApexVerify_Valid__c\n{people['eve']},true\n{people['fritz']},true\n"
+    assert rest("PUT", f"{path}/batches", data=upload, headers=CSV).status_code == 201
+    again = rest("PUT", f"{path}/batches", data=upload, headers=CSV)
+    assert (again.status_code, again.json()[0]["errorCode"]) == (400, "BULK_API_ERROR")  # one upload per job
+
+    assert rest("PATCH", path, json={"state": "UploadComplete"}).json()["state"] == "UploadComplete"
+    assert rest("GET", path).json()["state"] in ("UploadComplete", "InProgress")  # the delay is not over
+    control(sandbox, "config", {"bulk_delay": 0})
+    done = rest("GET", path).json()
+    assert (done["state"], done["numberRecordsProcessed"], done["numberRecordsFailed"]) == (
+        "JobComplete",
+        2,
+        1,
+    )
+    assert rest("GET", f"{path}/unprocessedrecords").text.strip() == '"Id","ApexVerify_Valid__c"'
+    assert rest("DELETE", path).status_code == 204
+    assert rest("GET", path).status_code == 404
+
+    aborted = rest("POST", "jobs/ingest", json={"object": "Contact", "operation": "update"}).json()
+    rest("PUT", f"jobs/ingest/{aborted['id']}/batches", data=f"Id\n{people['ada']}\n", headers=CSV)
+    assert (
+        rest("PATCH", f"jobs/ingest/{aborted['id']}", json={"state": "Aborted"}).json()["state"] == "Aborted"
+    )
+    unprocessed = rest("GET", f"jobs/ingest/{aborted['id']}/unprocessedrecords").text.split()
+    assert unprocessed == ['"Id"', f'"{people["ada"]}"']
+
+    unknown = rest("POST", "jobs/ingest", json={"object": "Contact", "operation": "update"}).json()
+    rest("PUT", f"jobs/ingest/{unknown['id']}/batches", data=f"Id,Nope__c\n{people['ada']},1\n", headers=CSV)
+    rest("PATCH", f"jobs/ingest/{unknown['id']}", json={"state": "UploadComplete"})
+    failed = rest("GET", f"jobs/ingest/{unknown['id']}").json()
+    assert failed["state"] == "Failed" and "Nope__c" in failed["errorMessage"]
+
+
+def test_bulk_query_pages_with_the_locator(sandbox: SandboxServer, sf: Salesforce, rest: Rest) -> None:
+    contacts = [{"LastName": f"P{i}", "Email": f"p{i}@acme.com"} for i in range(2500)]
+    seeded = control(sandbox, "seed", {"contacts": contacts})["contacts"]
+    pages = list(sf.bulk2.Contact.query("SELECT Id, Email FROM Contact", max_records=1000, wait=0))
+    page_rows = [list(csv.DictReader(io.StringIO(page))) for page in pages]
+    assert [len(rows) for rows in page_rows] == [1000, 1000, 500]
+    assert [row["Id"] for rows in page_rows for row in rows] == seeded
+    assert page_rows[0][7]["Email"] == "p7@acme.com"
+
+    query = "SELECT Id FROM Contact WHERE Email LIKE '%9@acme.com'"
+    job = rest("POST", "jobs/query", json={"operation": "query", "query": query}).json()
+    assert rest("GET", f"jobs/query/{job['id']}").json()["state"] == "JobComplete"
+    first = rest("GET", f"jobs/query/{job['id']}/results", params={"maxRecords": 200})
+    assert first.headers["Sforce-NumberOfRecords"] == "200" and first.headers["Sforce-Locator"] != "null"
+    locator = first.headers["Sforce-Locator"]
+    last = rest("GET", f"jobs/query/{job['id']}/results", params={"maxRecords": 200, "locator": locator})
+    assert (last.headers["Sforce-NumberOfRecords"], last.headers["Sforce-Locator"]) == ("50", "null")
+    assert last.text.splitlines()[0] == '"Id"'
+
+
+# ---- allocation, sessions, faults ----
+
+
+def test_limit_info_on_every_answer_and_request_limit_exceeded(
+    sandbox: SandboxServer, sf: Salesforce, rest: Rest
+) -> None:
+    sf.query("SELECT Id FROM Contact")
+    assert (sf.api_usage["api-usage"].used, sf.api_usage["api-usage"].total) == (1, 100_000)
+
+    control(sandbox, "config", {"daily_api_limit": 3})
+    assert sf.limits()["DailyApiRequests"] == {"Max": 3, "Remaining": 1}
+    sf.query("SELECT Id FROM Lead")
+    with pytest.raises(SalesforceRefusedRequest) as refused:
+        sf.query("SELECT Id FROM Lead")
+    assert refused.value.content == [
+        {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+    ]
+    answer = rest("GET", "limits")
+    assert (answer.status_code, answer.headers["Sforce-Limit-Info"]) == (403, "api-usage=3/3")
+    assert sandbox_state(sandbox)["api_usage"] == 3
+
+    control(sandbox, "config", {"daily_api_limit": 10, "api_usage": 0})
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == 0
+
+
+def test_wrong_session_id_is_invalid_session(sandbox: SandboxServer) -> None:
+    wrong = make_salesforce(sandbox.url, session_id="not-the-session")
+    with pytest.raises(SalesforceExpiredSession) as expired:
+        wrong.query("SELECT Id FROM Contact")
+    assert expired.value.content == [
+        {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
+    ]
+    versions = requests.get(f"{sandbox.url}/services/data/", timeout=5).json()  # no session needed
+    assert {"label": "Winter '25", "url": "/services/data/v62.0", "version": "62.0"} in versions
+
+
+def test_client_credentials_token_and_refresh_after_expiry(sandbox: SandboxServer) -> None:
+    token = requests.post(
+        f"{sandbox.url}/services/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+        timeout=5,
+    ).json()
+    assert token["instance_url"] == sandbox.url and token["token_type"] == "Bearer"
+    assert set(token) >= {"access_token", "issued_at", "signature", "id"}
+
+    sf = make_salesforce(sandbox.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    first_session = sf.session_id
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == 0
+    assert control(sandbox, "config", {"expire_token": True})["expired_tokens"] >= 2
+
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == 0  # refreshed on INVALID_SESSION_ID
+    assert sf.session_id != first_session
+    assert sandbox_state(sandbox)["requests"]["POST /services/oauth2/token"] == 3
+
+    control(sandbox, "config", {"expire_token": True})
+    with pytest.raises(SalesforceExpiredSession):  # Bulk API 2.0 calls are not retried by simple-salesforce
+        list(sf.bulk2.Contact.query("SELECT Id FROM Contact", wait=0))
+    refresh_session(sf)
+    assert list(sf.bulk2.Contact.query("SELECT Id FROM Contact", wait=0)) == ['"Id"\n']
+
+    with pytest.raises(SalesforceAuthenticationFailed):
+        make_salesforce(sandbox.url, client_id=CLIENT_ID, client_secret="wrong")
+
+
+def test_injected_faults_fail_the_next_requests_only(sandbox: SandboxServer, sf: Salesforce) -> None:
+    control(
+        sandbox, "faults", {"endpoint": "GET /services/data/v{version}/query", "kind": "http_503", "count": 1}
+    )
+    with pytest.raises(SalesforceGeneralError) as unavailable:
+        sf.query("SELECT Id FROM Contact")
+    assert unavailable.value.status == 503
+    assert sf.query("SELECT Id FROM Contact")["totalSize"] == 0
+
+    control(sandbox, "faults", {"endpoint": "any", "kind": "request_limit", "count": 1})
+    with pytest.raises(SalesforceRefusedRequest) as refused:
+        sf.Contact.describe()
+    assert error_code(refused.value) == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_unknown_version_and_route_answer_not_found(sandbox: SandboxServer, rest: Rest) -> None:
+    old = requests.get(
+        f"{sandbox.url}/services/data/v12.0/limits", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+    )
+    assert old.status_code == 404
+    assert old.json() == [{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]
+    assert rest("GET", "nope").status_code == 404
+
+
+# ---- generated campaigns ----
+
+
+def test_generate_10000_campaign_members(sandbox: SandboxServer, sf: Salesforce) -> None:
+    knobs = {
+        "campaign_members": 10_000,
+        "lead_ratio": 0.3,
+        "duplicate_every": 50,
+        "malformed_every": 97,
+        "missing_email_every": 61,
+        "converted_every": 200,
+        "seed": 1,
+    }
+    answer = control(sandbox, "seed", {"generate": knobs})
+    campaign = answer["campaign_id"]
+    generated = answer["generated"]
+    assert generated["contacts"] + generated["leads"] == 10_000
+    assert 2_700 < generated["leads"] < 3_300 and generated["converted_leads"] == 50
+
+    soql = (
+        "SELECT Id, ContactId, LeadId, Contact.Email, Lead.Email FROM CampaignMember WHERE CampaignId = '{}'"
+    )
+    pages = sf.bulk2.CampaignMember.query(soql.format(campaign), wait=0)
+    members = [row for page in pages for row in csv.DictReader(io.StringIO(page))]
+    assert len(members) == 10_000 and len({m["Id"] for m in members}) == 10_000
+    assert sum(1 for m in members if m["LeadId"]) == generated["leads"]
+    emails = [m["Contact.Email"] or m["Lead.Email"] for m in members]
+    positions = range(1, 10_001)  # every n-th member is position % n == 0; a missing email wins
+    assert sum(1 for e in emails if not e) == sum(1 for p in positions if p % 61 == 0)
+    malformed = [e for e in emails if e and not re.fullmatch(r"[^@\s]+@[^@\s]+\.\w+", e.strip())]
+    assert len(malformed) == sum(1 for p in positions if p % 97 == 0 and p % 61)
+    padded = [index for index, e in enumerate(emails) if e and e != e.strip()]
+    assert len(padded) == sum(1 for p in positions if p % 50 == 0 and p % 61 and p % 97)
+    # A duplicate repeats the previous member's address (that one's own, unless it was missing or malformed).
+    repeated = [i for i in padded if i % 61 and i % 97]
+    assert repeated and all(emails[i - 1] == emails[i].strip().lower() for i in repeated)
+    for pattern in (
+        r"^(info|support|sales|admin|contact)@",
+        r"@mailinator\.com$",
+        r"@gmail\.com$",
+        r"^bounce\d+@",
+    ):
+        assert any(re.search(pattern, e) for e in emails if e), pattern
+
+    converted = sf.query("SELECT COUNT() FROM Lead WHERE IsConverted = TRUE")["totalSize"]
+    assert converted == 50
+    assert control(sandbox, "seed", {"generate": knobs})["generated"] == generated  # deterministic
+
+
+def test_the_cli_command_serves_on_port_8103_by_default() -> None:
+    assert isinstance(command, click.Command)
+    options = {param.name: param.default for param in command.params}
+    assert (options["host"], options["port"]) == ("127.0.0.1", 8103)
+
+
+def test_make_salesforce_keeps_the_instance_scheme() -> None:
+    secure = make_salesforce("https://acme.my.salesforce.com", session_id="x", version="61.0")
+    assert secure.base_url == "https://acme.my.salesforce.com/services/data/v61.0/"
+    assert secure.bulk2_url == "https://acme.my.salesforce.com/services/data/v61.0/jobs/"
+    local = make_salesforce("http://127.0.0.1:8103/", session_id="x")
+    assert local.base_url == "http://127.0.0.1:8103/services/data/v62.0/"
+    assert local.Contact.base_url == "http://127.0.0.1:8103/services/data/v62.0/sobjects/Contact/"
+    with pytest.raises(ValueError):
+        make_salesforce("http://127.0.0.1:8103")
