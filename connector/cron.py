@@ -11,6 +11,7 @@ from connector.config import Settings
 from connector.pipeline.coalesce import flush_due_buffers
 from connector.pipeline.reconcile import reconcile
 from connector.pipeline.retention import purge_expired_data
+from connector.pipeline.schedule import enqueue_due_segment_syncs
 
 
 def reconcile_job() -> int:
@@ -19,6 +20,10 @@ def reconcile_job() -> int:
 
 def flush_buffers_job() -> int:
     return len(flush_due_buffers())
+
+
+def schedule_job() -> int:
+    return len(enqueue_due_segment_syncs())
 
 
 def purge_job() -> int:
@@ -30,4 +35,6 @@ QUEUE = Settings.from_env().queue_name
 cron.register(reconcile_job, queue_name=QUEUE, interval=60, job_timeout=300)
 # Well inside COALESCE_WINDOW_SECONDS, so a buffer is flushed soon after its window closes.
 cron.register(flush_buffers_job, queue_name=QUEUE, interval=10, job_timeout=300)
+# Several ticks a minute, so no minute of a per-minute schedule is skipped when a tick runs late.
+cron.register(schedule_job, queue_name=QUEUE, interval=20, job_timeout=300)
 cron.register(purge_job, queue_name=QUEUE, interval=3600, job_timeout=1800)

@@ -217,6 +217,8 @@ class SyncBatch(Base):
     launched_at: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
     results_fetched_at: Mapped[datetime | None]
+    # Set when ApexVerify broke the batch after launch and its values moved to a new batch.
+    abandoned_at: Mapped[datetime | None]
 
     sync: Mapped[Sync] = relationship(back_populates="batches")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import select, update
 
 from connector.models import (
     ContactOutcome,
@@ -18,6 +18,7 @@ from connector.models import (
     SyncValue,
 )
 from connector.pipeline.drive import drive_until_settled
+from connector.pipeline.runner import schedule_step
 from connector.pipeline.syncs import approve_sync, retry_sync
 from connector.runtime import Runtime
 from connector.verify_command import start_file_sync
@@ -214,34 +215,54 @@ def test_internal_error_while_parsing_is_retried_by_parsing_again(runtime: Runti
     assert [(b["parse_count"], b["launch_count"]) for b in state["batches"]] == [(2, 1)]
 
 
-def test_internal_error_fails_clearly_and_retry_reuses_the_batch(runtime: Runtime, tmp_path: Path) -> None:
+def test_internal_error_after_launch_fails_clearly_and_retry_moves_the_values_to_a_new_batch(
+    runtime: Runtime, tmp_path: Path
+) -> None:
     base = runtime.settings.apexverify_base_url
     fault = {"endpoint": "status", "kind": "internal_error", "count": 1}
     requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
 
-    sync = run_file_sync(runtime, write_lines(tmp_path / "ie.txt", ["q@example.com"]))
+    sync = run_file_sync(runtime, write_lines(tmp_path / "ie.txt", ["q@example.com", "r@example.com"]))
     assert (sync.status, sync.failed_step, sync.error_code) == (
         "failed",
         "verifying",
         "apexverify_internal_error",
     )
 
-    retry_sync(runtime, sync.id)  # ApexVerify still says internal_error: fails again, launches nothing
-    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
-    assert (sync.status, sync.error_code) == ("failed", "apexverify_internal_error")
-
-    batch_uuid = sandbox_state(runtime)["batches"][0]["batch_uuid"]
-    requests.post(f"{base}/_sandbox/batches/{batch_uuid}/repair", timeout=5).raise_for_status()
     retry_sync(runtime, sync.id)
     sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+
     assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    assert verdicts(runtime, sync.id) == {"q@example.com": "valid", "r@example.com": "valid"}
     with runtime.session() as session:
-        assert (
-            session.scalar(select(func.count()).select_from(SyncBatch).where(SyncBatch.sync_id == sync.id))
-            == 1
-        )
-    assert [b["charged"] > 0 for b in sandbox_state(runtime)["batches"]] == [True]
-    assert sandbox_state(runtime)["charges"] == 1
+        batches = session.scalars(
+            select(SyncBatch).where(SyncBatch.sync_id == sync.id).order_by(SyncBatch.seq)
+        ).all()
+        assert [(b.seq, b.abandoned_at is not None) for b in batches] == [(0, True), (1, False)]
+    state = sandbox_state(runtime)
+    assert [b["launch_count"] for b in state["batches"]] == [1, 1]  # the broken batch is never relaunched
+    assert sync.cost["charged"] == sum(b["charged"] for b in state["batches"])
+
+
+def test_a_broken_batch_repaired_by_apexverify_support_is_polled_again(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Until the operator retries, nothing is re-spent: a batch fixed in the meantime just completes."""
+    base = runtime.settings.apexverify_base_url
+    fault = {"endpoint": "status", "kind": "internal_error", "count": 1}
+    requests.post(f"{base}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
+    sync = run_file_sync(runtime, write_lines(tmp_path / "fix.txt", ["s@example.com"]))
+    assert sync.error_code == "apexverify_internal_error"
+    batch_uuid = sandbox_state(runtime)["batches"][0]["batch_uuid"]
+    requests.post(f"{base}/_sandbox/batches/{batch_uuid}/repair", timeout=5).raise_for_status()
+
+    with runtime.session() as session:
+        session.execute(update(Sync).where(Sync.id == sync.id).values(status="verifying", failed_step=None))
+    schedule_step(runtime, sync.id)
+    sync = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+
+    assert sync.status == SyncStatus.COMPLETED
+    assert len(sandbox_state(runtime)["batches"]) == 1
 
 
 def test_retry_of_a_sync_that_did_not_fail_is_refused(runtime: Runtime, tmp_path: Path) -> None:

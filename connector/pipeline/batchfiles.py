@@ -6,9 +6,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from connector.models import Sync, SyncBatch, SyncValue
@@ -25,17 +25,27 @@ def remove_sync_files(runtime: Runtime, sync_id: int) -> None:
     shutil.rmtree(runtime.settings.data_dir / "syncs" / str(sync_id), ignore_errors=True)
 
 
-def write_batch_files(session: Session, runtime: Runtime, sync: Sync) -> list[SyncBatch]:
-    """Stream the values still to verify into files; returns the batches created."""
+def write_batch_files(
+    session: Session, runtime: Runtime, sync: Sync, *, from_batch_seq: int | None = None
+) -> list[SyncBatch]:
+    """Stream the values still to verify into files; returns the batches created.
+
+    Normally that is every value without a verdict; with `from_batch_seq`, the values of that
+    (abandoned) batch, which get new batches numbered after the sync's last one.
+    """
     max_rows = runtime.settings.apexverify_max_batch_rows
-    parts = _write_parts(session, sync.id, sync_dir(runtime, sync.id), max_rows)
+    chosen = SyncValue.status.is_(None) if from_batch_seq is None else SyncValue.batch_seq == from_batch_seq
+    first_seq = session.scalar(
+        select(func.coalesce(func.max(SyncBatch.seq) + 1, 0)).where(SyncBatch.sync_id == sync.id)
+    )
+    parts = _write_parts(session, sync.id, chosen, sync_dir(runtime, sync.id), max_rows, first_seq)
     batches = []
-    for seq, part in enumerate(parts):
+    for seq, part in enumerate(parts, start=first_seq):
         session.execute(
             update(SyncValue)
             .where(
                 SyncValue.sync_id == sync.id,
-                SyncValue.status.is_(None),
+                chosen,
                 SyncValue.id >= part.first_id,
                 SyncValue.id <= part.last_id,
             )
@@ -55,10 +65,12 @@ class _Part:
     rows: int = 0
 
 
-def _write_parts(session: Session, sync_id: int, directory: Path, max_rows: int) -> list[_Part]:
+def _write_parts(
+    session: Session, sync_id: int, chosen: Any, directory: Path, max_rows: int, first_seq: int
+) -> list[_Part]:
     values = session.execute(
         select(SyncValue.id, SyncValue.value)
-        .where(SyncValue.sync_id == sync_id, SyncValue.status.is_(None))
+        .where(SyncValue.sync_id == sync_id, chosen)
         .order_by(SyncValue.id)
         .execution_options(yield_per=10_000)
     )
@@ -67,7 +79,7 @@ def _write_parts(session: Session, sync_id: int, directory: Path, max_rows: int)
     for value_id, value in values:
         if handle is None or parts[-1].rows >= max_rows:
             _finish(handle, parts)
-            parts.append(_Part(path=directory / f"batch-{len(parts)}.txt", first_id=value_id))
+            parts.append(_Part(path=directory / f"batch-{first_seq + len(parts)}.txt", first_id=value_id))
             handle = parts[-1].path.with_suffix(".txt.tmp").open("w", encoding="utf-8", newline="\n")
         handle.write(value + "\n")
         parts[-1].rows += 1

@@ -13,7 +13,9 @@ import uuid
 from datetime import timedelta
 
 import redis
-from sqlalchemy import or_, update
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -33,9 +35,22 @@ def schedule_step(runtime: Runtime, sync_id: int, delay: float = 0.0) -> str:
     """Make a new job the sync's only runner and enqueue it (after the commit that names it)."""
     job_id = f"sync-{sync_id}-{uuid.uuid4().hex[:12]}"
     with runtime.session() as session:
+        replaced = session.scalar(select(Sync.job_id).where(Sync.id == sync_id).with_for_update())
         session.execute(update(Sync).where(Sync.id == sync_id).values(job_id=job_id, lease_until=None))
     enqueue_step(runtime, sync_id, job_id, delay)
+    if replaced is not None:
+        _discard_waiting_job(runtime, replaced)
     return job_id
+
+
+def _discard_waiting_job(runtime: Runtime, job_id: str) -> None:
+    """A superseded job would only wake up to do nothing; drop it if it is still waiting."""
+    try:
+        job = Job.fetch(job_id, connection=runtime.redis)
+        if job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+            job.delete()
+    except (NoSuchJobError, redis.exceptions.RedisError):
+        pass
 
 
 def enqueue_step(runtime: Runtime, sync_id: int, job_id: str, delay: float = 0.0) -> None:

@@ -176,7 +176,12 @@ def _collect_values(session: Session, sync_id: int, type_: str, fresh_after: dat
 
 
 def _batches(session: Session, sync_id: int, *conditions: Any) -> list[SyncBatch]:
-    query = select(SyncBatch).where(SyncBatch.sync_id == sync_id, *conditions).order_by(SyncBatch.seq)
+    """The sync's live batches (not abandoned) that meet `conditions`."""
+    query = (
+        select(SyncBatch)
+        .where(SyncBatch.sync_id == sync_id, SyncBatch.abandoned_at.is_(None), *conditions)
+        .order_by(SyncBatch.seq)
+    )
     return list(session.scalars(query))
 
 
@@ -185,7 +190,7 @@ def upload_batches(ctx: StepContext) -> StepResult:
     with ctx.session() as session:
         sync = _load(session, ctx)
         todo = _batches(session, sync.id, SyncBatch.batch_uuid.is_(None))
-        total = len(sync.batches)
+        total = len(_batches(session, sync.id))
         name, type_, country = sync.name, sync.type, sync.target_country
     for batch in todo:
         batch_uuid = client.upload(

@@ -19,6 +19,7 @@ from connector.models import (
     SyncTransition,
     utcnow,
 )
+from connector.pipeline.batchfiles import write_batch_files
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.runner import schedule_step
 from connector.pipeline.state import transition
@@ -102,25 +103,31 @@ def retry_sync(runtime: Runtime, sync_id: int) -> Sync:
             raise SyncStateError(
                 "not_failed", f"sync {sync_id} is {sync.status}; only a failed sync can be retried"
             )
-        step = SyncStatus(sync.failed_step)
-        _reset_broken_batches(session, sync)
+        step = _reset_broken_batches(runtime, session, sync, SyncStatus(sync.failed_step))
         transition(session, sync, step, f"retry after {sync.error_code}")
         sync.failed_step = sync.error_code = sync.error_message = None
     schedule_step(runtime, sync_id)
     return sync
 
 
-def _reset_broken_batches(session: Session, sync: Sync) -> None:
-    """Forget ApexVerify's internal_error so the retry asks again about the same batch.
+def _reset_broken_batches(runtime: Runtime, session: Session, sync: Sync, step: SyncStatus) -> SyncStatus:
+    """Recover batches ApexVerify reported as internal_error; returns the step to resume at.
 
-    A batch not yet launched is parsed again (free); a launched one is polled again, never
-    launched a second time: its credits are already spent.
+    A batch not yet launched is simply parsed again (free). A launched one cannot be launched
+    again, so its values move to a new batch (uploaded from the start) and the broken one is
+    abandoned; its charge stays in the sync's cost for the operator to claim back.
     """
     for batch in sync.batches:
-        if batch.remote_status == BatchStatus.INTERNAL_ERROR:
-            batch.remote_status = None
-            if batch.launched_at is None:
-                batch.parse_requested = False
+        if batch.remote_status != BatchStatus.INTERNAL_ERROR or batch.abandoned_at is not None:
+            continue
+        batch.remote_status = None
+        if batch.launched_at is None:
+            batch.parse_requested = False
+            continue
+        batch.abandoned_at = utcnow()
+        write_batch_files(session, runtime, sync, from_batch_seq=batch.seq)
+        step = SyncStatus.UPLOADING
+    return step
 
 
 def cancel_sync(runtime: Runtime, sync_id: int) -> Sync:
