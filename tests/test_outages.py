@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +78,68 @@ def test_a_sync_started_while_redis_is_down_is_enqueued_by_the_reconciler(
 
     assert reconcile(runtime) == [sync.id]
     assert drive_until_settled(runtime, sync.id).status == "completed"
+
+
+def drop_database_connections(runtime: Runtime) -> int:
+    """What a PostgreSQL restart does to our processes: every connection to the database is cut."""
+    from sqlalchemy import text
+
+    from connector.runtime import make_engine
+
+    admin = make_engine(runtime.settings.database_url.rsplit("/", 1)[0] + "/postgres")
+    with admin.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": runtime.engine.url.database},
+        ).scalar_one()
+    admin.dispose()
+    return killed
+
+
+@pytest.fixture
+def token_runtime(runtime: Runtime) -> Runtime:
+    return with_settings(runtime, salesforce_webhook_token=TOKEN)
+
+
+@pytest.mark.slow
+def test_worker_and_web_recover_when_postgres_drops_every_connection(
+    token_runtime: Runtime, web: SandboxServer, tmp_path
+) -> None:
+    runtime = token_runtime
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    from tests.test_crash_safety import kill, start_worker, wait_for, worker_env
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"pg{n}@example.com\n" for n in range(30_000)), encoding="utf-8")
+    from connector.verify_command import start_file_sync
+
+    sync = start_file_sync(runtime, source, type_="email", country="US")
+    worker = start_worker(worker_env(runtime), tmp_path / "worker.log")
+    try:
+        wait_for(lambda: _status(runtime, sync.id) not in ("pending",), 60, "the sync to start")
+        for _ in range(3):  # cut the connections several times during the sync
+            time.sleep(0.7)
+            drop_database_connections(runtime)
+        body = {"records": [{"Id": "0035g00000PGPGPG01", "Email": "after-restart@example.com"}]}
+        answer = requests.post(
+            f"{web.url}/webhooks/salesforce", json=body, headers={"X-Connector-Token": TOKEN}, timeout=10
+        )
+        assert answer.status_code == 200  # the web process reconnected by itself
+
+        def settled() -> bool:
+            reconcile(runtime)
+            return _status(runtime, sync.id) in ("completed", "failed")
+
+        wait_for(settled, 180, "the sync to finish after the connection drops")
+    finally:
+        kill(worker)
+    assert _status(runtime, sync.id) == "completed"
+
+
+def _status(runtime: Runtime, sync_id: int) -> str:
+    with runtime.session() as session:
+        return session.get_one(Sync, sync_id).status
