@@ -39,10 +39,10 @@ from connector.models import (
 from connector.pipeline.batchfiles import sync_dir, write_batch_files
 from connector.pipeline.normalize import normalize
 from connector.pipeline.state import Advance, Halt, StepContext, StepResult, Wait
-from connector.pipeline.verdicts import INVALID_FORMAT, remember_verdicts, verdict_columns, verdict_from_row
+from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_row
 
 CHUNK = 5000
-RESULT_CHUNK = 2000
+RESULT_CHUNK = 20_000
 
 
 def _client(ctx: StepContext) -> ApexVerifyClient:
@@ -393,15 +393,8 @@ def fetch_results(ctx: StepContext) -> StepResult:
 def _store_results(ctx: StepContext, type_: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    table = SyncValue.__table__
-    statement = (
-        table.update()
-        .where(table.c.sync_id == ctx.sync_id, table.c.value == bindparam("b_value"))
-        .values({c: bindparam(f"b_{c}") for c in (*INVALID_FORMAT, "details", "verified_at")})
-    )
     with ctx.session() as session:
-        session.execute(statement, [{f"b_{k}": v for k, v in row.items()} for row in rows])
-        remember_verdicts(session, type_, rows)
+        store_verdicts(session, ctx.sync_id, type_, rows)
     ctx.heartbeat()
 
 
