@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from typing import IO, Any
 
+from openpyxl import Workbook
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -58,13 +60,30 @@ def write_csv(rows: Iterator[dict[str, Any]], handle: IO[str]) -> int:
     return count
 
 
+def json_chunks(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """A JSON object keyed by value, like the ApexVerify export, one row at a time."""
+    yield "{"
+    for index, row in enumerate(rows):
+        rest = {k: v for k, v in row.items() if k != "value"}
+        yield ("," if index else "") + "\n  " + json.dumps(row["value"]) + ": " + json.dumps(rest)
+    yield "\n}\n"
+
+
 def write_json(rows: Iterator[dict[str, Any]], handle: IO[str]) -> int:
-    """A JSON object keyed by value, like the ApexVerify export, written row by row."""
-    handle.write("{")
     count = 0
-    for row in rows:
-        handle.write(("," if count else "") + "\n  " + json.dumps(row["value"]) + ": ")
-        handle.write(json.dumps({k: v for k, v in row.items() if k != "value"}))
+    for chunk in json_chunks(rows):
+        handle.write(chunk)
         count += 1
-    handle.write("\n}\n")
-    return count
+    return max(count - 2, 0)
+
+
+def write_xlsx(rows: Iterator[dict[str, Any]]) -> bytes:
+    """One sheet of verdicts; every cell neutralised against formula injection."""
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("Verdicts")
+    sheet.append(list(COLUMNS))
+    for row in rows:
+        sheet.append([neutralize_cell(row[c]) for c in COLUMNS])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()

@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["connector"] = runtime
 
+    from connector.web.admin import admin
     from connector.web.errors import register_error_handlers
     from connector.web.health import health
     from connector.web.webhooks import webhooks
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(webhooks)
+    app.register_blueprint(admin)
     return app
 
 

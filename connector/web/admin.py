@@ -1,0 +1,227 @@
+"""The admin API: list and inspect syncs, retry / cancel / approve them, download their results."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+from sqlalchemy import func, select
+
+from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError, WebhookRefused
+from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
+from connector.ratelimit import RateLimiter
+from connector.results import iter_verdicts, json_chunks, write_xlsx
+from connector.web import current_runtime
+
+admin = Blueprint("admin", __name__, url_prefix="/admin")
+MAX_LIMIT = 500
+WRITE_FAILURES_SHOWN = 1000
+FAILED_AUTH_PER_MINUTE = 20
+
+
+class TooManyAttempts(ConnectorError):
+    http_status = 429
+
+
+@admin.before_request
+def require_admin_token() -> None:
+    runtime = current_runtime()
+    expected = runtime.settings.admin_token
+    if not expected:
+        raise ConfigError("admin_disabled", "ADMIN_TOKEN is not set: the admin API is off")
+    sent = request.headers.get("Authorization", "")
+    token = sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""
+    if token and hmac.compare_digest(token.encode(), expected.encode()):
+        return
+    _count_failed_attempt(runtime)
+    raise WebhookRefused("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
+
+
+def _count_failed_attempt(runtime: Any) -> None:
+    limiter = RateLimiter(runtime.redis, f"admin-auth:{request.remote_addr}", FAILED_AUTH_PER_MINUTE, 60)
+    try:
+        wait = limiter.try_acquire()
+    except Exception:  # Redis down: authentication still works, only the throttle is off
+        return
+    if wait:
+        raise TooManyAttempts("too_many_attempts", f"too many failed sign-ins; try again in {wait:.0f} s")
+
+
+@admin.get("/syncs")
+def list_syncs():  # type: ignore[no-untyped-def]
+    limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    query = select(Sync).order_by(Sync.id.desc()).limit(limit + 1)
+    if status := request.args.get("status"):
+        if status not in {s.value for s in SyncStatus}:
+            raise InputError(
+                "invalid_status", f"status must be one of {', '.join(s.value for s in SyncStatus)}"
+            )
+        query = query.where(Sync.status == status)
+    if request.args.get("segment_id"):
+        query = query.where(Sync.segment_id == _int_arg("segment_id", 0, 1, 2**62))
+    if cursor := request.args.get("cursor"):
+        query = query.where(Sync.id < _decode_cursor(cursor))
+    with current_runtime().session() as session:
+        syncs = list(session.scalars(query))
+        page = syncs[:limit]
+        body = [sync_json(session, s) for s in page]
+    next_cursor = _encode_cursor(page[-1].id) if len(syncs) > limit else None
+    return jsonify({"syncs": body, "next_cursor": next_cursor})
+
+
+@admin.get("/syncs/<int:sync_id>")
+def show_sync(sync_id: int):  # type: ignore[no-untyped-def]
+    with current_runtime().session() as session:
+        sync = _get(session, sync_id)
+        return jsonify(sync_detail_json(session, sync))
+
+
+@admin.post("/syncs/<int:sync_id>/retry")
+def retry(sync_id: int):  # type: ignore[no-untyped-def]
+    return _after_action(retry_sync(current_runtime(), sync_id).id)
+
+
+@admin.post("/syncs/<int:sync_id>/cancel")
+def cancel(sync_id: int):  # type: ignore[no-untyped-def]
+    return _after_action(cancel_sync(current_runtime(), sync_id).id)
+
+
+@admin.post("/syncs/<int:sync_id>/approve")
+def approve(sync_id: int):  # type: ignore[no-untyped-def]
+    return _after_action(approve_sync(current_runtime(), sync_id).id)
+
+
+@admin.get("/syncs/<int:sync_id>/results")
+def results(sync_id: int):  # type: ignore[no-untyped-def]
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "xlsx"):
+        raise InputError("invalid_format", "format must be json or xlsx")
+    runtime = current_runtime()
+    with runtime.session() as session:
+        sync = _get(session, sync_id)
+        if sync.data_purged_at is not None:
+            raise ConnectorError(
+                "results_purged", "this sync's values were deleted after the retention period"
+            )
+        if sync.status not in (SyncStatus.WRITING_BACK, SyncStatus.COMPLETED):
+            raise NoResultsYet(
+                "no_results", f"sync {sync_id} is {sync.status}; results come after verification"
+            )
+    filename = f"sync-{sync_id}-results.{fmt}"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if fmt == "xlsx":
+        with runtime.session() as session:
+            content = write_xlsx(iter_verdicts(session, sync_id))
+        mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        return Response(content, mimetype=mimetype, headers=headers)
+    return Response(stream_with_context(_json_chunks(sync_id)), mimetype="application/json", headers=headers)
+
+
+class NoResultsYet(ConnectorError):
+    http_status = 409
+
+
+def _json_chunks(sync_id: int):  # type: ignore[no-untyped-def]
+    with current_runtime().session() as session:
+        yield from json_chunks(iter_verdicts(session, sync_id))
+
+
+def _after_action(sync_id: int):  # type: ignore[no-untyped-def]
+    with current_runtime().session() as session:
+        return jsonify(sync_json(session, _get(session, sync_id))), 202
+
+
+def _get(session: Any, sync_id: int) -> Sync:
+    sync = session.get(Sync, sync_id)
+    if sync is None:
+        raise NotFoundError("sync_not_found", f"sync {sync_id} does not exist")
+    return sync
+
+
+def sync_json(session: Any, sync: Sync) -> dict[str, Any]:
+    batch_uuids = session.scalars(
+        select(SyncBatch.batch_uuid)
+        .where(SyncBatch.sync_id == sync.id, SyncBatch.batch_uuid.is_not(None))
+        .order_by(SyncBatch.seq)
+    ).all()
+    return {
+        "id": sync.id,
+        "name": sync.name,
+        "status": sync.status,
+        "segment_id": sync.segment_id,
+        "trigger": sync.trigger,
+        "crm": sync.crm,
+        "type": sync.type,
+        "target_country": sync.target_country,
+        "parameters": sync.parameters,
+        "failed_step": sync.failed_step,
+        "error_code": sync.error_code,
+        "error_message": sync.error_message,
+        "pause_reason": sync.pause_reason,
+        "paused_until": _iso(sync.paused_until),
+        "created_at": _iso(sync.created_at),
+        "updated_at": _iso(sync.updated_at),
+        "completed_at": _iso(sync.completed_at),
+        "counts": sync.counts or {},
+        "cost": sync.cost or {},
+        "max_net_cost": sync.max_net_cost,
+        "batch_uuids": list(batch_uuids),
+    }
+
+
+def sync_detail_json(session: Any, sync: Sync) -> dict[str, Any]:
+    history = session.scalars(
+        select(SyncTransition).where(SyncTransition.sync_id == sync.id).order_by(SyncTransition.id)
+    ).all()
+    failed = select(SyncContact).where(SyncContact.sync_id == sync.id, SyncContact.outcome == "write_failed")
+    failures = session.scalars(failed.order_by(SyncContact.id).limit(WRITE_FAILURES_SHOWN)).all()
+    total_failures = session.scalar(select(func.count()).select_from(failed.subquery()))
+    return {
+        **sync_json(session, sync),
+        "history": [
+            {"from_status": t.from_status, "to_status": t.to_status, "at": _iso(t.at), "note": t.note}
+            for t in history
+        ],
+        "write_failures": [
+            {
+                "record_id": c.record_id,
+                "object_type": c.object_type,
+                "reason": c.reason,
+                "error_message": c.error_message,
+            }
+            for c in failures
+        ],
+        "write_failures_total": total_failures,
+    }
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError("invalid_parameter", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise InputError("invalid_parameter", f"{name} must be from {low} to {high}")
+    return value
+
+
+def _encode_cursor(sync_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{sync_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return int(text.removeprefix("id:"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("invalid_cursor", "cursor is not one this API gave out") from None
