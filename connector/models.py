@@ -127,6 +127,8 @@ class Segment(Base):
     object: Mapped[str | None] = mapped_column(String(20))
     type: Mapped[str] = mapped_column(String(10))
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Null: the connection's default country.
+    target_country: Mapped[str | None] = mapped_column(String(2))
     schedule: Mapped[str | None] = mapped_column(String(120))
     reverify_after_days: Mapped[int] = mapped_column(Integer, default=30)
     max_net_cost: Mapped[float | None] = mapped_column(Float)

@@ -10,7 +10,15 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import func, select
 
 from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError, WebhookRefused
-from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.models import Segment, Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.pipeline.segments import (
+    create_segment,
+    delete_segment,
+    get_segment,
+    segment_json,
+    sync_segment,
+    update_segment,
+)
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.ratelimit import RateLimiter
 from connector.results import iter_verdicts, json_chunks, write_xlsx
@@ -225,3 +233,45 @@ def _decode_cursor(cursor: str) -> int:
         return int(text.removeprefix("id:"))
     except (ValueError, UnicodeDecodeError):
         raise InputError("invalid_cursor", "cursor is not one this API gave out") from None
+
+
+@admin.get("/segments")
+def list_segments():  # type: ignore[no-untyped-def]
+    with current_runtime().session() as session:
+        rows = session.scalars(select(Segment).where(Segment.deleted_at.is_(None)).order_by(Segment.id)).all()
+        return jsonify({"segments": [segment_json(s) for s in rows]})
+
+
+@admin.post("/segments")
+def add_segment():  # type: ignore[no-untyped-def]
+    segment = create_segment(current_runtime(), _json_body())
+    return jsonify(segment_json(segment)), 201
+
+
+@admin.get("/segments/<int:segment_id>")
+def show_segment(segment_id: int):  # type: ignore[no-untyped-def]
+    with current_runtime().session() as session:
+        return jsonify(segment_json(get_segment(session, segment_id)))
+
+
+@admin.patch("/segments/<int:segment_id>")
+def change_segment(segment_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(segment_json(update_segment(current_runtime(), segment_id, _json_body())))
+
+
+@admin.delete("/segments/<int:segment_id>")
+def remove_segment(segment_id: int):  # type: ignore[no-untyped-def]
+    delete_segment(current_runtime(), segment_id)
+    return "", 204
+
+
+@admin.post("/segments/<int:segment_id>/sync")
+def start_segment(segment_id: int):  # type: ignore[no-untyped-def]
+    return _after_action(sync_segment(current_runtime(), segment_id, "admin").id)
+
+
+def _json_body() -> Any:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InputError("malformed_json", "expected a JSON object body")
+    return body

@@ -1,0 +1,174 @@
+"""Segments: a CRM list, campaign or SOQL filter, with its verification parameters and schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from croniter import croniter
+from sqlalchemy import select
+
+from connector.errors import InputError, NotFoundError
+from connector.models import RUNNABLE_STATES, Segment, Sync, utcnow
+from connector.pipeline.intake import crm_connection
+from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
+from connector.pipeline.syncs import create_sync
+from connector.runtime import Runtime
+
+KINDS = {"hubspot_list": "hubspot", "salesforce_campaign": "salesforce", "salesforce_soql": "salesforce"}
+FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
+          "max_net_cost", "name", "target_country"}  # fmt: skip
+
+
+def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The segment's fields, checked; `current` holds the stored ones when patching."""
+    if not isinstance(data, dict):
+        raise InputError("malformed_json", "expected a JSON object")
+    unknown = set(data) - FIELDS
+    if unknown:
+        raise InputError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+    merged = {**(current or {}), **data}
+    kind = merged.get("kind")
+    if kind not in KINDS:
+        raise InputError("invalid_kind", f"kind must be one of {', '.join(KINDS)}")
+    crm = merged.get("crm", KINDS[kind])
+    if crm != KINDS[kind]:
+        raise InputError("invalid_crm", f"a {kind} segment belongs to crm {KINDS[kind]}")
+    return {
+        "crm": crm,
+        "kind": kind,
+        "ref": _ref(merged.get("ref"), kind),
+        "object": _object(merged.get("object"), crm),
+        "type": validate_type(merged.get("type", "email")),
+        "parameters": validate_parameters(merged.get("parameters") or {}),
+        "schedule": _schedule(merged.get("schedule")),
+        "reverify_after_days": _int_in(merged.get("reverify_after_days", 30), "reverify_after_days", 0, 3650),
+        "max_net_cost": _cost(merged.get("max_net_cost")),
+        "name": _name(merged.get("name")),
+        "target_country": validate_country(merged["target_country"])
+        if merged.get("target_country")
+        else None,
+    }
+
+
+def _ref(raw: Any, kind: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InputError("invalid_ref", "ref must be a non-empty string")
+    if kind == "salesforce_soql" and ";" in raw:
+        raise InputError("invalid_ref", "a SOQL WHERE clause cannot contain ';'")
+    return raw.strip()
+
+
+def _object(raw: Any, crm: str) -> str | None:
+    if crm == "hubspot":
+        if raw not in (None, "contact", "Contact"):
+            raise InputError("invalid_object", "HubSpot segments are contacts; leave object out")
+        return None
+    if raw not in ("Contact", "Lead"):
+        raise InputError("invalid_object", "object must be Contact or Lead for Salesforce segments")
+    return raw
+
+
+def _schedule(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not croniter.is_valid(raw):
+        raise InputError(
+            "invalid_schedule", "schedule must be a cron expression such as '0 3 * * *', or null"
+        )
+    return raw
+
+
+def _int_in(raw: Any, name: str, low: int, high: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+        raise InputError(f"invalid_{name}", f"{name} must be an integer from {low} to {high}")
+    return raw
+
+
+def _cost(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+        raise InputError("invalid_max_net_cost", "max_net_cost must be a number of credits >= 0, or null")
+    return float(raw)
+
+
+def _name(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > 255:
+        raise InputError("invalid_name", "name must be a string of at most 255 characters")
+    return raw
+
+
+def segment_json(segment: Segment) -> dict[str, Any]:
+    return {
+        "id": segment.id,
+        **{name: getattr(segment, name) for name in sorted(FIELDS)},
+        "created_at": segment.created_at.isoformat(),
+        "updated_at": segment.updated_at.isoformat(),
+    }
+
+
+def create_segment(runtime: Runtime, data: Any) -> Segment:
+    fields = validate_segment(data)
+    connection = crm_connection(runtime, fields["crm"])
+    with runtime.session() as session:
+        segment = Segment(connection_id=connection.id, **fields)
+        session.add(segment)
+    return segment
+
+
+def update_segment(runtime: Runtime, segment_id: int, data: Any) -> Segment:
+    with runtime.session() as session:
+        segment = get_segment(session, segment_id)
+        fields = validate_segment(data, {name: getattr(segment, name) for name in FIELDS})
+        for name, value in fields.items():
+            setattr(segment, name, value)
+        segment.updated_at = utcnow()
+    return segment
+
+
+def delete_segment(runtime: Runtime, segment_id: int) -> None:
+    with runtime.session() as session:
+        get_segment(session, segment_id).deleted_at = utcnow()
+
+
+def get_segment(session: Any, segment_id: int) -> Segment:
+    segment = session.get(Segment, segment_id)
+    if segment is None or segment.deleted_at is not None:
+        raise NotFoundError("segment_not_found", f"segment {segment_id} does not exist")
+    return segment
+
+
+def sync_segment(
+    runtime: Runtime, segment_id: int, trigger: str, *, idempotency_key: str | None = None
+) -> Sync:
+    """Start a sync of the segment, or answer with the one still running."""
+    with runtime.session() as session:
+        segment = get_segment(session, segment_id)
+        running = session.scalars(
+            select(Sync).where(
+                Sync.segment_id == segment_id, Sync.status.in_([str(s) for s in RUNNABLE_STATES])
+            )
+        ).first()
+        if running is not None:
+            return running
+        connection_settings = crm_connection(runtime, segment.crm).settings or {}
+    country = segment.target_country or connection_settings.get(
+        "default_country", runtime.settings.default_country
+    )
+    return create_sync(
+        runtime,
+        connection_id=segment.connection_id,
+        crm=segment.crm,
+        type_=segment.type,
+        target_country=country,
+        source={"kind": segment.kind, "ref": segment.ref, "object": segment.object},
+        trigger=trigger,
+        name=segment.name or f"{segment.kind} {segment.ref[:80]}",
+        parameters=segment.parameters,
+        segment_id=segment.id,
+        reverify_after_days=segment.reverify_after_days,
+        max_net_cost=segment.max_net_cost,
+        idempotency_key=idempotency_key,
+    )
