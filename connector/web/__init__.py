@@ -23,12 +23,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from connector.web.admin import admin
     from connector.web.errors import register_error_handlers
     from connector.web.health import health
+    from connector.web.openapi import openapi
     from connector.web.webhooks import webhooks
 
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(webhooks)
     app.register_blueprint(admin)
+    app.register_blueprint(openapi)
     return app
 
 

@@ -80,29 +80,29 @@ def list_syncs():  # type: ignore[no-untyped-def]
     return jsonify({"syncs": body, "next_cursor": next_cursor})
 
 
-@admin.get("/syncs/<int:sync_id>")
+@admin.get("/syncs/<int(max=9223372036854775807):sync_id>")
 def show_sync(sync_id: int):  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
         sync = _get(session, sync_id)
         return jsonify(sync_detail_json(session, sync))
 
 
-@admin.post("/syncs/<int:sync_id>/retry")
+@admin.post("/syncs/<int(max=9223372036854775807):sync_id>/retry")
 def retry(sync_id: int):  # type: ignore[no-untyped-def]
     return _after_action(retry_sync(current_runtime(), sync_id).id)
 
 
-@admin.post("/syncs/<int:sync_id>/cancel")
+@admin.post("/syncs/<int(max=9223372036854775807):sync_id>/cancel")
 def cancel(sync_id: int):  # type: ignore[no-untyped-def]
     return _after_action(cancel_sync(current_runtime(), sync_id).id)
 
 
-@admin.post("/syncs/<int:sync_id>/approve")
+@admin.post("/syncs/<int(max=9223372036854775807):sync_id>/approve")
 def approve(sync_id: int):  # type: ignore[no-untyped-def]
     return _after_action(approve_sync(current_runtime(), sync_id).id)
 
 
-@admin.get("/syncs/<int:sync_id>/results")
+@admin.get("/syncs/<int(max=9223372036854775807):sync_id>/results")
 def results(sync_id: int):  # type: ignore[no-untyped-def]
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "xlsx"):
@@ -248,24 +248,24 @@ def add_segment():  # type: ignore[no-untyped-def]
     return jsonify(segment_json(segment)), 201
 
 
-@admin.get("/segments/<int:segment_id>")
+@admin.get("/segments/<int(max=9223372036854775807):segment_id>")
 def show_segment(segment_id: int):  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
         return jsonify(segment_json(get_segment(session, segment_id)))
 
 
-@admin.patch("/segments/<int:segment_id>")
+@admin.patch("/segments/<int(max=9223372036854775807):segment_id>")
 def change_segment(segment_id: int):  # type: ignore[no-untyped-def]
     return jsonify(segment_json(update_segment(current_runtime(), segment_id, _json_body())))
 
 
-@admin.delete("/segments/<int:segment_id>")
+@admin.delete("/segments/<int(max=9223372036854775807):segment_id>")
 def remove_segment(segment_id: int):  # type: ignore[no-untyped-def]
     delete_segment(current_runtime(), segment_id)
     return "", 204
 
 
-@admin.post("/segments/<int:segment_id>/sync")
+@admin.post("/segments/<int(max=9223372036854775807):segment_id>/sync")
 def start_segment(segment_id: int):  # type: ignore[no-untyped-def]
     return _after_action(sync_segment(current_runtime(), segment_id, "admin").id)
 

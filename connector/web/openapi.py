@@ -1,0 +1,298 @@
+"""GET /openapi.json: the connector's HTTP API described as OpenAPI 3.0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from connector.models import SyncStatus
+
+openapi = Blueprint("openapi", __name__)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = _json(_ref("Error"), "error")
+NULLABLE_STRING = {"type": "string", "nullable": True}
+SYNC_ID = {
+    "name": "sync_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+SEGMENT_ID = {
+    "name": "segment_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+ADMIN_ERRORS = {"401": ERROR, "404": ERROR, "429": ERROR, "503": ERROR}
+
+SYNC = {
+    "type": "object",
+    "required": [
+        "id",
+        "status",
+        "segment_id",
+        "trigger",
+        "crm",
+        "type",
+        "failed_step",
+        "error_code",
+        "error_message",
+        "created_at",
+        "updated_at",
+        "counts",
+        "cost",
+        "batch_uuids",
+    ],
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in SyncStatus]},
+        "segment_id": {"type": "integer", "nullable": True},
+        "trigger": {"type": "string", "enum": ["webhook", "schedule", "admin", "cli"]},
+        "crm": {"type": "string"},
+        "type": {"type": "string", "enum": ["email", "phone"]},
+        "failed_step": NULLABLE_STRING,
+        "error_code": NULLABLE_STRING,
+        "error_message": NULLABLE_STRING,
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "counts": {"type": "object"},
+        "cost": {"type": "object"},
+        "batch_uuids": {"type": "array", "items": {"type": "string"}},
+    },
+}
+SEGMENT_FIELDS = {
+    "crm": {"type": "string", "enum": ["hubspot", "salesforce"]},
+    "kind": {"type": "string", "enum": ["hubspot_list", "salesforce_campaign", "salesforce_soql"]},
+    "ref": {"type": "string"},
+    "object": {"type": "string", "enum": ["Contact", "Lead"], "nullable": True},
+    "type": {"type": "string", "enum": ["email", "phone"]},
+    "parameters": {"type": "object"},
+    "schedule": NULLABLE_STRING,
+    "reverify_after_days": {"type": "integer"},
+    "max_net_cost": {"type": "number", "nullable": True},
+    "name": NULLABLE_STRING,
+    "target_country": NULLABLE_STRING,
+}
+
+
+def _admin(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {**responses, **ADMIN_ERRORS},
+        **extra,
+    }
+
+
+def document() -> dict[str, Any]:
+    sync_action = {"parameters": [SYNC_ID]}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ApexVerify CRM Connector", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Sync": SYNC,
+                "SyncDetail": {
+                    "allOf": [
+                        _ref("Sync"),
+                        {
+                            "type": "object",
+                            "required": ["history", "write_failures"],
+                            "properties": {"history": {"type": "array"}, "write_failures": {"type": "array"}},
+                        },
+                    ]
+                },
+                "Segment": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "integer"}, **SEGMENT_FIELDS},
+                },
+                "SegmentInput": {"type": "object", "properties": SEGMENT_FIELDS},
+            },
+        },
+        "paths": {
+            "/healthz": {
+                "get": {"summary": "process is up", "responses": {"200": _json({"type": "object"}, "up")}}
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "database and Redis reachable",
+                    "responses": {
+                        "200": _json({"type": "object"}, "ready"),
+                        "503": _json({"type": "object"}, "not ready"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+            "/webhooks/hubspot": {
+                "post": {
+                    "summary": "HubSpot events, workflow webhooks, segment triggers (signed v3)",
+                    "requestBody": {"content": {"application/json": {"schema": {}}}},
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"accepted": {"type": "integer"}}}, "stored"
+                        ),
+                        "400": ERROR,
+                        "401": ERROR,
+                        "403": ERROR,
+                        "413": ERROR,
+                        "503": ERROR,
+                    },
+                }
+            },
+            "/webhooks/salesforce": {
+                "post": {
+                    "summary": "Salesforce outbound messages (text/xml) and Flow callouts (application/json)",
+                    "requestBody": {
+                        "content": {
+                            "text/xml": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {}},
+                        }
+                    },
+                    "responses": {
+                        "200": {"description": "SOAP Ack, or {accepted}"},
+                        "400": ERROR,
+                        "401": ERROR,
+                        "403": ERROR,
+                        "413": ERROR,
+                        "415": ERROR,
+                        "503": ERROR,
+                    },
+                }
+            },
+            "/admin/syncs": {
+                "get": _admin(
+                    "list syncs, newest first",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["syncs", "next_cursor"],
+                                "properties": {
+                                    "syncs": {"type": "array", "items": _ref("Sync")},
+                                    "next_cursor": NULLABLE_STRING,
+                                },
+                            },
+                            "a page",
+                        ),
+                        "400": ERROR,
+                    },
+                    parameters=[
+                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {"name": "segment_id", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                )
+            },
+            "/admin/syncs/{sync_id}": {
+                "get": _admin(
+                    "one sync with history and write failures",
+                    {"200": _json(_ref("SyncDetail"), "the sync")},
+                    **sync_action,
+                )
+            },
+            **{
+                f"/admin/syncs/{{sync_id}}/{action}": {
+                    "post": _admin(
+                        summary, {"202": _json(_ref("Sync"), "accepted"), "409": ERROR}, **sync_action
+                    )
+                }
+                for action, summary in (
+                    ("retry", "resume a failed sync at its failed step"),
+                    ("cancel", "cancel a sync"),
+                    ("approve", "approve a sync over budget"),
+                )
+            },
+            "/admin/syncs/{sync_id}/results": {
+                "get": _admin(
+                    "the verdicts of a sync",
+                    {
+                        "200": {
+                            "description": "JSON keyed by value, or XLSX",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {},
+                            },
+                        },
+                        "400": ERROR,
+                        "409": ERROR,
+                    },
+                    parameters=[
+                        SYNC_ID,
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["json", "xlsx"]},
+                        },
+                    ],
+                )
+            },
+            "/admin/segments": {
+                "get": _admin("list segments", {"200": _json({"type": "object"}, "segments")}),
+                "post": _admin(
+                    "create a segment",
+                    {"201": _json(_ref("Segment"), "created"), "400": ERROR},
+                    requestBody={
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("SegmentInput")}},
+                    },
+                ),
+            },
+            "/admin/segments/{segment_id}": {
+                "get": _admin(
+                    "one segment", {"200": _json(_ref("Segment"), "the segment")}, parameters=[SEGMENT_ID]
+                ),
+                "patch": _admin(
+                    "change a segment",
+                    {"200": _json(_ref("Segment"), "changed"), "400": ERROR},
+                    parameters=[SEGMENT_ID],
+                    requestBody={
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("SegmentInput")}},
+                    },
+                ),
+                "delete": _admin(
+                    "delete a segment", {"204": {"description": "deleted"}}, parameters=[SEGMENT_ID]
+                ),
+            },
+            "/admin/segments/{segment_id}/sync": {
+                "post": _admin(
+                    "start a sync of the segment",
+                    {"202": _json(_ref("Sync"), "started")},
+                    parameters=[SEGMENT_ID],
+                )
+            },
+        },
+    }
+
+
+@openapi.get("/openapi.json")
+def openapi_json():  # type: ignore[no-untyped-def]
+    return jsonify(document())
