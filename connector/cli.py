@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -137,6 +138,80 @@ def demo(size: int) -> None:
     from connector.demo import run_demo
 
     sys.exit(run_demo(_settings(), size=size))
+
+
+@main.group()
+def segments() -> None:
+    """CRM segments to verify, now or on a schedule."""
+
+
+@segments.command("add")
+@click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), required=True)
+@click.option(
+    "--kind", type=click.Choice(["hubspot_list", "salesforce_campaign", "salesforce_soql"]), required=True
+)
+@click.option("--ref", required=True, help="List id, campaign id, or SOQL WHERE clause.")
+@click.option("--object", "object_", type=click.Choice(["Contact", "Lead"]), help="Salesforce object.")
+@click.option("--type", "type_", type=click.Choice(["email", "phone"]), default="email", show_default=True)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="An ApexVerify parameter.")
+@click.option("--schedule", help="Cron expression (UTC), e.g. '0 3 * * *'.")
+@click.option("--reverify-after-days", type=int, default=30, show_default=True)
+@click.option("--max-net-cost", type=float)
+@click.option("--name")
+def segments_add(**options: object) -> None:
+    """Create a segment."""
+    from connector.pipeline.parameters import parse_cli_parameter
+    from connector.pipeline.segments import create_segment, segment_json
+
+    data = {k: v for k, v in options.items() if v is not None and k not in ("params", "object_", "type_")}
+    data.update(object=options["object_"], type=options["type_"])
+    data["parameters"] = dict(parse_cli_parameter(str(p)) for p in options["params"])  # type: ignore[union-attr]
+    click.echo(json.dumps(segment_json(create_segment(_runtime(), data)), indent=2))
+
+
+@segments.command("list")
+def segments_list() -> None:
+    """List segments."""
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from connector.models import Segment
+
+    table = Table("id", "name", "crm", "kind", "ref", "type", "schedule", "reverify days", "max net cost")
+    with _runtime().session() as session:
+        for s in session.scalars(select(Segment).where(Segment.deleted_at.is_(None)).order_by(Segment.id)):
+            table.add_row(
+                str(s.id),
+                s.name or "",
+                s.crm,
+                s.kind,
+                s.ref[:40],
+                s.type,
+                s.schedule or "",
+                str(s.reverify_after_days),
+                "" if s.max_net_cost is None else f"{s.max_net_cost:g}",
+            )
+    Console().print(table)
+
+
+@segments.command("sync")
+@click.argument("segment_id", type=int)
+def segments_sync(segment_id: int) -> None:
+    """Start a sync of a segment now (workers run it)."""
+    from connector.pipeline.segments import sync_segment
+
+    sync = sync_segment(_runtime(), segment_id, "cli")
+    click.echo(f"sync {sync.id}: {sync.status}")
+
+
+def _runtime():  # type: ignore[no-untyped-def]
+    from connector.db import upgrade_database
+    from connector.runtime import build_runtime
+
+    runtime = build_runtime(_settings())
+    upgrade_database(runtime.engine)
+    return runtime
 
 
 def _settings() -> Settings:
