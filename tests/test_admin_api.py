@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from openpyxl import load_workbook
+from sqlalchemy import update
 
+from connector.models import Connection, Sync, SyncContact, SyncStatus
 from connector.pipeline.drive import drive_until_settled
-from connector.runtime import Runtime
-from connector.sandbox.server import SandboxServer
+from connector.runtime import Runtime, set_runtime
+from connector.sandbox.server import SandboxServer, serve_in_thread
 from connector.verify_command import start_file_sync
+from connector.web import create_app
 from tests.conftest import with_settings
 
 AUTH = {"Authorization": "Bearer test-admin-token"}
@@ -40,6 +48,8 @@ def test_failed_sign_ins_are_throttled(web: SandboxServer) -> None:
     codes = [requests.get(f"{web.url}/admin/syncs", headers={"Authorization": "Bearer x"}).status_code
              for _ in range(25)]  # fmt: skip
     assert codes[:20] == [401] * 20 and codes[-1] == 429
+    refused = requests.get(f"{web.url}/admin/syncs", headers={"Authorization": "Bearer x"}, timeout=5)
+    assert refused.json()["error"] == "too_many_attempts" and 0 < int(refused.headers["Retry-After"]) <= 60
     assert requests.get(f"{web.url}/admin/syncs", headers=AUTH, timeout=5).status_code == 200
 
 
@@ -129,3 +139,158 @@ def test_results_as_json_and_xlsx(runtime: Runtime, web: SandboxServer, tmp_path
     assert {r[0] for r in rows[1:]} == {"ok@example.com", "'=hyperlink(1)@evil.com"}
     bad = requests.get(f"{web.url}/admin/syncs/{sync_id}/results", params={"format": "csv"}, headers=AUTH)
     assert bad.status_code == 400
+
+
+@pytest.fixture
+def redis_down(runtime: Runtime) -> Iterator[SandboxServer]:
+    """The connector's app with a Redis nobody listens on (port 1)."""
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    server = serve_in_thread(create_app(runtime=dataclasses.replace(runtime, redis=dead)))
+    yield server
+    server.stop()
+    set_runtime(runtime)
+
+
+def test_sign_in_still_works_while_redis_is_down(redis_down: SandboxServer) -> None:
+    # The failed-attempt throttle lives in Redis; losing it must not lock operators out.
+    assert requests.get(f"{redis_down.url}/admin/syncs", headers=AUTH, timeout=5).status_code == 200
+    refused = requests.get(f"{redis_down.url}/admin/syncs", headers={"Authorization": "Bearer x"}, timeout=5)
+    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+
+
+def test_a_forged_cursor_is_refused_not_a_server_error(web: SandboxServer) -> None:
+    beyond_bigint = base64.urlsafe_b64encode(b"id:99999999999999999999").decode()
+    for cursor in (beyond_bigint, base64.urlsafe_b64encode(b"id:-5").decode(), "not-a-cursor"):
+        answer = requests.get(f"{web.url}/admin/syncs", params={"cursor": cursor}, headers=AUTH, timeout=5)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_cursor", cursor
+
+
+def test_detail_lists_write_failures_up_to_a_cap_with_their_total(
+    runtime: Runtime, web: SandboxServer, tmp_path: Path
+) -> None:
+    sync_id = file_sync(runtime, tmp_path, ["w@example.com"])
+    with runtime.session() as session:  # as a CRM writer records the records it refused
+        session.add_all(
+            SyncContact(
+                sync_id=sync_id,
+                record_id=f"00Q{n:012d}",
+                object_type="Lead",
+                value="w@example.com",
+                outcome="write_failed",
+                reason="CANNOT_UPDATE_CONVERTED_LEAD",
+                error_message="cannot reference converted lead",
+            )
+            for n in range(1005)
+        )
+    detail = requests.get(f"{web.url}/admin/syncs/{sync_id}", headers=AUTH, timeout=5).json()
+    assert detail["write_failures_total"] == 1005 and len(detail["write_failures"]) == 1000
+    assert detail["write_failures"][0] == {
+        "record_id": "00Q000000000000", "object_type": "Lead", "reason": "CANNOT_UPDATE_CONVERTED_LEAD",
+        "error_message": "cannot reference converted lead",
+    }  # fmt: skip
+    steps = [(h["from_status"], h["to_status"]) for h in detail["history"]]
+    assert steps[0][1] == "pending" and steps[-1] == ("writing_back", "completed")
+    assert all(h["at"].endswith("+00:00") for h in detail["history"])
+
+
+LIST_SEGMENT = {"crm": "hubspot", "kind": "hubspot_list", "ref": "42", "type": "email"}
+
+
+def add_segment(web: SandboxServer, body: dict) -> requests.Response:
+    return requests.post(f"{web.url}/admin/segments", json=body, headers=AUTH, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"max_net_cost": "NaN"}, "invalid_max_net_cost"),
+        ({"max_net_cost": "Infinity"}, "invalid_max_net_cost"),
+        ({"parameters": []}, "invalid_parameters"),
+        ({"schedule": "0 3 * * * 30"}, "invalid_schedule"),
+        ({"schedule": "@reboot"}, "invalid_schedule"),
+        ({"reverify_after_days": 3651}, "invalid_reverify_after_days"),
+        ({"target_country": "ZZ"}, "invalid_country"),
+        ({"name": "n" * 256}, "invalid_name"),
+        ({"object": "Lead"}, "invalid_object"),
+        ({"crm": "salesforce", "kind": "salesforce_campaign", "ref": "701000000000001"}, "invalid_object"),
+    ],
+)
+def test_segment_fields_are_checked_one_by_one(web: SandboxServer, change: dict, code: str) -> None:
+    # Raw text, so NaN and Infinity reach the server as the bare tokens its JSON parser accepts.
+    body = json.dumps({**LIST_SEGMENT, **change}).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity")
+    answer = requests.post(
+        f"{web.url}/admin/segments", data=body, timeout=5,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )  # fmt: skip
+    assert answer.status_code == 400 and answer.json()["error"] == code
+
+
+@pytest.mark.parametrize("body", ["[1]", "null", "{", '"x"'])
+def test_segment_bodies_must_be_json_objects(web: SandboxServer, body: str) -> None:
+    segment_id = add_segment(web, LIST_SEGMENT).json()["id"]
+    headers = {**AUTH, "Content-Type": "application/json"}
+    for method, url in (("POST", "/admin/segments"), ("PATCH", f"/admin/segments/{segment_id}")):
+        answer = requests.request(method, f"{web.url}{url}", data=body, headers=headers, timeout=5)
+        assert answer.status_code == 400 and answer.json()["error"] == "malformed_json"
+
+
+def test_a_segment_answers_with_its_fields_and_its_sync_reads_it(web: SandboxServer) -> None:
+    fields = {
+        **LIST_SEGMENT,
+        "schedule": "0  3 * * *",
+        "parameters": {"use_global_cache": False},
+        "reverify_after_days": 7,
+        "max_net_cost": 250,
+        "name": "newsletter",
+        "target_country": "de",
+    }
+    segment = add_segment(web, fields).json()
+    assert {k: segment[k] for k in fields} == {**fields, "schedule": "0 3 * * *", "target_country": "DE"}
+    assert segment["object"] is None
+
+    started = requests.post(f"{web.url}/admin/segments/{segment['id']}/sync", headers=AUTH, timeout=5)
+    assert started.status_code == 202
+    sync = started.json()
+    assert sync["source"] == {"kind": "hubspot_list", "ref": "42", "object": None}
+    assert (sync["segment_id"], sync["trigger"], sync["status"]) == (segment["id"], "admin", "pending")
+    assert (sync["parameters"], sync["max_net_cost"], sync["target_country"]) == (
+        {"use_global_cache": False}, 250, "DE",
+    )  # fmt: skip
+    listed = requests.get(f"{web.url}/admin/syncs", params={"segment_id": segment["id"]}, headers=AUTH)
+    assert [s["id"] for s in listed.json()["syncs"]] == [sync["id"]]
+
+
+def test_a_segment_waiting_for_approval_is_not_synced_twice(runtime: Runtime, web: SandboxServer) -> None:
+    segment_id = add_segment(web, LIST_SEGMENT).json()["id"]
+    url = f"{web.url}/admin/segments/{segment_id}/sync"
+    first = requests.post(url, headers=AUTH, timeout=5).json()["id"]
+    with runtime.session() as session:  # as the cost check leaves a sync over its budget
+        session.execute(update(Sync).values(status=SyncStatus.AWAITING_APPROVAL))
+    assert requests.post(url, headers=AUTH, timeout=5).json()["id"] == first
+    with runtime.session() as session:
+        session.execute(update(Sync).values(status=SyncStatus.COMPLETED))
+    assert requests.post(url, headers=AUTH, timeout=5).json()["id"] != first
+
+
+def test_a_segment_moved_to_salesforce_syncs_through_the_salesforce_connection(
+    runtime: Runtime, web: SandboxServer
+) -> None:
+    segment_id = add_segment(web, LIST_SEGMENT).json()["id"]
+    moved = requests.patch(
+        f"{web.url}/admin/segments/{segment_id}", headers=AUTH, timeout=5,
+        json={"crm": "salesforce", "kind": "salesforce_soql", "object": "Lead", "ref": "LeadSource = 'Web'"},
+    )  # fmt: skip
+    assert moved.status_code == 200 and moved.json()["ref"] == "LeadSource = 'Web'"
+    started = requests.post(f"{web.url}/admin/segments/{segment_id}/sync", headers=AUTH, timeout=5)
+    sync_id = started.json()["id"]
+    with runtime.session() as session:
+        sync = session.get_one(Sync, sync_id)
+        assert (sync.crm, session.get_one(Connection, sync.connection_id).crm) == ("salesforce", "salesforce")
+        assert sync.source == {"kind": "salesforce_soql", "ref": "LeadSource = 'Web'", "object": "Lead"}
+
+    assert requests.delete(f"{web.url}/admin/segments/{segment_id}", headers=AUTH).status_code == 204
+    for method in ("GET", "PATCH", "DELETE"):
+        gone = requests.request(method, f"{web.url}/admin/segments/{segment_id}", json={}, headers=AUTH)
+        assert gone.status_code == 404 and gone.json()["error"] == "segment_not_found"
+    assert requests.post(f"{web.url}/admin/segments/{segment_id}/sync", headers=AUTH).status_code == 404
+    assert requests.get(f"{web.url}/admin/segments", headers=AUTH).json()["segments"] == []

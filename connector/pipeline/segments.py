@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from croniter import croniter
 from sqlalchemy import select
 
 from connector.errors import InputError, NotFoundError
-from connector.models import RUNNABLE_STATES, Segment, Sync, utcnow
+from connector.models import RUNNABLE_STATES, Segment, Sync, SyncStatus, utcnow
 from connector.pipeline.intake import crm_connection
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.syncs import create_sync
@@ -17,6 +18,8 @@ from connector.runtime import Runtime
 KINDS = {"hubspot_list": "hubspot", "salesforce_campaign": "salesforce", "salesforce_soql": "salesforce"}
 FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
           "max_net_cost", "name", "target_country"}  # fmt: skip
+# A segment with one of these syncs is still being synced: a new request answers with that sync.
+UNSETTLED_STATES = [str(s) for s in RUNNABLE_STATES | {SyncStatus.AWAITING_APPROVAL}]
 
 
 def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -39,7 +42,7 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
         "ref": _ref(merged.get("ref"), kind),
         "object": _object(merged.get("object"), crm),
         "type": validate_type(merged.get("type", "email")),
-        "parameters": validate_parameters(merged.get("parameters") or {}),
+        "parameters": _parameters(merged.get("parameters")),
         "schedule": _schedule(merged.get("schedule")),
         "reverify_after_days": _int_in(merged.get("reverify_after_days", 30), "reverify_after_days", 0, 3650),
         "max_net_cost": _cost(merged.get("max_net_cost")),
@@ -58,6 +61,14 @@ def _ref(raw: Any, kind: str) -> str:
     return raw.strip()
 
 
+def _parameters(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InputError("invalid_parameters", "parameters must be an object of ApexVerify parameters")
+    return validate_parameters(raw)
+
+
 def _object(raw: Any, crm: str) -> str | None:
     if crm == "hubspot":
         if raw not in (None, "contact", "Contact"):
@@ -71,11 +82,15 @@ def _object(raw: Any, crm: str) -> str | None:
 def _schedule(raw: Any) -> str | None:
     if raw is None:
         return None
-    if not isinstance(raw, str) or not croniter.is_valid(raw):
+    # Five fields (or an alias such as @daily): due times are keyed per minute, so a seconds
+    # field would be silently ignored.
+    fields = raw.split() if isinstance(raw, str) else []
+    five_or_alias = len(fields) == 5 or (len(fields) == 1 and fields[0].startswith("@"))
+    if not five_or_alias or not croniter.is_valid(" ".join(fields)):
         raise InputError(
-            "invalid_schedule", "schedule must be a cron expression such as '0 3 * * *', or null"
+            "invalid_schedule", "schedule must be a five-field cron expression such as '0 3 * * *', or null"
         )
-    return raw
+    return " ".join(fields)
 
 
 def _int_in(raw: Any, name: str, low: int, high: int) -> int:
@@ -87,7 +102,8 @@ def _int_in(raw: Any, name: str, low: int, high: int) -> int:
 def _cost(raw: Any) -> float | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+    # NaN and Infinity parse as JSON numbers here but would disable the budget check.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw < 0:
         raise InputError("invalid_max_net_cost", "max_net_cost must be a number of credits >= 0, or null")
     return float(raw)
 
@@ -122,6 +138,8 @@ def update_segment(runtime: Runtime, segment_id: int, data: Any) -> Segment:
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         fields = validate_segment(data, {name: getattr(segment, name) for name in FIELDS})
+        if fields["crm"] != segment.crm:  # moved to the other CRM: its syncs must use that CRM's connection
+            segment.connection_id = crm_connection(runtime, fields["crm"]).id
         for name, value in fields.items():
             setattr(segment, name, value)
         segment.updated_at = utcnow()
@@ -131,6 +149,12 @@ def update_segment(runtime: Runtime, segment_id: int, data: Any) -> Segment:
 def delete_segment(runtime: Runtime, segment_id: int) -> None:
     with runtime.session() as session:
         get_segment(session, segment_id).deleted_at = utcnow()
+
+
+def list_segments(session: Any) -> list[Segment]:
+    """Every segment not deleted, oldest first."""
+    query = select(Segment).where(Segment.deleted_at.is_(None)).order_by(Segment.id)
+    return list(session.scalars(query))
 
 
 def get_segment(session: Any, segment_id: int) -> Segment:
@@ -147,9 +171,7 @@ def sync_segment(
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         running = session.scalars(
-            select(Sync).where(
-                Sync.segment_id == segment_id, Sync.status.in_([str(s) for s in RUNNABLE_STATES])
-            )
+            select(Sync).where(Sync.segment_id == segment_id, Sync.status.in_(UNSETTLED_STATES))
         ).first()
         if running is not None:
             return running

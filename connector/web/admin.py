@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import hmac
+import math
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import func, select
 
 from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError, WebhookRefused
-from connector.models import Segment, Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
 from connector.pipeline.segments import (
     create_segment,
     delete_segment,
     get_segment,
+    list_segments,
     segment_json,
     sync_segment,
     update_segment,
@@ -26,12 +28,22 @@ from connector.web import current_runtime
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_LIMIT = 500
+MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one in a URL or cursor matches nothing, and must not reach SQL
 WRITE_FAILURES_SHOWN = 1000
 FAILED_AUTH_PER_MINUTE = 20
 
 
 class TooManyAttempts(ConnectorError):
     http_status = 429
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("too_many_attempts", f"too many failed sign-ins; try again in {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+@admin.errorhandler(TooManyAttempts)
+def too_many_attempts(error: TooManyAttempts):  # type: ignore[no-untyped-def]
+    return jsonify(error.to_dict()), 429, {"Retry-After": str(math.ceil(error.retry_after))}
 
 
 @admin.before_request
@@ -55,7 +67,7 @@ def _count_failed_attempt(runtime: Any) -> None:
     except Exception:  # Redis down: authentication still works, only the throttle is off
         return
     if wait:
-        raise TooManyAttempts("too_many_attempts", f"too many failed sign-ins; try again in {wait:.0f} s")
+        raise TooManyAttempts(wait)
 
 
 @admin.get("/syncs")
@@ -69,7 +81,7 @@ def list_syncs():  # type: ignore[no-untyped-def]
             )
         query = query.where(Sync.status == status)
     if request.args.get("segment_id"):
-        query = query.where(Sync.segment_id == _int_arg("segment_id", 0, 1, 2**62))
+        query = query.where(Sync.segment_id == _int_arg("segment_id", 0, 1, MAX_ID))
     if cursor := request.args.get("cursor"):
         query = query.where(Sync.id < _decode_cursor(cursor))
     with current_runtime().session() as session:
@@ -165,6 +177,7 @@ def sync_json(session: Any, sync: Sync) -> dict[str, Any]:
         "type": sync.type,
         "target_country": sync.target_country,
         "parameters": sync.parameters,
+        "source": sync.source,  # what the sync reads: file, coalesced webhooks, or a CRM segment
         "failed_step": sync.failed_step,
         "error_code": sync.error_code,
         "error_message": sync.error_message,
@@ -230,16 +243,18 @@ def _encode_cursor(sync_id: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        return int(text.removeprefix("id:"))
+        sync_id = int(text.removeprefix("id:"))
     except (ValueError, UnicodeDecodeError):
-        raise InputError("invalid_cursor", "cursor is not one this API gave out") from None
+        sync_id = 0
+    if not 1 <= sync_id <= MAX_ID:
+        raise InputError("invalid_cursor", "cursor is not one this API gave out")
+    return sync_id
 
 
 @admin.get("/segments")
-def list_segments():  # type: ignore[no-untyped-def]
+def all_segments():  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
-        rows = session.scalars(select(Segment).where(Segment.deleted_at.is_(None)).order_by(Segment.id)).all()
-        return jsonify({"segments": [segment_json(s) for s in rows]})
+        return jsonify({"segments": [segment_json(s) for s in list_segments(session)]})
 
 
 @admin.post("/segments")

@@ -69,6 +69,7 @@ SYNC = {
         "counts": {"type": "object"},
         "cost": {"type": "object"},
         "batch_uuids": {"type": "array", "items": {"type": "string"}},
+        "source": {"type": "object"},
     },
 }
 SEGMENT_FIELDS = {
