@@ -42,6 +42,12 @@ def file_sync(
 def test_admin_needs_the_bearer_token(web: SandboxServer, header: dict) -> None:
     response = requests.get(f"{web.url}/admin/syncs", headers=header, timeout=5)
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_the_bearer_scheme_name_is_case_insensitive(web: SandboxServer) -> None:
+    lower = {"Authorization": "bearer test-admin-token"}
+    assert requests.get(f"{web.url}/admin/syncs", headers=lower, timeout=5).status_code == 200
 
 
 def test_failed_sign_ins_are_throttled(web: SandboxServer) -> None:
@@ -258,6 +264,8 @@ def test_a_segment_answers_with_its_fields_and_its_sync_reads_it(web: SandboxSer
     )  # fmt: skip
     listed = requests.get(f"{web.url}/admin/syncs", params={"segment_id": segment["id"]}, headers=AUTH)
     assert [s["id"] for s in listed.json()["syncs"]] == [sync["id"]]
+    too_soon = requests.get(f"{web.url}/admin/syncs/{sync['id']}/results", headers=AUTH, timeout=5)
+    assert too_soon.status_code == 409 and too_soon.json()["error"] == "no_results"
 
 
 def test_a_segment_waiting_for_approval_is_not_synced_twice(runtime: Runtime, web: SandboxServer) -> None:

@@ -14,7 +14,7 @@ from tests.conftest import with_settings
 
 @pytest.fixture
 def fuzz_runtime(runtime: Runtime) -> Runtime:
-    # A high failed-auth budget: the fuzzer sends many requests from one address.
+    # Webhook secrets set, so unsigned fuzz deliveries get 401 rather than the 503 of an unconfigured webhook.
     return with_settings(runtime, hubspot_client_secret="fuzz", salesforce_webhook_token="fuzz")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import func, select
 
-from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError, WebhookRefused
+from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError
 from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
 from connector.pipeline.segments import (
     create_segment,
@@ -41,9 +41,18 @@ class TooManyAttempts(ConnectorError):
         self.retry_after = retry_after
 
 
+class Unauthorized(ConnectorError):
+    http_status = 401
+
+
 @admin.errorhandler(TooManyAttempts)
 def too_many_attempts(error: TooManyAttempts):  # type: ignore[no-untyped-def]
     return jsonify(error.to_dict()), 429, {"Retry-After": str(math.ceil(error.retry_after))}
+
+
+@admin.errorhandler(Unauthorized)
+def unauthorized(error: Unauthorized):  # type: ignore[no-untyped-def]
+    return jsonify(error.to_dict()), 401, {"WWW-Authenticate": 'Bearer realm="admin"'}
 
 
 @admin.before_request
@@ -52,12 +61,12 @@ def require_admin_token() -> None:
     expected = runtime.settings.admin_token
     if not expected:
         raise ConfigError("admin_disabled", "ADMIN_TOKEN is not set: the admin API is off")
-    sent = request.headers.get("Authorization", "")
-    token = sent.removeprefix("Bearer ").strip() if sent.startswith("Bearer ") else ""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""  # the scheme name is case-insensitive
     if token and hmac.compare_digest(token.encode(), expected.encode()):
         return
     _count_failed_attempt(runtime)
-    raise WebhookRefused("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
+    raise Unauthorized("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
 
 
 def _count_failed_attempt(runtime: Any) -> None:

@@ -256,7 +256,19 @@ def document() -> dict[str, Any]:
                 )
             },
             "/admin/segments": {
-                "get": _admin("list segments", {"200": _json({"type": "object"}, "segments")}),
+                "get": _admin(
+                    "list segments",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["segments"],
+                                "properties": {"segments": {"type": "array", "items": _ref("Segment")}},
+                            },
+                            "every segment not deleted",
+                        )
+                    },
+                ),
                 "post": _admin(
                     "create a segment",
                     {"201": _json(_ref("Segment"), "created"), "400": ERROR},
