@@ -158,6 +158,7 @@ def segments() -> None:
 @click.option("--reverify-after-days", type=int, default=30, show_default=True)
 @click.option("--max-net-cost", type=float)
 @click.option("--name")
+@click.option("--target-country", help="ISO2 region for phones (default: the connection's).")
 def segments_add(**options: object) -> None:
     """Create a segment."""
     from connector.pipeline.parameters import parse_cli_parameter
@@ -174,13 +175,12 @@ def segments_list() -> None:
     """List segments."""
     from rich.console import Console
     from rich.table import Table
-    from sqlalchemy import select
 
-    from connector.models import Segment
+    from connector.pipeline.segments import list_segments
 
     table = Table("id", "name", "crm", "kind", "ref", "type", "schedule", "reverify days", "max net cost")
     with _runtime().session() as session:
-        for s in session.scalars(select(Segment).where(Segment.deleted_at.is_(None)).order_by(Segment.id)):
+        for s in list_segments(session):
             table.add_row(
                 str(s.id),
                 s.name or "",
