@@ -370,7 +370,6 @@ def fetch_results(ctx: StepContext) -> StepResult:
             if len(chunk) >= RESULT_CHUNK:
                 _store_results(ctx, type_, chunk)
                 chunk = []
-                chaos_point("fetch.mid")
         _store_results(ctx, type_, chunk)
         with ctx.session() as session:
             session.execute(
@@ -395,6 +394,7 @@ def _store_results(ctx: StepContext, type_: str, rows: list[dict[str, Any]]) -> 
         return
     with ctx.session() as session:
         store_verdicts(session, ctx.sync_id, type_, rows)
+    chaos_point("fetch.mid")  # verdicts stored, batch not yet marked fetched
     ctx.heartbeat()
 
 
