@@ -10,6 +10,7 @@ import dataclasses
 import json
 import random
 import time
+from xml.sax.saxutils import escape
 
 import requests
 from rich.console import Console
@@ -20,11 +21,13 @@ from connector.config import Settings
 from connector.crm.hubspot_webhook import sign
 from connector.db import upgrade_database
 from connector.models import Sync, SyncStatus
+from connector.pipeline.coalesce import flush_due_buffers
 from connector.pipeline.drive import drive_until_settled
 from connector.progress import SyncProgress
 from connector.runtime import Runtime, build_runtime
 from connector.sandbox.apexverify import ApexVerifySandboxOptions, create_app
 from connector.sandbox.hubspot import create_app as create_hubspot_app
+from connector.sandbox.salesforce import create_app as create_salesforce_app
 from connector.sandbox.server import serve_in_thread
 from connector.verify_command import start_file_sync
 from connector.web import create_app as create_web_app
@@ -62,6 +65,8 @@ def generate_emails(size: int, seed: int = 7) -> list[str]:
 
 DEMO_HUBSPOT_TOKEN = "demo-hubspot-token"
 DEMO_HUBSPOT_SECRET = "demo-hubspot-app-secret"
+DEMO_SALESFORCE_SESSION = "00Ddemo!salesforce-session"
+DEMO_SALESFORCE_ORG = "00D000000000DEMAAA"
 
 
 def run_demo(settings: Settings, *, size: int = 3000) -> int:
@@ -73,21 +78,30 @@ def run_demo(settings: Settings, *, size: int = 3000) -> int:
         serve_in_thread(
             create_hubspot_app(access_token=DEMO_HUBSPOT_TOKEN, export_delay=0.5, import_delay=0.5)
         ),
+        serve_in_thread(
+            create_salesforce_app(
+                access_token=DEMO_SALESFORCE_SESSION, org_id=DEMO_SALESFORCE_ORG, bulk_delay=0.5
+            )
+        ),
     ]
     try:
-        runtime = _demo_runtime(settings, apexverify_url=sandboxes[0].url, hubspot_url=sandboxes[1].url)
+        runtime = _demo_runtime(settings, *(server.url for server in sandboxes))
         console.print(
             f"[bold]ApexVerify CRM Connector demo[/] — database {runtime.engine.url.render_as_string()}, "
             f"broker {'in-process' if runtime.uses_fallback_broker else 'Redis'}"
         )
-        results = [_file_demo(runtime, console, size), _hubspot_demo(runtime, console, sandboxes[1].url)]
+        results = [
+            _file_demo(runtime, console, size),
+            _hubspot_demo(runtime, console, sandboxes[1].url),
+            _salesforce_demo(runtime, console, sandboxes[2].url),
+        ]
         return 0 if all(results) else 1
     finally:
         for server in sandboxes:
             server.stop()
 
 
-def _demo_runtime(settings: Settings, *, apexverify_url: str, hubspot_url: str) -> Runtime:
+def _demo_runtime(settings: Settings, apexverify_url: str, hubspot_url: str, salesforce_url: str) -> Runtime:
     settings = dataclasses.replace(
         settings,
         apexverify_base_url=apexverify_url,
@@ -96,6 +110,10 @@ def _demo_runtime(settings: Settings, *, apexverify_url: str, hubspot_url: str) 
         hubspot_access_token=DEMO_HUBSPOT_TOKEN,
         hubspot_client_secret=DEMO_HUBSPOT_SECRET,
         hubspot_portal_id="demo",
+        salesforce_instance_url=salesforce_url,
+        salesforce_access_token=DEMO_SALESFORCE_SESSION,
+        salesforce_org_id=DEMO_SALESFORCE_ORG,
+        coalesce_window_seconds=0,
         poll_initial_seconds=1.0,
         poll_max_seconds=5.0,
     )
@@ -141,6 +159,57 @@ def _hubspot_demo(runtime: Runtime, console: Console, hubspot_url: str) -> bool:
         sync_id = session.scalar(select(Sync.id).where(Sync.crm == "hubspot").order_by(Sync.id.desc()))
     ok = _run_and_show(runtime, console, sync_id, f"HubSpot list {list_id}")
     console.print(_hubspot_flags(hubspot_url))
+    return ok
+
+
+def _salesforce_demo(runtime: Runtime, console: Console, salesforce_url: str) -> bool:
+    """A Salesforce outbound message of 50 contacts in; the ApexVerify fields out."""
+    console.rule("3. a Salesforce outbound message")
+    contacts = [
+        {"LastName": f"Demo {n}", "Email": email}
+        for n, email in enumerate(generate_emails(50, seed=11)[:50])
+        if email.strip()
+    ]
+    ids = requests.post(f"{salesforce_url}/_sandbox/seed", json={"contacts": contacts}, timeout=10).json()[
+        "contacts"
+    ]
+    notifications = "".join(
+        f"<Notification><Id>04lDEMO{n:011d}</Id>"
+        f'<sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
+        f"<sf:Id>{record_id}</sf:Id><sf:Email>{escape(contact['Email'])}</sf:Email></sObject></Notification>"
+        for n, (record_id, contact) in enumerate(zip(ids, contacts, strict=True))
+    )
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+        f'<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{DEMO_SALESFORCE_ORG}'
+        f"</OrganizationId>{notifications}</notifications></soapenv:Body></soapenv:Envelope>"
+    )
+    web = serve_in_thread(create_web_app(runtime=runtime))
+    try:
+        url = f"{web.url}/webhooks/salesforce"
+        reply = requests.post(url, data=body.encode(), headers={"Content-Type": "text/xml"}, timeout=10)
+        console.print(f"POST /webhooks/salesforce ({len(ids)} notifications) → {reply.status_code} Ack")
+    finally:
+        web.stop()
+    if reply.status_code != 200:
+        console.print(f"[red]the outbound message was refused: {reply.text}[/]")
+        return False
+    [sync_id] = flush_due_buffers(runtime)
+    ok = _run_and_show(runtime, console, sync_id, "Salesforce outbound message")
+    table = Table(title="fields on the sandbox's Salesforce contacts (a sample)")
+    for name in ("Email", "ApexVerify_Status__c", "ApexVerify_Valid__c", "ApexVerify_Is_Role__c"):
+        table.add_column(name)
+    for record_id in ids[:6]:
+        fields = requests.get(f"{salesforce_url}/_sandbox/records/{record_id}", timeout=10).json()["fields"]
+        table.add_row(
+            *(
+                str(fields.get(n))
+                for n in ("Email", "ApexVerify_Status__c", "ApexVerify_Valid__c", "ApexVerify_Is_Role__c")
+            )
+        )
+    console.print(table)
     return ok
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
+
 from connector.crm.base import FlagWriter, RecordReader, SegmentSource
 from connector.crm.file import FileSegmentSource, NullFlagWriter
 from connector.errors import ConnectorError
-from connector.models import Connection, Sync
+from connector.models import CoalescedContact, Connection, Sync
 from connector.runtime import Runtime
 
 
@@ -25,6 +27,16 @@ def source_for(runtime: Runtime, sync: Sync) -> SegmentSource:
         return HubSpotListSource(
             _hubspot_api(runtime), sync.source["ref"], sync.type, settings=runtime.settings
         )
+    if kind in ("salesforce_campaign", "salesforce_soql"):
+        from connector.crm.salesforce import SalesforceSegmentSource
+
+        return SalesforceSegmentSource(
+            _salesforce_api(runtime),
+            sync.source,
+            sync.type,
+            field_names=_field_names(runtime, sync),
+            work_dir=_work_dir(runtime, sync),
+        )
     raise ConnectorError("unknown_source", f"sync {sync.id} has a source of unknown kind {kind!r}")
 
 
@@ -33,6 +45,10 @@ def reader_for(runtime: Runtime, sync: Sync) -> RecordReader | None:
         from connector.crm.hubspot import HubSpotRecordReader
 
         return HubSpotRecordReader(_hubspot_api(runtime), field_names=_field_names(runtime, sync))
+    if sync.crm == "salesforce":
+        from connector.crm.salesforce import SalesforceRecordReader
+
+        return SalesforceRecordReader(_salesforce_api(runtime), field_names=_field_names(runtime, sync))
     return None
 
 
@@ -48,7 +64,18 @@ def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> Fl
             sync.type,
             expected_updates=expected_updates,
             field_names=_field_names(runtime, sync),
-            work_dir=runtime.data_dir() / "syncs" / str(sync.id),
+            work_dir=_work_dir(runtime, sync),
+        )
+    if sync.crm == "salesforce":
+        from connector.crm.salesforce import SalesforceFlagWriter
+
+        return SalesforceFlagWriter(
+            _salesforce_api(runtime),
+            sync.type,
+            objects=_salesforce_objects(runtime, sync),
+            expected_updates=expected_updates,
+            field_names=_field_names(runtime, sync),
+            work_dir=_work_dir(runtime, sync),
         )
     raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
 
@@ -57,6 +84,29 @@ def _hubspot_api(runtime: Runtime):  # type: ignore[no-untyped-def]
     from connector.crm.hubspot import HubSpotApi
 
     return HubSpotApi(runtime.settings, runtime.redis)
+
+
+def _salesforce_api(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from connector.crm.salesforce import SalesforceApi
+
+    return SalesforceApi(runtime.settings)
+
+
+def _salesforce_objects(runtime: Runtime, sync: Sync) -> tuple[str, ...]:
+    """The objects the sync writes: its segment's object, or those its webhook contacts belong to."""
+    if sync.source.get("object"):
+        return (sync.source["object"],)
+    if sync.source.get("kind") == "coalesced":
+        with runtime.session() as session:
+            found = session.scalars(
+                select(CoalescedContact.object_type).where(CoalescedContact.sync_id == sync.id).distinct()
+            ).all()
+        return tuple(sorted(o for o in found if o in ("Contact", "Lead"))) or ("Contact",)
+    return ("Contact", "Lead")
+
+
+def _work_dir(runtime: Runtime, sync: Sync) -> Path:
+    return runtime.data_dir() / "syncs" / str(sync.id)
 
 
 def _field_names(runtime: Runtime, sync: Sync) -> dict[str, str] | None:

@@ -1,0 +1,154 @@
+"""Salesforce end to end through the sandboxes over HTTP: a campaign, an outbound message, a missing field."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from connector.models import Sync, SyncContact, SyncStatus, SyncValue
+from connector.pipeline.coalesce import flush_due_buffers
+from connector.pipeline.drive import drive_until_settled
+from connector.runtime import Runtime
+from connector.sandbox.server import SandboxServer, serve_in_thread
+from tests.conftest import with_settings
+from tests.test_webhooks_salesforce import ORG_15, ORG_18, notification, outbound_message, post_xml
+
+SESSION = "00Dsandbox!session-token"
+FLOW_TOKEN = "flow-callout-token-e2e"
+EMAIL_FIELDS = (
+    "ApexVerify_Valid__c", "ApexVerify_Wrong__c", "ApexVerify_Is_Role__c", "ApexVerify_Is_Disposable__c",
+    "ApexVerify_Status__c", "ApexVerify_Verified_At__c",
+)  # fmt: skip
+
+
+@pytest.fixture
+def salesforce_sandbox() -> Iterator[SandboxServer]:
+    from connector.sandbox.salesforce import create_app
+
+    server = serve_in_thread(create_app(access_token=SESSION, bulk_delay=0.2, org_id=ORG_18))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sf_runtime(runtime: Runtime, salesforce_sandbox: SandboxServer) -> Runtime:
+    return with_settings(
+        runtime, salesforce_instance_url=salesforce_sandbox.url, salesforce_access_token=SESSION,
+        salesforce_org_id=ORG_15, salesforce_webhook_token=FLOW_TOKEN, coalesce_window_seconds=0,
+    )  # fmt: skip
+
+
+def records(sandbox: SandboxServer, sobject: str) -> list[dict]:
+    found, offset = [], 0
+    while True:
+        page = requests.get(
+            f"{sandbox.url}/_sandbox/records",
+            params={"object": sobject, "offset": offset, "limit": 5000, "field": ["Email", *EMAIL_FIELDS]},
+            timeout=30,
+        ).json()
+        items = page["records"] if isinstance(page, dict) else page
+        if not items:
+            return found
+        found.extend(items)
+        offset += len(items)
+
+
+def only_sync(runtime: Runtime) -> int:
+    with runtime.session() as session:
+        return session.scalars(select(Sync.id)).one()
+
+
+@pytest.mark.slow
+def test_a_10000_member_campaign_gets_every_field_and_converted_leads_are_reported(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    seeded = requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/seed",
+        json={"generate": {"campaign_members": 10_000, "lead_ratio": 0.3, "converted_every": 200}},
+        timeout=60,
+    ).json()
+    answer = requests.post(
+        f"{web.url}/webhooks/salesforce", json={"campaignId": seeded["campaign_id"]},
+        headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
+    )  # fmt: skip
+    assert answer.json() == {"accepted": 1}
+
+    sync = drive_until_settled(sf_runtime, only_sync(sf_runtime), tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    with sf_runtime.session() as session:
+        verdicts = dict(session.execute(select(SyncValue.value, SyncValue.status)).all())
+        failures = session.execute(
+            select(SyncContact.record_id, SyncContact.reason).where(SyncContact.outcome == "write_failed")
+        ).all()
+    assert failures and {reason for _, reason in failures} == {"CANNOT_UPDATE_CONVERTED_LEAD"}
+    failed_ids = {record_id for record_id, _ in failures}
+    written = 0
+    for sobject in ("Contact", "Lead"):
+        for fields in records(salesforce_sandbox, sobject):
+            email = (fields.get("Email") or "").strip().lower()
+            if not email or fields["Id"] in failed_ids or email not in verdicts:
+                continue
+            assert all(fields.get(name) is not None for name in EMAIL_FIELDS), fields
+            assert fields["ApexVerify_Status__c"] == verdicts[email]
+            written += 1
+    assert written == sync.counts["verified"]
+    assert sync.counts["write_failed"] == len(failures)
+
+
+def test_an_outbound_message_of_100_notifications_is_verified_and_written_back(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    contacts = [{"Email": f"ob{n}@example.com", "LastName": f"L{n}"} for n in range(100)]
+    ids = requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/seed", json={"contacts": contacts}, timeout=10
+    ).json()
+    body = outbound_message(
+        *(notification(f"04lOB{n:012d}", record_id, Email=f"ob{n}@example.com")
+          for n, record_id in enumerate(ids["contacts"])),
+        org=ORG_18,
+    )  # fmt: skip
+    assert post_xml(web, body).status_code == 200
+
+    [sync_id] = flush_due_buffers(sf_runtime)
+    sync = drive_until_settled(sf_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    for record_id in ids["contacts"]:
+        fields = requests.get(f"{salesforce_sandbox.url}/_sandbox/records/{record_id}", timeout=5).json()[
+            "fields"
+        ]
+        assert fields["ApexVerify_Status__c"] == "valid" and fields["ApexVerify_Valid__c"] is True
+
+
+def test_a_missing_custom_field_fails_the_sync_before_any_credit_is_spent(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/config",
+        json={"missing_fields": {"Contact": ["ApexVerify_Is_Role__c", "ApexVerify_Status__c"]}}, timeout=5,
+    ).raise_for_status()  # fmt: skip
+    seed = {"contacts": [{"Email": "m@example.com", "LastName": "M"}]}
+    ids = requests.post(f"{salesforce_sandbox.url}/_sandbox/seed", json=seed, timeout=5).json()
+    records_body = {"records": [{"Id": ids["contacts"][0], "Email": "m@example.com"}]}
+    requests.post(
+        f"{web.url}/webhooks/salesforce",
+        json=records_body,
+        headers={"X-Connector-Token": FLOW_TOKEN},
+        timeout=5,
+    ).raise_for_status()
+
+    [sync_id] = flush_due_buffers(sf_runtime)
+    sync = drive_until_settled(sf_runtime, sync_id, tick_seconds=0.1)
+
+    assert (sync.status, sync.failed_step, sync.error_code) == (
+        "failed",
+        "exporting",
+        "salesforce_fields_missing",
+    )
+    assert "ApexVerify_Is_Role__c" in sync.error_message and "ApexVerify_Status__c" in sync.error_message
+    state = requests.get(f"{sf_runtime.settings.apexverify_base_url}/_sandbox/state", timeout=5).json()
+    assert state["batches"] == [] and state["charges"] == 0
