@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
 from connector.crm.hubspot_bulk import export_list_rows, import_flag_rows
 from connector.crm.hubspot_client import make_hubspot_client
+from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
 from connector.errors import ConfigError, ConnectorError, TransientError
 from connector.metrics import call_outcome, count
 from connector.ratelimit import RateLimiter
@@ -130,12 +131,6 @@ class CallCounters:
 
 # Every HubSpotApi of this process adds to these (each sync step builds its own HubSpotApi).
 PROCESS_COUNTERS = CallCounters()
-
-
-def seconds_until_utc_midnight(now: datetime | None = None) -> float:
-    now = now or datetime.now(UTC)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return max(1.0, (midnight - now).total_seconds())
 
 
 class HubSpotApi:
@@ -319,11 +314,6 @@ def parse_hubspot_datetime(raw: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def iso_millis(moment: datetime) -> str:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def epoch_millis(moment: datetime) -> str:
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return str(int(moment.timestamp() * 1000))
@@ -340,7 +330,7 @@ def flag_value(field: FlagField, verdict: Verdict, *, for_import: bool) -> str:
     if field.kind == "bool":
         return "true" if value else "false"
     if field.kind == "verified_at":
-        return epoch_millis(value) if for_import else iso_millis(value)
+        return epoch_millis(value) if for_import else utc_iso_millis(value)
     return str(value)
 
 

@@ -17,16 +17,15 @@ import hashlib
 import io
 import json
 import logging
-import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import urllib3
 
 from connector.crm.base import WriteFailure
+from connector.crm.jobs import JobMarker, poll_until
 from connector.errors import ConnectorError, TransientError
 
 if TYPE_CHECKING:
@@ -45,52 +44,6 @@ IMPORT_DONE_STATES = ("DONE", "FAILED", "CANCELED", "REVERTED")
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 IMPORT_ERRORS_PAGE = 500
 MAX_FAILURE_MESSAGE = 1000
-
-
-# ---- job markers and polling ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobMarker:
-    """The id of a HubSpot job this step started, kept on disk so a rerun resumes it."""
-
-    path: Path
-    max_age: float | None = None
-
-    def load(self) -> str | None:
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        if self.max_age is not None and time.time() - float(saved.get("saved_at", 0)) > self.max_age:
-            return None
-        return str(saved["id"]) if saved.get("id") else None
-
-    def save(self, job_id: str) -> None:
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"id": job_id, "saved_at": time.time()}))
-        partial.replace(self.path)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def poll_until(
-    api: HubSpotApi, fetch: Callable[[], T], finished: Callable[[T], bool], *, code: str, what: str
-) -> T:
-    """Fetch until `finished`, waiting longer each time; past half a step lease, try again later."""
-    delay = api.settings.poll_initial_seconds
-    budget = api.settings.step_lease_seconds / 2
-    waited = 0.0
-    while True:
-        answer = fetch()
-        if finished(answer):
-            return answer
-        if waited + delay > budget:
-            raise TransientError(code, f"{what} is still running; checking again later", retry_after=delay)
-        api.sleep(delay)
-        waited += delay
-        delay = min(delay * 2, api.settings.poll_max_seconds)
 
 
 # ---- exports ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from simple_salesforce.util import Usage, call_salesforce
 
 from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
-from connector.crm.hubspot import seconds_until_utc_midnight
+from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
 from connector.crm.salesforce_bulk import IngestRow, query_rows, write_flag_rows
 from connector.crm.salesforce_client import fetch_client_credentials_token, make_salesforce
 from connector.errors import ConfigError, ConnectorError, TransientError
@@ -359,15 +359,10 @@ def parse_salesforce_datetime(raw: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def iso_z(moment: datetime) -> str:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def json_value(field: FlagField, verdict: Verdict) -> Any:
     """REST: booleans as JSON booleans (null for unknown, which unchecks the box), datetimes ISO 8601 Z."""
     value = getattr(verdict, field.attribute)
-    return iso_z(value) if isinstance(value, datetime) else value
+    return utc_iso_millis(value) if isinstance(value, datetime) else value
 
 
 def csv_value(field: FlagField, verdict: Verdict) -> str:
@@ -377,7 +372,7 @@ def csv_value(field: FlagField, verdict: Verdict) -> str:
         return "#N/A"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return iso_z(value) if isinstance(value, datetime) else str(value)
+    return utc_iso_millis(value) if isinstance(value, datetime) else str(value)
 
 
 def object_of(record_id: str, object_type: str | None = None) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from connector.crm.base import WriteFailure
-from connector.crm.hubspot_bulk import JobMarker, poll_until
+from connector.crm.jobs import JobMarker, poll_until
 from connector.errors import ConnectorError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _job_info(api: SalesforceApi, kind: str, job_id: str) -> dict[str, Any] | No
 
 def _await_job(api: SalesforceApi, kind: str, job_id: str, marker: JobMarker) -> dict[str, Any]:
     info = poll_until(
-        api,  # type: ignore[arg-type]  # poll_until needs only `settings` and `sleep`
+        api,
         lambda: api.rest("GET", f"jobs/{kind}/{job_id}"),
         lambda answer: answer.get("state") in FINISHED_STATES,
         code=f"salesforce_bulk_{kind}_running",

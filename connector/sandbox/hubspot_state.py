@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+from connector.sandbox.faults import FaultPlan
 from connector.sandbox.hubspot_contacts import ContactStore
 from connector.sandbox.hubspot_jobs import ExportTask, ImportJob
 from connector.sandbox.hubspot_properties import PropertyCatalog, iso_now
@@ -90,32 +91,6 @@ class RateLimiter:
             self._day, self._day_count = today, 0
 
 
-class FaultPlan:
-    """Injected failures: the next `count` requests to a route (or to any route) fail with `kind`."""
-
-    def __init__(self) -> None:
-        self._pending: list[dict[str, Any]] = []
-
-    def add(self, endpoint: str, kind: str, count: int) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {list(FAULT_KINDS)}")
-        if count < 1:
-            raise ValueError("count must be at least 1")
-        self._pending.append({"endpoint": endpoint, "kind": kind, "count": count})
-
-    def take(self, route: str) -> str | None:
-        for fault in self._pending:
-            if fault["endpoint"] in (route, "any"):
-                fault["count"] -= 1
-                if fault["count"] == 0:
-                    self._pending.remove(fault)
-                return fault["kind"]
-        return None
-
-    def pending(self) -> list[dict[str, Any]]:
-        return [dict(f) for f in self._pending]
-
-
 @dataclass
 class ContactList:
     list_id: str
@@ -163,7 +138,7 @@ class SandboxState:
         self.total_requests = 0
         self.rate_limited = 0
         self.rate_limiter = RateLimiter()
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(FAULT_KINDS)
         self._next_list_id = 1
         self._next_task_id = 1
         self._next_import_id = 1

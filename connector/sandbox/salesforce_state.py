@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 
+from connector.sandbox.faults import FaultPlan
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id
 from connector.sandbox.salesforce_records import RecordStore
 from connector.sandbox.salesforce_schema import Schema
@@ -55,32 +56,6 @@ class SandboxConfig:
 
     def public(self) -> dict[str, Any]:
         return {"org_id": self.org_id, "daily_api_limit": self.daily_api_limit, "bulk_delay": self.bulk_delay}
-
-
-class FaultPlan:
-    """Injected failures: the next `count` requests to a route (or to any route) fail with `kind`."""
-
-    def __init__(self) -> None:
-        self._pending: list[dict[str, Any]] = []
-
-    def add(self, endpoint: str, kind: str, count: int) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {list(FAULT_KINDS)}")
-        if count < 1:
-            raise ValueError("count must be at least 1")
-        self._pending.append({"endpoint": endpoint, "kind": kind, "count": count})
-
-    def take(self, route: str) -> str | None:
-        for fault in self._pending:
-            if fault["endpoint"] in (route, "any"):
-                fault["count"] -= 1
-                if fault["count"] == 0:
-                    self._pending.remove(fault)
-                return str(fault["kind"])
-        return None
-
-    def pending(self) -> list[dict[str, Any]]:
-        return [dict(f) for f in self._pending]
 
 
 class TokenBook:
@@ -132,7 +107,7 @@ class SandboxState:
         self.schema = Schema()
         self.store = RecordStore()
         self.tokens = TokenBook(self.config.access_token)
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(FAULT_KINDS)
         self.request_counts: Counter[str] = Counter()
         self.api_usage = 0
         self.limited = 0
