@@ -1,26 +1,25 @@
 """Verification polling: how late completion is detected, and how many status calls it takes.
 
 For each verification delay D (default 7, 30, 100 and 300 s) an ApexVerify sandbox with
-`--verify-delay D` and a `connector worker` of its own run a small file sync (all delays at
-once, so the run lasts about max(D) + 20 s). The worker polls with its real schedule
-(connector/pipeline/runner.py `poll_delay`, CONNECTOR_POLL_INITIAL_SECONDS=5 and
-CONNECTOR_POLL_MAX_SECONDS=60), through RQ's scheduler. Measured per delay:
+`--verify-delay D`, a database and a `connector worker` of its own run two small file syncs one
+after the other: the first has no history, so it polls on the documented schedule; the second
+polls on the schedule informed by the first (connector/pipeline/polling.py). All delays run at
+once, so the run lasts about 2 x max(D) + 40 s. The worker polls through RQ's scheduler with
+CONNECTOR_POLL_INITIAL_SECONDS=5 and CONNECTOR_POLL_MAX_SECONDS=60. Measured per delay and sync:
 
 - lateness: when the sync left `verifying` minus (batch launched_at + D) — the sandbox marks a
   batch done exactly D seconds after its launch;
 - status calls: the sandbox's count of `GET /v1/batch/{uuid}`.
 
 Next to it, computed from the same rule (done at launch + D, a poll at t sees it if t >= D): the
-documented 5 s -> 60 s doubling schedule, and two proposed schedules (see README.md):
-- "elapsed 15%": first poll at 5 s, then wait clamp(0.15 x elapsed, 5 s, 60 s);
-- "estimate": first poll at 0.8 x E, E the expected verification time (rows x seconds per row
-  learned from the account's earlier batches), then as "elapsed 15%"; shown for E = D and for
-  estimates 50% and 30% short and 30% and 50% long.
+documented 5 s -> 60 s doubling schedule, "elapsed 15%" (first poll at 5 s, then wait
+clamp(0.15 x elapsed, 5 s, 60 s), no estimate), and the connector's schedule
+(`next_poll_time`) for an estimate E = D and estimates 30% and 15% short and 30%, 40% and 50% long.
 
 Targets: lateness <= max(15% of D, 5 s); no more status calls than the doubling schedule.
 
-    .venv/bin/python benchmarks/polling.py                 # about 5.5 minutes
-    .venv/bin/python benchmarks/polling.py --scale 0.1     # delays and schedule x0.1: about 50 s
+    .venv/bin/python benchmarks/polling.py                 # about 11 minutes
+    .venv/bin/python benchmarks/polling.py --scale 0.1     # delays and schedule x0.1: about 2 minutes
     .venv/bin/python benchmarks/polling.py --delays 7,30   # only these delays
 """
 
@@ -43,7 +42,6 @@ INITIAL_SECONDS = 5.0
 MAX_SECONDS = 60.0
 LATE_FRACTION = 0.15
 LATE_FLOOR_SECONDS = 5.0
-ESTIMATE_FIRST_POLL = 0.8
 STATUS_ROUTE = "GET /v1/batch/{uuid}"
 
 
@@ -66,6 +64,7 @@ class Scale:
 @dataclass
 class Measured:
     delay: float
+    sync: str  # "first" (no history) or "second" (with the first's history)
     status: str
     lateness: float
     status_calls: int
@@ -75,12 +74,21 @@ class Measured:
 
 
 def doubling_schedule(scale: Scale) -> Iterator[float]:
-    """What runner.poll_delay does: a poll right at launch, then 5, 10, 20, 40, 60, 60, ... s later."""
-    moment, delay = 0.0, scale.initial
+    """The documented schedule: a poll right at launch, then 5, 10, 20, 40, 60, 60, ... s later."""
+    return connector_schedule(scale, None)
+
+
+def connector_schedule(scale: Scale, estimate: float | None) -> Iterator[float]:
+    """The connector's own rule (connector/pipeline/polling.py next_poll_time)."""
+    from connector.config import Settings
+    from connector.pipeline.polling import next_poll_time
+
+    settings = Settings(poll_initial_seconds=scale.initial, poll_max_seconds=scale.cap)
+    calls, moment = 0, 0.0
     while True:
+        moment = next_poll_time(settings, calls, moment, estimate)
+        calls += 1
         yield moment
-        moment += delay
-        delay = min(delay * 2, scale.cap)
 
 
 def elapsed_schedule(scale: Scale, first: float) -> Iterator[float]:
@@ -104,24 +112,25 @@ def detect(schedule: Iterator[float], delay: float) -> tuple[int, float]:
 
 @dataclass
 class Lane:
-    """One verification delay: its sandbox, worker and sync."""
+    """One verification delay: its database, sandbox, worker and syncs."""
 
     delay: float
+    database: str
     sandbox: harness.Service
     sandbox_url: str
     worker: harness.Service
     runtime: Any
+    source: Path
     sync_id: int = 0
 
 
-def start_lane(delay: float, scale: Scale, database_url: str, work_dir: Path, values: int) -> Lane:
-    from connector.verify_command import start_file_sync
-
+def start_lane(delay: float, scale: Scale, database: str, work_dir: Path, values: int) -> Lane:
     lane_dir = work_dir / f"delay-{delay:g}"
     lane_dir.mkdir()
+    database = f"{database}_{delay:g}".replace(".", "_")
     sandbox, url = harness.start_apexverify(lane_dir, verify_delay=delay)
     env = harness.connector_env(
-        database_url,
+        harness.fresh_database(database),
         f"bench-poll-{delay:g}",
         lane_dir / "data",
         apexverify_url=url,
@@ -130,11 +139,15 @@ def start_lane(delay: float, scale: Scale, database_url: str, work_dir: Path, va
     )
     runtime = harness.prepare_runtime(env)
     worker = harness.start_worker(env, lane_dir)
-    lane = Lane(delay, sandbox, url, worker, runtime)
     source = lane_dir / "emails.txt"
     source.write_text("".join(f"poll{delay:g}.person{n}@example.com\n" for n in range(values)))
-    lane.sync_id = int(start_file_sync(runtime, source, type_="email", country="US").id)
-    return lane
+    return Lane(delay, database, sandbox, url, worker, runtime, source)
+
+
+def start_sync(lane: Lane) -> None:
+    from connector.verify_command import start_file_sync
+
+    lane.sync_id = int(start_file_sync(lane.runtime, lane.source, type_="email", country="US").id)
 
 
 def wait_for_lanes(lanes: list[Lane], timeout: float) -> None:
@@ -152,7 +165,7 @@ def wait_for_lanes(lanes: list[Lane], timeout: float) -> None:
                 pending.remove(lane)
 
 
-def measure_lane(lane: Lane) -> Measured:
+def measure_lane(lane: Lane, which: str, calls_before: int) -> tuple[Measured, int]:
     from connector.models import Sync, SyncBatch, SyncTransition
 
     with lane.runtime.session() as session:
@@ -165,26 +178,33 @@ def measure_lane(lane: Lane) -> Measured:
         )
     calls = int(harness.sandbox_state(lane.sandbox_url)["requests"].get(STATUS_ROUTE, 0))
     lateness = (detected - launched).total_seconds() - lane.delay if launched and detected else float("nan")
-    return Measured(lane.delay, status, round(lateness, 1), calls)
+    return Measured(lane.delay, which, status, round(lateness, 1), calls - calls_before), calls
 
 
 def run_measured(delays: list[float], scale: Scale, database: str, values: int) -> list[Measured]:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-poll-"))
     lanes: list[Lane] = []
+    results: list[Measured] = []
     try:
-        database_url = harness.fresh_database(database)
         harness.flush_benchmark_redis()
         for delay in delays:
-            lanes.append(start_lane(delay, scale, database_url, work_dir, values))
-        harness.log(f"{len(lanes)} syncs running; the longest verification takes {max(delays):g} s")
-        wait_for_lanes(lanes, timeout=max(delays) * 1.5 + 120)
-        return [measure_lane(lane) for lane in lanes]
+            lanes.append(start_lane(delay, scale, database, work_dir, values))
+        calls = dict.fromkeys(range(len(lanes)), 0)
+        for which in ("first", "second"):
+            for lane in lanes:
+                start_sync(lane)
+            harness.log(f"{which} syncs running; the longest verification takes {max(delays):g} s")
+            wait_for_lanes(lanes, timeout=max(delays) * 1.5 + 120)
+            for index, lane in enumerate(lanes):
+                measured, calls[index] = measure_lane(lane, which, calls[index])
+                results.append(measured)
+        return results
     finally:
         for lane in lanes:
             harness.stop_all([lane.worker, lane.sandbox])
             lane.runtime.engine.dispose()
+            harness.drop_database(lane.database)
         shutil.rmtree(work_dir, ignore_errors=True)
-        harness.drop_database(database)
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -196,6 +216,7 @@ def measured_rows(results: list[Measured], scale: Scale) -> Iterator[tuple[objec
         allowed = scale.allowed_lateness(result.delay)
         yield (
             f"{result.delay:g}",
+            result.sync,
             result.status,
             f"{result.lateness:.1f}",
             f"{100 * result.lateness / result.delay:.0f}%",
@@ -209,13 +230,14 @@ def measured_rows(results: list[Measured], scale: Scale) -> Iterator[tuple[objec
 
 
 SCHEDULES = (
-    ("doubling 5->60 s (current)", None),
-    ("elapsed 15%", 0.0),
-    ("estimate E = D", 1.0),
-    ("estimate E = 0.5 D", 0.5),
-    ("estimate E = 0.7 D", 0.7),
-    ("estimate E = 1.3 D", 1.3),
-    ("estimate E = 1.5 D", 1.5),
+    ("documented doubling 5->60 s", None),
+    ("elapsed 15%, no estimate", 0.0),
+    ("connector, E = D", 1.0),
+    ("connector, E = 0.7 D", 0.7),
+    ("connector, E = 0.85 D", 0.85),
+    ("connector, E = 1.3 D", 1.3),
+    ("connector, E = 1.4 D", 1.4),
+    ("connector, E = 1.5 D", 1.5),
 )
 
 
@@ -225,8 +247,10 @@ def computed_rows(delays: list[float], scale: Scale) -> Iterator[tuple[object, .
             baseline_calls, _ = detect(doubling_schedule(scale), delay)
             if accuracy is None:
                 schedule = doubling_schedule(scale)
+            elif accuracy == 0.0:
+                schedule = elapsed_schedule(scale, scale.initial)
             else:
-                schedule = elapsed_schedule(scale, ESTIMATE_FIRST_POLL * accuracy * delay)
+                schedule = connector_schedule(scale, accuracy * delay)
             calls, late = detect(schedule, delay)
             allowed = scale.allowed_lateness(delay)
             yield (
@@ -259,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             (
                 "D",
                 "sync",
+                "status",
                 "late",
                 "late %",
                 "allowed",

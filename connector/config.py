@@ -77,6 +77,8 @@ class Settings:
     poll_initial_seconds: float = 5.0
     poll_max_seconds: float = 60.0
     step_lease_seconds: int = 300
+    # A sync paused by an outage waits 1, 2, 4 ... s between tries, at most this long.
+    pause_max_seconds: float = 120.0
     queue_name: str = "connector"
     data_retention_days: int = 7
     log_level: str = "INFO"
@@ -114,6 +116,7 @@ class Settings:
             poll_initial_seconds=_float(env, "CONNECTOR_POLL_INITIAL_SECONDS", 5.0),
             poll_max_seconds=_float(env, "CONNECTOR_POLL_MAX_SECONDS", 60.0),
             step_lease_seconds=_int(env, "CONNECTOR_STEP_LEASE_SECONDS", 300),
+            pause_max_seconds=_float(env, "CONNECTOR_PAUSE_MAX_SECONDS", 120.0),
             queue_name=_str(env, "CONNECTOR_QUEUE", "connector") or "connector",
             data_retention_days=_int(env, "DATA_RETENTION_DAYS", 7),
             log_level=(_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),

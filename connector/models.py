@@ -167,6 +167,8 @@ class Sync(Base):
     pause_reason: Mapped[str | None] = mapped_column(Text)
     paused_until: Mapped[datetime | None]
     poll_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Pauses in a row without a step getting through: each doubles the next wait (an outage).
+    pause_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # Job bookkeeping: only the job whose id is `job_id` may run a step, and only while it
     # holds the lease. The reconciler re-enqueues when the job is gone and the lease expired.

@@ -9,6 +9,7 @@ enqueued; if the process dies in between, the reconciler notices the missing job
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from connector.metrics import observe_step
 from connector.models import Sync, SyncStatus, utcnow
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
+from connector.pipeline.polling import documented_gap, verification_poll_delay
 from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
 from connector.pipeline.steps import STEPS
 from connector.runtime import Runtime, get_runtime
@@ -153,15 +155,18 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
             return "superseded"
         sync.pause_reason = None
         sync.paused_until = None
+        sync.pause_count = 0
         if isinstance(result, Wait):
-            delay = poll_delay(runtime, sync.poll_attempt)
             sync.poll_attempt += 1
+            delay = _poll_delay(runtime, session, sync)
         else:
             sync.poll_attempt = 0
             entered = sync.updated_at
             transition(session, sync, result.to, result.note)
             refresh_counts(session, sync)
             observe_step(runtime.redis, str(status), (sync.updated_at - entered).total_seconds())
+            if result.to == SyncStatus.VERIFYING:
+                delay = verification_poll_delay(session, runtime.settings, sync)
         sync.lease_until = None
         sync.job_id = None
         runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in STEPS)
@@ -172,18 +177,20 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
     return f"{status} -> {getattr(result, 'to', status)}"
 
 
-def poll_delay(runtime: Runtime, attempt: int) -> float:
-    """The documented backoff: start at 5 s, double each poll, cap at 60 s."""
-    settings = runtime.settings
-    return min(settings.poll_initial_seconds * (2**attempt), settings.poll_max_seconds)
+def _poll_delay(runtime: Runtime, session: Session, sync: Sync) -> float:
+    """Verification polls follow the batch's expected time; other waits (parsing) the documented backoff."""
+    if sync.status == SyncStatus.VERIFYING:
+        return verification_poll_delay(session, runtime.settings, sync)
+    return documented_gap(runtime.settings, sync.poll_attempt - 1)
 
 
 def _pause(runtime: Runtime, sync_id: int, job_id: str, error: TransientError) -> None:
-    delay = max(error.retry_after, 1.0)
     with runtime.session() as session:
         sync = _owned(session, sync_id, job_id)
         if sync is None:
             return
+        delay = pause_delay(runtime, error, sync.pause_count)
+        sync.pause_count += 1
         sync.pause_reason = f"{error.code}: {error.message}"
         sync.paused_until = utcnow() + timedelta(seconds=delay)
         sync.lease_until = None
@@ -192,6 +199,17 @@ def _pause(runtime: Runtime, sync_id: int, job_id: str, error: TransientError) -
         "step_paused", extra={"sync_id": sync_id, "code": error.code, "retry_in_seconds": round(delay, 1)}
     )
     schedule_step(runtime, sync_id, delay)
+
+
+def pause_delay(runtime: Runtime, error: TransientError, pauses_in_a_row: int) -> float:
+    """How long a paused sync waits: what the error asks for, and longer the longer an outage lasts.
+
+    A sync never fails for being paused; during a long outage it tries again every
+    `pause_max_seconds` at most, so it resumes soon after the service is back without
+    hammering it meanwhile. Jitter keeps syncs paused together from retrying together.
+    """
+    backoff = min(2.0 ** min(pauses_in_a_row, 30), runtime.settings.pause_max_seconds)
+    return max(error.retry_after, random.uniform(0.75, 1.0) * backoff, 1.0)
 
 
 def fail_sync(
