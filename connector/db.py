@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 
 def migrations_dir() -> Path:
@@ -31,3 +34,9 @@ def upgrade_database(engine: Engine) -> None:
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    """INSERT for the session's database, with its ON CONFLICT clauses (PostgreSQL, or SQLite as fallback)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return insert(table)

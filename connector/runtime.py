@@ -9,8 +9,9 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq import Queue
@@ -29,6 +30,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     redis: redis.Redis
     uses_fallback_broker: bool = False
+    # What this process may remember between requests (rows that never change once created).
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -226,3 +226,42 @@ def test_many_single_contact_webhooks_become_one_sync(
     with runtime.session() as session:
         assert session.scalar(select(func.count()).where(CoalescedContact.sync_id == created[0])) == 300
         assert session.get_one(Sync, created[0]).source == {"kind": "coalesced"}
+
+
+def test_the_first_deliveries_to_a_new_portal_race_for_its_connection_row_without_a_500(
+    hubspot_runtime: Runtime,
+) -> None:
+    """Each gunicorn worker meets the new portal at once: all of them must agree on one row."""
+    import threading
+
+    from connector.pipeline.syncs import ensure_connection
+
+    barrier, ids, errors = threading.Barrier(8), [], []
+
+    def first_request() -> None:
+        barrier.wait()
+        try:
+            with hubspot_runtime.session() as session:
+                ids.append(ensure_connection(session, "hubspot", "race-portal").id)
+        except Exception as error:  # noqa: BLE001 - the race's loser used to get IntegrityError
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(set(ids)) == 1 and len(ids) == 8
+
+
+def test_a_busy_buffer_is_flushed_when_full_without_counting_it_on_every_delivery(
+    hubspot_runtime: Runtime, hubspot_web: SandboxServer
+) -> None:
+    runtime = with_settings(hubspot_runtime, coalesce_max_contacts=5, coalesce_window_seconds=3600)
+    hubspot_web.app.extensions["connector"] = runtime
+    for n in range(5):
+        assert post_signed(hubspot_web, [event(9000 + n, 7000 + n, propertyValue=f"p{n}@example.com")]).ok
+    queued = runtime.queue().get_jobs()
+    assert [job.func_name.rsplit(".", 1)[-1] for job in queued] == ["flush_buffer_job"]  # the 5th filled it
+    scheduled = runtime.queue().scheduled_job_registry.get_job_ids()
+    assert len(scheduled) == 1  # the window's flush, asked for by the first delivery only

@@ -8,6 +8,7 @@ a webhook is acknowledged once its contacts are committed, whether or not Redis 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from connector.crm.base import RecordReader, SourceRecord
 from connector.errors import ConnectorError
+from connector.metrics import count
 from connector.models import CoalescedContact, Connection, Sync, utcnow
 from connector.pipeline.runner import schedule_step
 from connector.pipeline.syncs import add_sync
@@ -65,21 +67,37 @@ def buffer_contacts(
     return len(rows)
 
 
-def waiting_count(session: Session, connection_id: int, type_: str) -> int:
-    return (
-        session.scalar(
-            select(func.count()).where(
-                CoalescedContact.connection_id == connection_id,
-                CoalescedContact.type == type_,
-                CoalescedContact.sync_id.is_(None),
-            )
+def note_buffered(
+    runtime: Runtime, connection: Connection, added: dict[str, int], *, accepted: int, duplicates: int
+) -> None:
+    """After the commit: count what a webhook buffered, and ask for a flush when a buffer fills.
+
+    The per-buffer count lives in Redis (one round trip with the metrics) rather than in a
+    COUNT(*) of the buffer on every webhook. It is a hint: the flush counts the rows for real,
+    and if Redis lost the count, the cron sweep still flushes the buffer when its window closes.
+    """
+    try:
+        with runtime.redis.pipeline(transaction=False) as pipe:
+            for type_, number in added.items():
+                pipe.incrby(_buffer_key(connection.id, type_), number)
+            count(pipe, "webhook_events", accepted, source=connection.crm, result="accepted")
+            count(pipe, "webhook_events", duplicates, source=connection.crm, result="duplicate")
+            waiting = pipe.execute()[: len(added)]
+    except redis.exceptions.RedisError as error:
+        log.warning(
+            "buffer_not_counted", extra={"connection_id": connection.id, "error": type(error).__name__}
         )
-        or 0
-    )
+        return
+    for (type_, number), total in zip(added.items(), waiting, strict=True):
+        request_flush(runtime, connection.id, type_, waiting=int(total), added=number)
 
 
-def request_flush(runtime: Runtime, connection_id: int, type_: str, *, waiting: int) -> None:
-    """Ask a worker to flush now (buffer full) or when the window closes (first contact).
+def _buffer_key(connection_id: int, type_: str) -> str:
+    return f"connector:buffered:{connection_id}:{type_}"
+
+
+def request_flush(runtime: Runtime, connection_id: int, type_: str, *, waiting: int, added: int) -> None:
+    """Ask a worker to flush now (buffer full) or when the window closes (first contacts).
 
     Best effort: with Redis down the cron sweep flushes the buffer later.
     """
@@ -88,7 +106,7 @@ def request_flush(runtime: Runtime, connection_id: int, type_: str, *, waiting: 
         queue = runtime.queue()
         if waiting >= settings.coalesce_max_contacts:
             queue.enqueue(flush_buffer_job, connection_id, type_, job_timeout=600)
-        elif waiting == 1:
+        elif waiting == added:
             delay = timedelta(seconds=settings.coalesce_window_seconds)
             queue.enqueue_in(delay, flush_buffer_job, connection_id, type_, job_timeout=600)
     except redis.exceptions.RedisError as error:
@@ -129,7 +147,7 @@ def flush_buffer(runtime: Runtime, connection_id: int, type_: str, *, force: boo
             CoalescedContact.type == type_,
             CoalescedContact.sync_id.is_(None),
         )
-        count, oldest = session.execute(
+        waiting_now, oldest = session.execute(
             select(func.count(), func.min(CoalescedContact.received_at)).where(
                 CoalescedContact.id.in_(waiting)
             )
@@ -137,7 +155,7 @@ def flush_buffer(runtime: Runtime, connection_id: int, type_: str, *, force: boo
         window_closed = oldest is not None and oldest <= utcnow() - timedelta(
             seconds=settings.coalesce_window_seconds
         )
-        if not count or not (force or window_closed or count >= settings.coalesce_max_contacts):
+        if not waiting_now or not (force or window_closed or waiting_now >= settings.coalesce_max_contacts):
             return None
         last_id = session.scalar(
             waiting.order_by(CoalescedContact.id).offset(settings.coalesce_max_contacts - 1).limit(1)
@@ -148,9 +166,15 @@ def flush_buffer(runtime: Runtime, connection_id: int, type_: str, *, force: boo
             update(CoalescedContact).where(CoalescedContact.id.in_(taken)).values(sync_id=sync.id)
         )
         sync_id = sync.id
+    _recount(runtime, connection_id, type_, left=max(waiting_now - settings.coalesce_max_contacts, 0))
     log.info("buffer_flushed", extra={"sync_id": sync_id, "connection_id": connection_id, "type": type_})
     schedule_step(runtime, sync_id)
     return sync_id
+
+
+def _recount(runtime: Runtime, connection_id: int, type_: str, *, left: int) -> None:
+    with contextlib.suppress(redis.exceptions.RedisError):  # a hint; the cron sweep does without
+        runtime.redis.set(_buffer_key(connection_id, type_), left)
 
 
 def _new_coalesced_sync(session: Session, connection: Connection, type_: str) -> Sync:

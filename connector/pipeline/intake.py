@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import String, bindparam, func, select
+from sqlalchemy.dialects import postgresql
 
-from connector.metrics import count
+from connector.db import dialect_insert
 from connector.models import RUNNABLE_STATES, Connection, Sync, WebhookEvent
-from connector.pipeline.coalesce import IncomingContact, buffer_contacts, request_flush, waiting_count
+from connector.pipeline.coalesce import IncomingContact, buffer_contacts, note_buffered
 from connector.pipeline.syncs import create_sync, ensure_connection
 from connector.runtime import Runtime
 
@@ -33,6 +33,14 @@ def crm_connection(runtime: Runtime, crm: str) -> Connection:
     return connection
 
 
+def webhook_connection(runtime: Runtime, crm: str) -> Connection:
+    """`crm_connection`, remembered by this process: webhooks need only its id and CRM, which never change."""
+    key = ("webhook_connection", crm)
+    if key not in runtime.memo:
+        runtime.memo[key] = crm_connection(runtime, crm)
+    return runtime.memo[key]
+
+
 def accept_contacts(
     runtime: Runtime,
     connection: Connection,
@@ -47,7 +55,7 @@ def accept_contacts(
         fresh = _first_seen(session, connection.crm, [key for key, _ in keyed])
         accepted = 0
         for key, brought in keyed:
-            if key in fresh:
+            if key[:200] in fresh:
                 accepted += 1
                 for type_, contact in brought:
                     by_type.setdefault(type_, []).append(contact)
@@ -55,28 +63,40 @@ def accept_contacts(
         for type_, contact in unkeyed:
             by_type.setdefault(type_, []).append(contact)
             accepted += 1
-        waiting = {}
         for type_, contacts in by_type.items():
             buffer_contacts(session, connection.id, type_, contacts)
-            waiting[type_] = waiting_count(session, connection.id, type_)
-    for type_, number in waiting.items():
-        request_flush(runtime, connection.id, type_, waiting=number)
-    count(runtime.redis, "webhook_events", accepted, source=connection.crm, result="accepted")
-    count(runtime.redis, "webhook_events", duplicates, source=connection.crm, result="duplicate")
+    added = {type_: len(contacts) for type_, contacts in by_type.items()}
+    note_buffered(runtime, connection, added, accepted=accepted, duplicates=duplicates)
     return accepted
 
 
 def _first_seen(session, source: str, keys: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
     if not keys:
         return set()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    keys = [key[:200] for key in dict.fromkeys(keys)]
+    if session.get_bind().dialect.name == "postgresql":
+        return set(session.scalars(_FIRST_SEEN_PG, {"source": source, "keys": keys}))
     statement = (
-        insert(WebhookEvent)
-        .values([{"source": source, "dedupe_key": key[:200]} for key in dict.fromkeys(keys)])
+        dialect_insert(session, WebhookEvent)
+        .values([{"source": source, "dedupe_key": key} for key in keys])
         .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
         .returning(WebhookEvent.dedupe_key)
     )
     return set(session.scalars(statement))
+
+
+# One statement whatever the delivery's size (an array of keys, not a VALUES row per key), so
+# PostgreSQL and SQLAlchemy prepare and compile it once instead of on every webhook.
+_KEYS = func.unnest(bindparam("keys", type_=postgresql.ARRAY(String))).column_valued("key")
+_EVENTS = WebhookEvent.__table__
+_FIRST_SEEN_PG = (
+    postgresql.insert(_EVENTS)
+    .from_select(
+        ["source", "dedupe_key", "received_at"], select(bindparam("source", type_=String), _KEYS, func.now())
+    )
+    .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
+    .returning(_EVENTS.c.dedupe_key)
+)
 
 
 def start_segment_sync(

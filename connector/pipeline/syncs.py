@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.apexverify import BatchStatus
+from connector.db import dialect_insert
 from connector.errors import ConnectorError, NotFoundError
 from connector.models import (
     RUNNABLE_STATES,
@@ -33,13 +34,17 @@ class SyncStateError(ConnectorError):
 
 
 def ensure_connection(session: Session, crm: str, external_id: str, name: str | None = None) -> Connection:
-    connection = session.scalar(
-        select(Connection).where(Connection.crm == crm, Connection.external_id == external_id)
-    )
+    """The connection row, created if missing; concurrent first requests agree on one row."""
+    query = select(Connection).where(Connection.crm == crm, Connection.external_id == external_id)
+    connection = session.scalar(query)
     if connection is None:
-        connection = Connection(crm=crm, external_id=external_id, name=name or f"{crm} {external_id}")
-        session.add(connection)
-        session.flush()
+        session.execute(
+            dialect_insert(session, Connection)
+            .values(crm=crm, external_id=external_id, name=name or f"{crm} {external_id}", settings={},
+                    created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["crm", "external_id"])
+        )  # fmt: skip
+        connection = session.scalars(query).one()
     return connection
 
 

@@ -12,7 +12,7 @@ from connector.config import Settings
 from connector.crm import hubspot_webhook, salesforce_webhook
 from connector.errors import ConfigError, ConnectorError, InputError
 from connector.metrics import count
-from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync
+from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync, webhook_connection
 from connector.web import current_runtime
 
 webhooks = Blueprint("webhooks", __name__)
@@ -48,10 +48,9 @@ def hubspot():  # type: ignore[no-untyped-def]
         now_ms=int(time.time() * 1000),
     )
     delivery = hubspot_webhook.read_delivery(parse_json(raw), settings.hubspot_portal_id)
-    connection = crm_connection(runtime, "hubspot")
     accepted = accept_contacts(
         runtime,
-        connection,
+        webhook_connection(runtime, "hubspot"),
         keyed=delivery.event_keys,
         unkeyed=[(t, c) for t, contacts in delivery.contacts.items() for c in contacts],
     )
@@ -59,7 +58,7 @@ def hubspot():  # type: ignore[no-untyped-def]
         list_id, type_ = delivery.segment
         start_segment_sync(
             runtime,
-            connection,
+            crm_connection(runtime, "hubspot"),  # fresh: a segment sync reads the connection's settings
             source={"kind": "hubspot_list", "ref": list_id},
             type_=type_,
             trigger="webhook",
@@ -85,13 +84,13 @@ def salesforce():  # type: ignore[no-untyped-def]
         delivery = salesforce_webhook.read_flow_callout(parse_json(request.get_data()))
     else:
         raise UnsupportedMediaType()
-    connection = crm_connection(runtime, "salesforce")
+    connection = webhook_connection(runtime, "salesforce")
     accepted = accept_contacts(runtime, connection, keyed=delivery.keyed, unkeyed=delivery.unkeyed)
     if delivery.campaign is not None:
         campaign_id, type_, sobject = delivery.campaign
         start_segment_sync(
             runtime,
-            connection,
+            crm_connection(runtime, "salesforce"),
             source={"kind": "salesforce_campaign", "ref": campaign_id, "object": sobject},
             type_=type_,
             trigger="webhook",
