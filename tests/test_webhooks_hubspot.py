@@ -265,3 +265,16 @@ def test_a_busy_buffer_is_flushed_when_full_without_counting_it_on_every_deliver
     assert [job.func_name.rsplit(".", 1)[-1] for job in queued] == ["flush_buffer_job"]  # the 5th filled it
     scheduled = runtime.queue().scheduled_job_registry.get_job_ids()
     assert len(scheduled) == 1  # the window's flush, asked for by the first delivery only
+
+
+def test_one_delivery_changing_a_contact_twice_buffers_it_once_with_the_newer_value(
+    hubspot_runtime: Runtime, hubspot_web: SandboxServer
+) -> None:
+    events = [
+        event(11, 501, propertyValue="old@example.com", occurredAt=1700000000000),
+        event(12, 501, propertyValue="new@example.com", occurredAt=1700000001000),
+        event(13, 501, kind="contact.creation", occurredAt=1700000002000),  # carries no value
+    ]
+    answer = post_signed(hubspot_web, events)
+    assert answer.status_code == 200 and answer.json() == {"accepted": 3}
+    assert sorted(waiting(hubspot_runtime)) == [("email", "501", "new@example.com"), ("phone", "501", None)]

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, String, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -43,28 +43,56 @@ def buffer_contacts(
     session: Session, connection_id: int, type_: str, contacts: Iterable[IncomingContact]
 ) -> int:
     """Add contacts to the buffer; a contact already waiting gets its newer value. Returns how many."""
-    rows = [
-        {
-            "connection_id": connection_id,
-            "type": type_,
-            "record_id": c.record_id[:64],
-            "object_type": c.object_type,
-            "value": c.value,
-            "received_at": utcnow(),
-        }
-        for c in contacts
-    ]
-    if not rows:
+    latest: dict[tuple[str, str], str | None] = {}
+    for contact in contacts:  # one row per record: an upsert may not touch a row twice
+        key = (contact.object_type, contact.record_id[:64])
+        latest[key] = contact.value if contact.value is not None else latest.get(key)
+    if not latest:
         return 0
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(CoalescedContact)
-    statement = statement.on_conflict_do_update(
-        index_elements=["connection_id", "type", "object_type", "record_id"],
-        index_where=CoalescedContact.sync_id.is_(None),
-        set_={"value": func.coalesce(statement.excluded.value, CoalescedContact.value)},
-    )
-    session.execute(statement, rows)
+    if session.get_bind().dialect.name == "postgresql":
+        objects, records = zip(*latest, strict=True)
+        values = {"connection_id": connection_id, "type": type_, "objects": list(objects),
+                  "records": list(records), "values": list(latest.values())}  # fmt: skip
+        session.execute(_BUFFER_PG, values)
+        return len(latest)
+    statement = sqlite.insert(CoalescedContact)
+    rows = [
+        {"connection_id": connection_id, "type": type_, "object_type": object_type, "record_id": record_id,
+         "value": value, "received_at": utcnow()}
+        for (object_type, record_id), value in latest.items()
+    ]  # fmt: skip
+    session.execute(_newer_value_wins(statement), rows)
     return len(rows)
+
+
+def _newer_value_wins(statement: Any) -> Any:
+    return statement.on_conflict_do_update(
+        index_elements=["connection_id", "type", "object_type", "record_id"],
+        index_where=statement.table.c.sync_id.is_(None),
+        set_={"value": func.coalesce(statement.excluded.value, statement.table.c.value)},
+    )
+
+
+# One statement whatever the delivery's size (arrays, not a row of parameters per contact), so it
+# is compiled and prepared once.
+_INCOMING = func.unnest(
+    bindparam("objects", type_=postgresql.ARRAY(String)),
+    bindparam("records", type_=postgresql.ARRAY(String)),
+    bindparam("values", type_=postgresql.ARRAY(String)),
+).table_valued("object_type", "record_id", "value").render_derived(name="incoming")
+_BUFFER_PG = _newer_value_wins(
+    postgresql.insert(CoalescedContact.__table__).from_select(
+        ["connection_id", "type", "object_type", "record_id", "value", "received_at"],
+        select(
+            bindparam("connection_id", type_=BigInteger),
+            bindparam("type", type_=String),
+            _INCOMING.c.object_type,
+            _INCOMING.c.record_id,
+            _INCOMING.c.value,
+            func.now(),
+        ),
+    )
+)
 
 
 def note_buffered(
