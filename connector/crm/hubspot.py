@@ -32,7 +32,7 @@ import redis
 import urllib3
 
 from connector.config import Settings
-from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
+from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure, cells_per_verdict
 from connector.crm.hubspot_bulk import export_list_rows, import_flag_rows
 from connector.crm.hubspot_client import make_hubspot_client
 from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
@@ -540,10 +540,10 @@ class HubSpotFlagWriter:
 
     def write(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
         if self.bulk:
-            rows = (
-                (update.record_id, [flag_value(f, update.verdict, for_import=True) for f in self.fields])
-                for update in updates
+            cells = cells_per_verdict(
+                lambda verdict: [flag_value(f, verdict, for_import=True) for f in self.fields]
             )
+            rows = ((update.record_id, cells(update.verdict)) for update in updates)
             return import_flag_rows(self.api, [f.name for f in self.fields], rows, work_dir=self.work_dir)
         failures: list[WriteFailure] = []
         for chunk in _chunks(updates, BATCH_LIMIT):

@@ -33,7 +33,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.util import Usage, call_salesforce
 
 from connector.config import Settings
-from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
+from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure, cells_per_verdict
 from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
 from connector.crm.salesforce_bulk import IngestRow, query_rows, write_flag_rows
 from connector.crm.salesforce_client import fetch_client_credentials_token, make_salesforce
@@ -688,6 +688,7 @@ class SalesforceFlagWriter:
 
     def _write_bulk(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
         refused: list[WriteFailure] = []
+        cells = cells_per_verdict(lambda verdict: [csv_value(field, verdict) for field in self.fields])
 
         def rows() -> Iterator[IngestRow]:
             for update in updates:
@@ -695,9 +696,7 @@ class SalesforceFlagWriter:
                 if object_name is None:
                     refused.append(_not_a_person(update.record_id))
                     continue
-                yield IngestRow(
-                    object_name, update.record_id, [csv_value(field, update.verdict) for field in self.fields]
-                )
+                yield IngestRow(object_name, update.record_id, cells(update.verdict))
 
         failures = write_flag_rows(
             self.api, [field.name for field in self.fields], rows(), work_dir=self.work_dir

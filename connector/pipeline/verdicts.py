@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector.crm.base import Verdict
+from connector.db import copy_rows
 from connector.models import SyncValue, VerifiedValue
 
 # A malformed value is neither a role address nor a disposable inbox: every flag gets written.
@@ -106,17 +107,15 @@ def _store_with_copy(session: Session, sync_id: int, type_: str, rows: list[dict
     """PostgreSQL: COPY the chunk into a temp table and update from it — one round trip, not one per row."""
     connection = session.connection()
     connection.exec_driver_sql(_INCOMING)
-    cursor = connection.connection.driver_connection.cursor()
-    with cursor.copy("COPY incoming_verdicts (value, " + _COLUMN_LIST + ") FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(
-                (
-                    row["value"],
-                    *(row[c] for c in INVALID_FORMAT),
-                    json.dumps(row["details"]),
-                    row["verified_at"],
-                )
-            )
+    copy_rows(
+        session,
+        "incoming_verdicts",
+        ("value", *VERDICT_COLUMNS),
+        (
+            (row["value"], *(row[c] for c in INVALID_FORMAT), json.dumps(row["details"]), row["verified_at"])
+            for row in rows
+        ),
+    )
     connection.exec_driver_sql(
         f"UPDATE sync_values v SET {_SET_VALUES} FROM incoming_verdicts i WHERE v.sync_id = %(sync_id)s"
         " AND v.value = i.value",
