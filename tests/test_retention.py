@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import requests
 from sqlalchemy import func, select, update
 
 from connector.models import Sync, SyncContact, SyncStatus, SyncValue, utcnow
 from connector.pipeline.drive import drive_until_settled
 from connector.pipeline.retention import purge_expired_data
 from connector.runtime import Runtime
+from connector.sandbox.server import SandboxServer
 from connector.verify_command import start_file_sync
 
 
 def test_files_are_deleted_on_completion_and_values_after_the_retention_period(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, web: SandboxServer, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.txt"
     source.write_text("a@example.com\nb@example.com\n", encoding="utf-8")
@@ -34,3 +36,6 @@ def test_files_are_deleted_on_completion_and_values_after_the_retention_period(
         purged = session.get_one(Sync, sync.id)
         assert purged.data_purged_at is not None and purged.counts["contacts"] == 2
     assert purge_expired_data(runtime) == []
+    admin = {"Authorization": "Bearer test-admin-token"}
+    gone = requests.get(f"{web.url}/admin/syncs/{sync.id}/results", headers=admin, timeout=5)
+    assert gone.status_code == 410 and gone.json()["error"] == "results_purged"

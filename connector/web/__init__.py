@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     from connector.web.errors import register_error_handlers
     from connector.web.health import health
     from connector.web.openapi import openapi
+    from connector.web.ops import init_ops_page
     from connector.web.webhooks import webhooks
 
     register_error_handlers(app)
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(webhooks)
     app.register_blueprint(admin)
     app.register_blueprint(openapi)
+    init_ops_page(app, runtime.settings)  # the HTML ops page: its blueprint, session cookie and secret key
     return app
 
 

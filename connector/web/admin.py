@@ -65,11 +65,12 @@ def require_admin_token() -> None:
     token = token.strip() if scheme.lower() == "bearer" else ""  # the scheme name is case-insensitive
     if token and hmac.compare_digest(token.encode(), expected.encode()):
         return
-    _count_failed_attempt(runtime)
+    count_failed_attempt(runtime)
     raise Unauthorized("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
 
 
-def _count_failed_attempt(runtime: Any) -> None:
+def count_failed_attempt(runtime: Any) -> None:
+    """Count one failed sign-in from this address (API or ops page: one budget); TooManyAttempts past it."""
     limiter = RateLimiter(runtime.redis, f"admin-auth:{request.remote_addr}", FAILED_AUTH_PER_MINUTE, 60)
     try:
         wait = limiter.try_acquire()
@@ -82,6 +83,14 @@ def _count_failed_attempt(runtime: Any) -> None:
 @admin.get("/syncs")
 def list_syncs():  # type: ignore[no-untyped-def]
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
+    with current_runtime().session() as session:
+        page, next_cursor = page_of_syncs(session, limit)
+        body = [sync_json(session, s) for s in page]
+    return jsonify({"syncs": body, "next_cursor": next_cursor})
+
+
+def page_of_syncs(session: Any, limit: int) -> tuple[list[Sync], str | None]:
+    """Syncs newest first, filtered by the request's status / segment_id / cursor; and the next cursor."""
     query = select(Sync).order_by(Sync.id.desc()).limit(limit + 1)
     if status := request.args.get("status"):
         if status not in {s.value for s in SyncStatus}:
@@ -93,18 +102,15 @@ def list_syncs():  # type: ignore[no-untyped-def]
         query = query.where(Sync.segment_id == _int_arg("segment_id", 0, 1, MAX_ID))
     if cursor := request.args.get("cursor"):
         query = query.where(Sync.id < _decode_cursor(cursor))
-    with current_runtime().session() as session:
-        syncs = list(session.scalars(query))
-        page = syncs[:limit]
-        body = [sync_json(session, s) for s in page]
-    next_cursor = _encode_cursor(page[-1].id) if len(syncs) > limit else None
-    return jsonify({"syncs": body, "next_cursor": next_cursor})
+    syncs = list(session.scalars(query))
+    page = syncs[:limit]
+    return page, (_encode_cursor(page[-1].id) if len(syncs) > limit else None)
 
 
 @admin.get("/syncs/<int(max=9223372036854775807):sync_id>")
 def show_sync(sync_id: int):  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
-        sync = _get(session, sync_id)
+        sync = get_sync(session, sync_id)
         return jsonify(sync_detail_json(session, sync))
 
 
@@ -125,17 +131,24 @@ def approve(sync_id: int):  # type: ignore[no-untyped-def]
 
 @admin.get("/syncs/<int(max=9223372036854775807):sync_id>/results")
 def results(sync_id: int):  # type: ignore[no-untyped-def]
-    fmt = request.args.get("format", "json")
+    return results_response(sync_id, request.args.get("format", "json"))
+
+
+RESULT_STATES = frozenset({SyncStatus.WRITING_BACK, SyncStatus.COMPLETED})
+
+
+def results_response(sync_id: int, fmt: str) -> Response:
+    """The sync's verdicts as a download: JSON streamed, XLSX built whole (shared with the ops page)."""
     if fmt not in ("json", "xlsx"):
         raise InputError("invalid_format", "format must be json or xlsx")
     runtime = current_runtime()
     with runtime.session() as session:
-        sync = _get(session, sync_id)
+        sync = get_sync(session, sync_id)
         if sync.data_purged_at is not None:
-            raise ConnectorError(
+            raise ResultsPurged(
                 "results_purged", "this sync's values were deleted after the retention period"
             )
-        if sync.status not in (SyncStatus.WRITING_BACK, SyncStatus.COMPLETED):
+        if sync.status not in RESULT_STATES:
             raise NoResultsYet(
                 "no_results", f"sync {sync_id} is {sync.status}; results come after verification"
             )
@@ -153,6 +166,10 @@ class NoResultsYet(ConnectorError):
     http_status = 409
 
 
+class ResultsPurged(ConnectorError):
+    http_status = 410  # gone for good: DATA_RETENTION_DAYS passed
+
+
 def _json_chunks(sync_id: int):  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
         yield from json_chunks(iter_verdicts(session, sync_id))
@@ -160,10 +177,10 @@ def _json_chunks(sync_id: int):  # type: ignore[no-untyped-def]
 
 def _after_action(sync_id: int):  # type: ignore[no-untyped-def]
     with current_runtime().session() as session:
-        return jsonify(sync_json(session, _get(session, sync_id))), 202
+        return jsonify(sync_json(session, get_sync(session, sync_id))), 202
 
 
-def _get(session: Any, sync_id: int) -> Sync:
+def get_sync(session: Any, sync_id: int) -> Sync:
     sync = session.get(Sync, sync_id)
     if sync is None:
         raise NotFoundError("sync_not_found", f"sync {sync_id} does not exist")

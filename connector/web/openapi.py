@@ -244,6 +244,7 @@ def document() -> dict[str, Any]:
                         },
                         "400": ERROR,
                         "409": ERROR,
+                        "410": ERROR,
                     },
                     parameters=[
                         SYNC_ID,
