@@ -140,6 +140,76 @@ def test_worker_and_web_recover_when_postgres_drops_every_connection(
     assert _status(runtime, sync.id) == "completed"
 
 
+OUTAGE_SECONDS = 600
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(OUTAGE_SECONDS + 600)
+def test_syncs_wait_out_a_ten_minute_apexverify_outage_and_resume(
+    runtime: Runtime, apexverify_sandbox: SandboxServer, tmp_path
+) -> None:
+    """One sync is verifying and one not yet uploaded when ApexVerify goes away for 10 minutes.
+
+    Neither fails: they pause with the outage's reason, try again less and less often, and
+    finish once it is back, with one launch and one charge per batch.
+    """
+    from tests.test_crash_safety import kill, start_worker, wait_for, worker_env
+
+    sandbox_url = apexverify_sandbox.url
+    requests.post(f"{sandbox_url}/_sandbox/config", json={"verify_delay": 20}, timeout=5).raise_for_status()
+    verifying = _file_sync(runtime, tmp_path, "verifying", 40)
+    worker = start_worker(worker_env(runtime), tmp_path / "worker.log")
+    try:
+        wait_for(lambda: _status(runtime, verifying) == "verifying", 60, "the first sync to launch")
+        port = apexverify_sandbox.server.server_address[1]
+        apexverify_sandbox.stop()  # connections refused from now on
+        not_uploaded = _file_sync(runtime, tmp_path, "waiting", 30)
+        down_until = time.monotonic() + OUTAGE_SECONDS
+        reasons: set[str] = set()
+        while time.monotonic() < down_until:
+            time.sleep(10)
+            reconcile(runtime)  # the cron process's job: it must not make things worse
+            for sync_id in (verifying, not_uploaded):
+                sync = _sync(runtime, sync_id)
+                assert sync.status not in ("failed", "completed"), (sync.status, sync.error_code)
+                reasons.add((sync.pause_reason or "").split(":")[0])
+        restored = serve_in_thread(apexverify_sandbox.app, port=port)
+        try:
+            pauses = {s: _sync(runtime, s).pause_count for s in (verifying, not_uploaded)}
+
+            def both_done() -> bool:
+                reconcile(runtime)
+                return all(_status(runtime, s) in ("completed", "failed") for s in (verifying, not_uploaded))
+
+            wait_for(both_done, 240, "both syncs to finish after the outage")
+            state = requests.get(f"{sandbox_url}/_sandbox/state", timeout=5).json()
+        finally:
+            restored.stop()
+    finally:
+        kill(worker)
+    assert [_status(runtime, s) for s in (verifying, not_uploaded)] == ["completed", "completed"]
+    assert "apexverify_unavailable" in reasons
+    # Backing off: a try every ~25 s throughout would be 24 pauses; doubling up to 120 s makes ~10.
+    assert all(1 <= count <= 15 for count in pauses.values()), pauses
+    assert all(b["launch_count"] == 1 and b["charged"] for b in state["batches"]), state["batches"]
+    assert len(state["batches"]) == 2
+
+
+def _file_sync(runtime: Runtime, tmp_path, name: str, rows: int) -> int:  # type: ignore[no-untyped-def]
+    from connector.verify_command import start_file_sync
+
+    source = tmp_path / f"{name}.txt"
+    source.write_text("".join(f"{name}{n}@example.com\n" for n in range(rows)), encoding="utf-8")
+    return start_file_sync(runtime, source, type_="email", country="US").id
+
+
+def _sync(runtime: Runtime, sync_id: int) -> Sync:
+    with runtime.session() as session:
+        sync = session.get_one(Sync, sync_id)
+        session.expunge(sync)
+        return sync
+
+
 def _status(runtime: Runtime, sync_id: int) -> str:
     with runtime.session() as session:
         return session.get_one(Sync, sync_id).status
