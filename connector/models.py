@@ -328,3 +328,19 @@ class CoalescedContact(Base):
     value: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     sync_id: Mapped[int | None] = mapped_column(ForeignKey("syncs.id", ondelete="SET NULL"))
+
+
+class RecordVerification(Base):
+    """For which value the connector last wrote flags onto a CRM record (an MD5 of it, not the value).
+
+    A CRM's own "verified at" field says when a record was flagged, not for which value: a record
+    whose email changed since then must be verified again however recent its flags are.
+    """
+
+    __tablename__ = "record_verifications"
+
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"), primary_key=True)
+    type: Mapped[str] = mapped_column(String(10), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value_digest: Mapped[str] = mapped_column(String(32))
+    written_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,6 +5,7 @@ Built on first use in a worker or explicitly by `create_app` and the CLI, never 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -67,6 +68,8 @@ def make_engine(database_url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            # PostgreSQL's md5(text), which SQLite lacks (record_history compares value digests).
+            dbapi_connection.create_function("md5", 1, _md5_hex, deterministic=True)
 
         return engine
     if database_url.startswith("postgresql://"):
@@ -74,6 +77,10 @@ def make_engine(database_url: str) -> Engine:
     elif database_url.startswith("postgres://"):
         database_url = "postgresql+psycopg://" + database_url.removeprefix("postgres://")
     return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _md5_hex(text: str | None) -> str | None:
+    return None if text is None else hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def _ensure_sqlite_dir(database_url: str) -> None:

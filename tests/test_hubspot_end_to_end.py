@@ -122,3 +122,50 @@ def test_a_50000_contact_list_uses_the_bulk_apis_under_the_rate_limit(
     assert state["rate_limited"] < 0.01 * state["total_requests"]
     assert state["total_requests"] < 40  # an export and an import, not 1,000 batch calls
     assert sync.counts["verified"] + sync.counts["skipped"] == 50_000
+
+
+def test_a_recently_flagged_contact_whose_email_changed_is_verified_again(hubspot_runtime: Runtime) -> None:
+    """`apexverify_verified_at` is recent, but it was written for the old email: skipping it would
+    leave the old email's flags on the new one for up to reverify_after_days."""
+    from connector.pipeline.intake import crm_connection, start_segment_sync
+
+    sandbox_url = hubspot_runtime.settings.hubspot_base_url
+    list_id = generate_list_at(sandbox_url, 20)
+
+    def sync_list() -> Sync:
+        connection = crm_connection(hubspot_runtime, "hubspot")
+        source = {"kind": "hubspot_list", "ref": list_id}
+        sync = start_segment_sync(hubspot_runtime, connection, source=source, type_="email", trigger="admin",
+                                  name="list")  # fmt: skip
+        return drive_until_settled(hubspot_runtime, sync.id)
+
+    first = sync_list()
+    assert first.status == SyncStatus.COMPLETED and first.counts["values_sent"] > 0
+    contact = next(c for c in all_contacts_at(sandbox_url) if c["properties"].get("apexverify_status"))
+    changed = requests.post(
+        f"{sandbox_url}/crm/v3/objects/contacts/batch/update",
+        json={"inputs": [{"id": contact["id"], "properties": {"email": "Moved.Elsewhere@Example.com"}}]},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert changed.status_code == 200, changed.text
+
+    second = sync_list()
+    assert second.status == SyncStatus.COMPLETED
+    assert second.counts["values_sent"] == 1  # only the new address costs credits
+    assert second.counts["skipped_by_reason"]["recently_verified"] == first.counts["verified"] - 1
+    with hubspot_runtime.session() as session:
+        sent = session.scalars(select(SyncValue.value).where(SyncValue.sync_id == second.id)).all()
+    assert sent == ["moved.elsewhere@example.com"]
+
+
+def generate_list_at(url: str, contacts: int) -> str:
+    body = {"generate": {"contacts": contacts, "list_name": "changed", "seed": 8, "missing_email_every": 0,
+                         "malformed_every": 0, "duplicate_every": 0}}  # fmt: skip
+    answer = requests.post(f"{url}/_sandbox/seed", json=body, timeout=30)
+    answer.raise_for_status()
+    return str(answer.json()["listId"])
+
+
+def all_contacts_at(url: str) -> list[dict]:
+    return requests.get(f"{url}/_sandbox/contacts", params={"limit": 5000}, timeout=30).json()["contacts"]

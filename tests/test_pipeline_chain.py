@@ -298,6 +298,39 @@ def test_an_unexpected_error_after_a_step_fails_the_sync_instead_of_leaving_it_s
         assert "counting broke" in (stuck.error_message or "")
 
 
+def test_an_export_step_replaced_while_it_reads_the_segment_adds_no_contact(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step that overran its lease (a CRM outage retried for longer than it) is replaced by the
+    reconciler; the new job clears the export and reads it again, so the old one must add nothing."""
+    from connector.pipeline import steps
+    from connector.pipeline.state import StepAborted, StepContext
+
+    path = write_lines(tmp_path / "s.txt", [f"p{n}@example.com" for n in range(10)])
+    sync = start_file_sync(runtime, path, type_="email", country="US")
+    with runtime.session() as session:
+        session.execute(
+            update(Sync).where(Sync.id == sync.id).values(status=SyncStatus.EXPORTING, job_id="old-job")
+        )
+    real_source_for = steps.source_for
+
+    class ReplacedWhileReading:
+        def __init__(self, *args: object) -> None:
+            self.source = real_source_for(*args)  # type: ignore[arg-type]
+
+        def iter_records(self):  # type: ignore[no-untyped-def]
+            with runtime.session() as session:  # what the reconciler does once the lease has run out
+                session.execute(update(Sync).where(Sync.id == sync.id).values(job_id="new-job"))
+            yield from self.source.iter_records()
+
+    monkeypatch.setattr(steps, "source_for", ReplacedWhileReading)
+    with pytest.raises(StepAborted):
+        steps.export_segment(StepContext(runtime, sync.id, "old-job"))
+
+    with runtime.session() as session:
+        assert session.scalars(select(SyncContact.id).where(SyncContact.sync_id == sync.id)).all() == []
+
+
 def sync_job_id(runtime: Runtime, sync_id: int) -> str:
     with runtime.session() as session:
         job_id = session.get_one(Sync, sync_id).job_id

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import DateTime, and_, bindparam, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from connector.apexverify import (
@@ -39,7 +39,8 @@ from connector.models import (
 )
 from connector.pipeline.batchfiles import sync_dir, write_batch_files
 from connector.pipeline.normalize import normalize
-from connector.pipeline.state import Advance, Halt, StepContext, StepResult, Wait
+from connector.pipeline.record_history import remember_written_values, reverify_changed_values
+from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
 from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_row
 
 CHUNK = 5000
@@ -84,6 +85,7 @@ def export_segment(ctx: StepContext) -> StepResult:
             chaos_point("export.mid")
     _insert_contacts(ctx, chunk)
     with ctx.session() as session:
+        reverify_changed_values(session, _load(session, ctx))
         _collect_values(session, sync_id, type_, fresh_after)
     with ctx.session() as session:
         sync = _load(session, ctx)
@@ -131,12 +133,25 @@ def _insert_contacts(ctx: StepContext, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     with ctx.session() as session:
+        # The lease is renewed in the insert's own transaction, not after it: a job that overran its
+        # lease (a CRM retried for longer) may have been replaced by one that already cleared the
+        # export and reads it again, and rows added now would duplicate that job's contacts.
+        _renew_lease(session, ctx)
         if session.get_bind().dialect.name == "postgresql":  # COPY: the export's largest cost otherwise
             tuples = ([row[c] for c in _CONTACT_COLUMNS] for row in rows)
             copy_rows(session, "sync_contacts", _CONTACT_COLUMNS, tuples)
         else:
             session.execute(SyncContact.__table__.insert(), rows)
-    ctx.heartbeat()
+
+
+def _renew_lease(session: Session, ctx: StepContext) -> None:
+    """StepContext.heartbeat inside `session`: the sync's row stays locked until the session commits."""
+    lease = utcnow() + timedelta(seconds=ctx.runtime.settings.step_lease_seconds)
+    kept = session.execute(
+        update(Sync).where(Sync.id == ctx.sync_id, Sync.job_id == ctx.job_id).values(lease_until=lease)
+    ).rowcount
+    if not kept:
+        raise StepAborted(f"sync {ctx.sync_id} no longer belongs to job {ctx.job_id}")
 
 
 def _collect_values(session: Session, sync_id: int, type_: str, fresh_after: datetime) -> None:
@@ -450,10 +465,9 @@ class PendingUpdates:
 
     def __iter__(self) -> Iterator[FlagUpdate]:
         with self.ctx.session() as session:
-            rows = session.execute(
-                _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit).execution_options(
-                    yield_per=2000
-                )
+            # Core rows streamed from a server-side cursor: no ORM loading per contact.
+            rows = session.connection().execution_options(yield_per=2000).execute(
+                _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit)
             )
             verdicts: dict[tuple[Any, ...], Verdict] = {}  # shared, so writers can memoize per verdict
             for row in rows:
@@ -478,7 +492,8 @@ def _pending_with_verdicts(sync_id: int, after_id: int, limit: int) -> Any:
             SyncValue.unknown,
             SyncValue.is_role,
             SyncValue.is_disposable,
-            SyncValue.verified_at,
+            # As the driver gives it: converted once per distinct verdict, not once per contact.
+            type_coerce(SyncValue.verified_at, DateTime(timezone=True)).label("verified_at"),
         )
         .join(SyncValue, and_(SyncValue.sync_id == SyncContact.sync_id, SyncValue.value == SyncContact.value))
         .where(
@@ -517,6 +532,7 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
                 ],
             )
         session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
+        remember_written_values(session, _load(session, ctx), after_id, last_id)
 
 
 def _fail_orphans(session: Session, sync_id: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -56,7 +56,7 @@ def verdict_from_row(row: Any, verified_at: datetime) -> Verdict:
         unknown=bool(row.unknown),
         is_role=row.is_role,
         is_disposable=row.is_disposable,
-        verified_at=verified_at,
+        verified_at=verified_at if verified_at.tzinfo else verified_at.replace(tzinfo=UTC),
     )
 
 
