@@ -1,208 +1,239 @@
-"""Chaos: a 20,000-contact HubSpot sync while workers are SIGKILLed at random, Redis loses its data,
-ApexVerify fails 10% of calls and sends bursts of 429s and an internal_error, and HubSpot answers
-429s and 5xx. The sync must end completed (after at most one operator retry) with every contact
-given exactly one outcome, one launch and one charge per batch, and nothing left in a queue or lock.
+"""Chaos: a 20,000-contact HubSpot sync and a 20,000-member Salesforce campaign sync, each while the
+worker is SIGKILLed at random (10 times), Redis loses its data once, ApexVerify fails 10% of calls
+and sends a burst of 429s and an internal_error, and the CRM answers rate limits, 5xx and refuses
+some records. Each sync must end completed (after at most one operator retry) with every contact
+given exactly one outcome, one launch and one charge per batch, every record showing the verdict of
+its value (and a refused record none), and nothing left in a queue or lease.
+
+Both syncs are big enough to take their CRM's bulk paths (HubSpot Exports/Imports, Salesforce Bulk
+API 2.0 query and ingest jobs: the threshold is 10,000 records), and both tests check that they did.
 """
 
 from __future__ import annotations
 
-import random
-import threading
-import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
-from rq import Queue
-from sqlalchemy import func, select
 
-from connector.models import ContactOutcome, Sync, SyncBatch, SyncContact, SyncStatus, SyncValue
+from connector.crm.hubspot import DEFAULT_BULK_THRESHOLD as HUBSPOT_BULK_THRESHOLD
+from connector.crm.salesforce import DEFAULT_BULK_THRESHOLD as SALESFORCE_BULK_THRESHOLD
 from connector.pipeline.intake import crm_connection, start_segment_sync
-from connector.pipeline.reconcile import reconcile
-from connector.pipeline.syncs import retry_sync
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer, serve_in_thread
+from tests.chaos_support import (
+    WorkerChaos,
+    add_faults,
+    assert_every_contact_has_one_outcome,
+    assert_flags_match_verdicts,
+    assert_nothing_left_behind,
+    assert_one_launch_and_charge_per_batch,
+    expected_statuses,
+    inject_apexverify_faults,
+    run_to_completion,
+    write_failure_reasons,
+)
 from tests.conftest import with_settings
-from tests.test_crash_safety import kill, start_worker, worker_env
 
 CONTACTS = 20_000
-KILLS = 10
-TOKEN = "chaos-hubspot-token"
+HUBSPOT_TOKEN = "chaos-hubspot-token"
+SALESFORCE_SESSION = "00Dchaos!salesforce-session"
+SF_API = "/services/data/v{version}"
+STATUS_FIELD = "ApexVerify_Status__c"
+
+
+@pytest.fixture
+def real_redis(runtime: Runtime) -> Runtime:
+    if "fakeredis" in type(runtime.redis).__module__:
+        pytest.skip("worker processes need a real Redis server")
+    return runtime
+
+
+# ---- HubSpot -----------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def hubspot_sandbox() -> Iterator[SandboxServer]:
     from connector.sandbox.hubspot import create_app
 
-    server = serve_in_thread(create_app(access_token=TOKEN, export_delay=0.3, import_delay=0.3))
+    server = serve_in_thread(create_app(access_token=HUBSPOT_TOKEN, export_delay=0.3, import_delay=0.3))
     yield server
     server.stop()
 
 
-@pytest.fixture
-def chaos_runtime(runtime: Runtime, hubspot_sandbox: SandboxServer) -> Runtime:
-    if "fakeredis" in type(runtime.redis).__module__:
-        pytest.skip("worker processes need a real Redis server")
-    return with_settings(
-        runtime,
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_hubspot_sync_survives_chaos(
+    real_redis: Runtime, hubspot_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    runtime = with_settings(
+        real_redis,
         hubspot_base_url=hubspot_sandbox.url,
-        hubspot_access_token=TOKEN,
+        hubspot_access_token=HUBSPOT_TOKEN,
         hubspot_portal_id="chaos",
         step_lease_seconds=5,
     )
-
-
-class WorkerChaos:
-    """Keeps one worker process running, SIGKILLing and replacing it at random moments."""
-
-    def __init__(self, runtime: Runtime, log_dir, kills: int, seed: int = 11) -> None:  # type: ignore[no-untyped-def]
-        self.runtime, self.log_dir, self.kills_left = runtime, log_dir, kills
-        self.random = random.Random(seed)
-        self.worker = start_worker(self._env(), log_dir / "worker-0.log")
-        self.kills = 0
-        self.redis_restarted = False
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _env(self) -> dict[str, str]:
-        settings = self.runtime.settings
-        return worker_env(
-            self.runtime,
-            HUBSPOT_BASE_URL=settings.hubspot_base_url,
-            HUBSPOT_ACCESS_TOKEN=settings.hubspot_access_token or "",
-            HUBSPOT_PORTAL_ID=settings.hubspot_portal_id or "",
-        )
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.random.uniform(1.0, 3.0)) and self.kills < self.kills_left:
-            kill(self.worker)
-            self.kills += 1
-            if self.kills == KILLS // 2:
-                self._lose_redis_data()
-            self.worker = start_worker(self._env(), self.log_dir / f"worker-{self.kills}.log")
-
-    def _lose_redis_data(self) -> None:
-        """What a Redis restart does to us: every connection dropped and every key gone."""
-        connection = self.runtime.redis
-        connection.flushdb()
-        connection.client_kill_filter(_type="normal", skipme=True)
-        self.redis_restarted = True
-
-    def __enter__(self) -> WorkerChaos:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        kill(self.worker)
-
-
-def inject_faults(apexverify_url: str, hubspot_url: str) -> None:
-    requests.post(f"{apexverify_url}/_sandbox/config", json={"error_rate": 0.1}, timeout=5).raise_for_status()
-    for fault in (
-        {"endpoint": "any", "kind": "http_429", "count": 5},
-        {"endpoint": "status", "kind": "internal_error", "count": 1},
-    ):
-        requests.post(f"{apexverify_url}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
-    for kind in ("http_429", "http_500", "http_502"):
-        fault = {"endpoint": "any", "kind": kind, "count": 4}
-        requests.post(f"{hubspot_url}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
-
-
-def wait_settled(runtime: Runtime, sync_id: int, timeout: float) -> Sync:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        reconcile(runtime, overdue_after_seconds=5)  # the cron process's job, every minute in production
-        with runtime.session() as session:
-            sync = session.get_one(Sync, sync_id)
-            if sync.status in (SyncStatus.COMPLETED, SyncStatus.FAILED):
-                session.expunge(sync)
-                return sync
-    raise AssertionError(f"sync {sync_id} did not settle within {timeout} s")
-
-
-@pytest.mark.slow
-def test_hubspot_sync_survives_chaos(
-    chaos_runtime: Runtime, hubspot_sandbox: SandboxServer, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
-    runtime = chaos_runtime
     apexverify_url = runtime.settings.apexverify_base_url
     seeded = requests.post(
         f"{hubspot_sandbox.url}/_sandbox/seed",
         json={"generate": {"contacts": CONTACTS, "seed": 5}},
         timeout=30,
     ).json()
-    inject_faults(apexverify_url, hubspot_sandbox.url)
+    inject_apexverify_faults(apexverify_url)
+    add_faults(
+        hubspot_sandbox.url,
+        [
+            *({"endpoint": "any", "kind": kind, "count": 4} for kind in ("http_429", "http_500", "http_502")),
+            # Contacts merged or deleted while the sync runs: the flags import refuses some rows.
+            {"endpoint": "POST /crm/v3/imports", "kind": "record_errors", "count": 1},
+        ],
+    )
     source = {"kind": "hubspot_list", "ref": str(seeded["listId"])}
     connection = crm_connection(runtime, "hubspot")
     sync = start_segment_sync(runtime, connection, source=source, type_="email", trigger="admin", name="c")
+    crm_env = {
+        "HUBSPOT_BASE_URL": hubspot_sandbox.url,
+        "HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN,
+        "HUBSPOT_PORTAL_ID": "chaos",
+    }
 
-    with WorkerChaos(runtime, tmp_path, KILLS) as chaos:
-        final = wait_settled(runtime, sync.id, timeout=400)
-        if final.status == SyncStatus.FAILED:  # allowed once, with a clear code, then one operator retry
-            assert final.error_code, final
-            retry_sync(runtime, sync.id)
-            final = wait_settled(runtime, sync.id, timeout=400)
-        while chaos.kills < KILLS:  # the chaos must really have happened
-            time.sleep(0.5)
+    with WorkerChaos(runtime, tmp_path, sync.id, crm_env, gap=(1.0, 6.0)) as chaos:
+        run_to_completion(runtime, sync.id, chaos)
 
-    assert final.status == SyncStatus.COMPLETED, (final.error_code, final.error_message)
-    assert chaos.redis_restarted
-    assert_every_contact_has_one_outcome(runtime, sync.id)
+    assert_every_contact_has_one_outcome(runtime, sync.id, CONTACTS)
+    assert write_failure_reasons(runtime, sync.id) == {"INVALID_OBJECT_ID"}  # the refused import rows
     assert_one_launch_and_charge_per_batch(runtime, sync.id, apexverify_url)
-    assert_flags_match_verdicts(runtime, sync.id, hubspot_sandbox.url)
-    assert_nothing_left_behind(runtime, sync.id)
-
-
-def assert_every_contact_has_one_outcome(runtime: Runtime, sync_id: int) -> None:
-    with runtime.session() as session:
-        outcomes = dict(
-            session.execute(
-                select(SyncContact.outcome, func.count()).where(SyncContact.sync_id == sync_id)
-                .group_by(SyncContact.outcome)
-            ).all()
-        )  # fmt: skip
-        distinct_records = session.scalar(
-            select(func.count(func.distinct(SyncContact.record_id))).where(SyncContact.sync_id == sync_id)
-        )
-    assert sum(outcomes.values()) == distinct_records == CONTACTS
-    assert ContactOutcome.PENDING not in outcomes
-
-
-def assert_one_launch_and_charge_per_batch(runtime: Runtime, sync_id: int, apexverify_url: str) -> None:
-    state = requests.get(f"{apexverify_url}/_sandbox/state", timeout=5).json()
-    with runtime.session() as session:
-        ours = set(session.scalars(select(SyncBatch.batch_uuid).where(SyncBatch.sync_id == sync_id)))
-    launched = {b["batch_uuid"]: b for b in state["batches"] if b["launch_count"]}
-    assert set(launched) == ours
-    assert all(b["launch_count"] == 1 for b in launched.values())
-    assert state["charges"] == len(ours)
-
-
-def assert_flags_match_verdicts(runtime: Runtime, sync_id: int, hubspot_url: str) -> None:
-    with runtime.session() as session:
-        verdicts = dict(
-            session.execute(
-                select(SyncValue.value, SyncValue.status).where(SyncValue.sync_id == sync_id)
-            ).all()
-        )
     contacts = requests.get(
-        f"{hubspot_url}/_sandbox/contacts",
-        params={"property": ["email", "apexverify_status"], "limit": CONTACTS},
+        f"{hubspot_sandbox.url}/_sandbox/contacts",
+        params={"property": ["apexverify_status"], "limit": CONTACTS},
         timeout=30,
     ).json()["contacts"]
-    for contact in contacts:
-        email = (contact["properties"].get("email") or "").strip().lower()
-        if email:
-            assert contact["properties"].get("apexverify_status") == verdicts[email], contact
+    shown = {c["id"]: c["properties"].get("apexverify_status") for c in contacts}
+    assert_flags_match_verdicts(expected_statuses(runtime, sync.id), shown)
+    assert_nothing_left_behind(runtime, sync.id)
+    requests_made = requests.get(f"{hubspot_sandbox.url}/_sandbox/state", timeout=5).json()["requests"]
+    assert CONTACTS > HUBSPOT_BULK_THRESHOLD and requests_made.get("POST /crm/v3/imports")
+    assert not requests_made.get("POST /crm/v3/objects/contacts/batch/update")
 
 
-def assert_nothing_left_behind(runtime: Runtime, sync_id: int) -> None:
-    with runtime.session() as session:
-        sync = session.get_one(Sync, sync_id)
-        assert (sync.job_id, sync.lease_until) == (None, None)
-    queue = Queue(runtime.settings.queue_name, connection=runtime.redis)
-    assert queue.count == 0
-    assert queue.scheduled_job_registry.count == 0
+# ---- Salesforce --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def salesforce_sandbox() -> Iterator[SandboxServer]:
+    from connector.sandbox.salesforce import create_app
+
+    server = serve_in_thread(create_app(access_token=SALESFORCE_SESSION, bulk_delay=0.3))
+    yield server
+    server.stop()
+
+
+def _salesforce_records(sandbox: SandboxServer, fields: list[str]) -> Iterator[dict]:
+    for sobject in ("Contact", "Lead"):
+        offset = 0
+        while True:
+            page = requests.get(
+                f"{sandbox.url}/_sandbox/records",
+                params={"object": sobject, "offset": offset, "limit": 5000, "field": fields},
+                timeout=30,
+            ).json()["records"]
+            if not page:
+                break
+            yield from page
+            offset += len(page)
+
+
+def _seed_campaign(sandbox: SandboxServer) -> str:
+    """20,000 members (30% leads, every 200th a converted lead), every 250th contact behind a
+    validation rule: both are refused per record by the Bulk API ingest job."""
+    seeded = requests.post(
+        f"{sandbox.url}/_sandbox/seed",
+        json={
+            "generate": {"campaign_members": CONTACTS, "lead_ratio": 0.3, "converted_every": 200, "seed": 5}
+        },
+        timeout=60,
+    ).json()
+    contact_ids = [
+        record["Id"] for record in _salesforce_records(sandbox, ["Id"]) if record["Id"][:3] == "003"
+    ]
+    locked = {"validation_rule_ids": contact_ids[::250]}
+    requests.post(f"{sandbox.url}/_sandbox/seed", json=locked, timeout=30).raise_for_status()
+    tracked = {"track_writes": [STATUS_FIELD]}
+    requests.post(f"{sandbox.url}/_sandbox/config", json=tracked, timeout=5).raise_for_status()
+    return str(seeded["campaign_id"])
+
+
+def _salesforce_faults(sandbox: SandboxServer) -> None:
+    """5xx in every phase (bursts long enough to outlast the step lease), and the concurrent request
+    limit. Not the daily limit: that rightly pauses the sync until the next UTC day."""
+    planned = [
+        ("any", "http_503", 2),
+        (f"GET {SF_API}/query", "http_500", 3),
+        (f"POST {SF_API}/jobs/query", "http_503", 1),
+        (f"GET {SF_API}/jobs/query/{{job_id}}/results", "http_500", 2),
+        (f"GET {SF_API}/sobjects/{{object_name}}/describe", "http_500", 1),
+        (f"POST {SF_API}/jobs/ingest", "concurrent_limit", 1),
+        (f"PUT {SF_API}/jobs/ingest/{{job_id}}/batches", "http_503", 2),
+        (f"GET {SF_API}/jobs/ingest/{{job_id}}", "http_500", 3),
+        (f"GET {SF_API}/jobs/ingest/{{job_id}}/failedResults", "http_503", 1),
+    ]
+    add_faults(sandbox.url, [{"endpoint": e, "kind": k, "count": n} for e, k, n in planned])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_salesforce_campaign_sync_survives_chaos(
+    real_redis: Runtime, salesforce_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    runtime = with_settings(
+        real_redis,
+        salesforce_instance_url=salesforce_sandbox.url,
+        salesforce_access_token=SALESFORCE_SESSION,
+        step_lease_seconds=5,
+    )
+    apexverify_url = runtime.settings.apexverify_base_url
+    campaign_id = _seed_campaign(salesforce_sandbox)
+    inject_apexverify_faults(apexverify_url)
+    _salesforce_faults(salesforce_sandbox)
+    source = {"kind": "salesforce_campaign", "ref": campaign_id}
+    connection = crm_connection(runtime, "salesforce")
+    sync = start_segment_sync(runtime, connection, source=source, type_="email", trigger="admin", name="c")
+    crm_env = {
+        "SALESFORCE_INSTANCE_URL": salesforce_sandbox.url,
+        "SALESFORCE_ACCESS_TOKEN": SALESFORCE_SESSION,
+    }
+
+    with WorkerChaos(runtime, tmp_path, sync.id, crm_env, seed=29) as chaos:
+        run_to_completion(runtime, sync.id, chaos)
+
+    assert_every_contact_has_one_outcome(runtime, sync.id, CONTACTS)
+    assert write_failure_reasons(runtime, sync.id) == {
+        "CANNOT_UPDATE_CONVERTED_LEAD",
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+    }
+    assert_one_launch_and_charge_per_batch(runtime, sync.id, apexverify_url)
+    expected = expected_statuses(runtime, sync.id)
+    shown = {r["Id"]: r[STATUS_FIELD] for r in _salesforce_records(salesforce_sandbox, [STATUS_FIELD])}
+    assert_flags_match_verdicts(expected, shown)
+    assert_no_record_got_two_verdicts(salesforce_sandbox, expected)
+    assert_nothing_left_behind(runtime, sync.id)
+    state = requests.get(f"{salesforce_sandbox.url}/_sandbox/state", timeout=5).json()
+    assert CONTACTS > SALESFORCE_BULK_THRESHOLD and state["query_jobs"] and state["ingest_jobs"]
+    assert not state["requests"].get(f"PATCH {SF_API}/composite/sobjects")
+    assert not [
+        job for job, phase in state["ingest_jobs"].items() if phase in ("UploadComplete", "InProgress")
+    ]
+
+
+def assert_no_record_got_two_verdicts(sandbox: SandboxServer, expected: dict[str, str | None]) -> None:
+    """Every status ever written to a record (retried writes included) is the one it should show."""
+    writes = requests.get(
+        f"{sandbox.url}/_sandbox/writes", params={"field": STATUS_FIELD}, timeout=30
+    ).json()["records"]
+    unexpected = {rid: values for rid, values in writes.items() if set(values) != {expected.get(rid)}}
+    assert not unexpected, (
+        f"{len(unexpected)} records got another status, e.g. {list(unexpected.items())[:5]}"
+    )
+    unwritten = [rid for rid, status in expected.items() if status is not None and rid not in writes]
+    assert not unwritten, f"{len(unwritten)} verified records were never written, e.g. {unwritten[:5]}"

@@ -503,6 +503,58 @@ def test_import_updates_contacts_and_reports_row_errors(
     assert first_page.paging.next.after == "1"
 
 
+def test_a_record_errors_fault_refuses_some_records_of_a_batch_update_and_of_an_import(
+    sandbox: SandboxServer, client: HubSpot, tmp_path: Path
+) -> None:
+    create_apexverify_properties(client)
+    ids = seed_contacts(sandbox, *[f"r{i}@acme.com" for i in range(250)])
+    for endpoint in ("POST /crm/v3/objects/contacts/batch/update", "POST /crm/v3/imports"):
+        control(sandbox, "faults", {"endpoint": endpoint, "kind": "record_errors", "count": 1})
+
+    def update(contact_ids: list[str]) -> Any:
+        inputs = [
+            SimplePublicObjectBatchInput(id=i, properties={"apexverify_status": "valid"}) for i in contact_ids
+        ]
+        return client.crm.contacts.batch_api.update(BatchInputSimplePublicObjectBatchInput(inputs=inputs))
+
+    partial = update(ids[:3])
+    assert [r.id for r in partial.results] == ids[1:3]
+    assert [(e.category, e.context["ids"]) for e in partial.errors] == [("OBJECT_NOT_FOUND", [ids[0]])]
+    assert "apexverify_status" not in sandbox_contact(sandbox, ids[0])
+    assert isinstance(update(ids[:3]), BatchResponseSimplePublicObject)  # the fault is spent
+
+    upload = tmp_path / "flags.csv"
+    upload.write_text("Record ID,apexverify_status\n" + "".join(f"{i},wrong\n" for i in ids))
+    mappings = [
+        {"columnObjectTypeId": "0-1", "columnName": "Record ID", "propertyName": "hs_object_id",
+         "columnType": "HUBSPOT_OBJECT_ID"},
+        {"columnObjectTypeId": "0-1", "columnName": "apexverify_status", "propertyName": "apexverify_status"},
+    ]  # fmt: skip
+    import_request = {
+        "name": "flags",
+        "importOperations": {"0-1": "UPDATE"},
+        "files": [
+            {
+                "fileName": upload.name,
+                "fileFormat": "CSV",
+                "fileImportPage": {"hasHeader": True, "columnMappings": mappings},
+            }
+        ],
+    }
+    imports = client.crm.imports
+    started = imports.core_api.create(files=str(upload), import_request=json.dumps(import_request))
+    done = imports.core_api.get_by_id(int(started.id))
+
+    assert (done.state, done.metadata.counters["UPDATED_OBJECTS"]) == ("DONE", 248)
+    errors = imports.public_imports_api.get_errors(int(started.id), include_row_data=True).results
+    assert [(e.error_type, e.source_data.row_data[0]) for e in errors] == [
+        ("INVALID_OBJECT_ID", ids[99]),
+        ("INVALID_OBJECT_ID", ids[199]),
+    ]
+    assert "apexverify_status" not in sandbox_contact(sandbox, ids[99])
+    assert sandbox_contact(sandbox, ids[1])["apexverify_status"] == "wrong"
+
+
 def test_import_needs_a_record_id_column(sandbox: SandboxServer, tmp_path: Path) -> None:
     upload = tmp_path / "rows.csv"
     upload.write_text("Email\nann@acme.com\n")

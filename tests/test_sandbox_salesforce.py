@@ -557,6 +557,40 @@ def test_injected_faults_fail_the_next_requests_only(sandbox: SandboxServer, sf:
         sf.Contact.describe()
     assert error_code(refused.value) == "REQUEST_LIMIT_EXCEEDED"
 
+    control(sandbox, "faults", {"endpoint": "any", "kind": "concurrent_limit", "count": 1})
+    with pytest.raises(SalesforceRefusedRequest) as concurrent:
+        sf.Contact.describe()
+    assert concurrent.value.content == [
+        {"message": "ConcurrentPerOrgLongTxn Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+    ]
+    assert sf.Contact.describe()["name"] == "Contact"
+
+
+def test_tracked_fields_keep_every_value_written_by_collections_and_bulk_ingest(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    control(sandbox, "config", {"track_writes": ["apexverify_status__c"]})  # any case, as field names
+
+    collection_update(
+        sf,
+        [
+            flags("Contact", people["ada"], ApexVerify_Status__c="valid"),
+            flags("Contact", people["cleo"], ApexVerify_Status__c="valid"),  # refused: not written
+            flags("Contact", people["ben"], ApexVerify_Valid__c=True),  # another field only
+        ],
+    )
+    sf.bulk2.Contact.update(records=[{"Id": people["ada"], "ApexVerify_Status__c": "wrong"}], wait=0)
+
+    writes = requests.get(
+        f"{sandbox.url}/_sandbox/writes", params={"field": "ApexVerify_Status__c"}, timeout=5
+    ).json()
+    assert writes == {"field": "ApexVerify_Status__c", "records": {people["ada"]: ["valid", "wrong"]}}
+    untracked = requests.get(f"{sandbox.url}/_sandbox/writes", params={"field": "Email"}, timeout=5)
+    assert untracked.status_code == 400
+    with pytest.raises(requests.HTTPError):
+        control(sandbox, "config", {"track_writes": ["No_Such_Field__c"]})
+
 
 def test_unknown_version_and_route_answer_not_found(sandbox: SandboxServer, rest: Rest) -> None:
     old = requests.get(

@@ -8,7 +8,7 @@
    (any non-empty token when unset); else 401 INVALID_AUTHENTICATION;
 3. the portal's rate limits (rolling 10 s window, daily count); else 429 with HubSpot's
    RATE_LIMIT body. Every answer carries the X-HubSpot-RateLimit-* headers;
-4. injected faults (POST /_sandbox/faults);
+4. injected faults (POST /_sandbox/faults; `record_errors` is left to the endpoint);
 5. the OpenAPI specs (`validate_requests`): a request the specs do not allow gets 400
    VALIDATION_ERROR with one `errors` entry per problem;
 6. the endpoint itself (connector/sandbox/hubspot_api.py).
@@ -112,7 +112,10 @@ def _admit_api_request() -> Response | tuple[Response, int] | None:
         g.validate_responses = state.config.validate_responses
     if policy:
         return jsonify(rate_limit_body(policy, state.rate_group)), 429
-    if fault:
+    if fault == "record_errors":
+        # Not an error answer: the endpoint runs and refuses some of the request's records itself.
+        g.record_errors = True
+    elif fault:
         return _fault_response(fault, state)
     refusal = _check_against_spec(validate)
     if refusal is not None:

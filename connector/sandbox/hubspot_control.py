@@ -12,7 +12,10 @@
 - POST /_sandbox/config: change rate_limit_per_10s, daily_limit, export_delay, import_delay,
   validate_requests, validate_responses, export_zip, portal_id.
 - POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" |
-  "http_502" | "http_429", "count": n}: the next n matching requests fail that way.
+  "http_502" | "http_429" | "record_errors", "count": n}: the next n matching requests fail that
+  way. `record_errors` is a partial failure, as when contacts are merged or deleted while a sync
+  runs: a batch update answers 207 with its first input refused (OBJECT_NOT_FOUND, not written); an
+  import refuses every 100th row (INVALID_OBJECT_ID, not written). Other requests are unaffected.
 - POST /_sandbox/reset: back to the state the sandbox started in.
 """
 

@@ -17,7 +17,8 @@ from connector.sandbox.hubspot_jobs import ExportTask, ImportJob
 from connector.sandbox.hubspot_properties import PropertyCatalog, iso_now
 
 RATE_WINDOW_SECONDS = 10.0
-FAULT_KINDS = ("http_500", "http_502", "http_429")
+# record_errors: the request is accepted, but some of its records are refused (see hubspot_control).
+FAULT_KINDS = ("http_500", "http_502", "http_429", "record_errors")
 
 
 @dataclass

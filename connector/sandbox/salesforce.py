@@ -58,6 +58,8 @@ FAULT_ANSWERS = {
     ),
     "http_503": (503, "SERVER_UNAVAILABLE", "The server is temporarily unable to handle the request."),
     "request_limit": (403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
+    # Same errorCode, but the org's concurrent long-running request limit: it clears in seconds.
+    "concurrent_limit": (403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."),
 }
 
 

@@ -15,9 +15,15 @@
 - GET /_sandbox/state: requests per "<METHOD> <route>" (route as the URL rule, e.g.
   "GET /services/data/v{version}/query"), api_usage, api_limit, record counts, jobs, config.
 - POST /_sandbox/config: {"daily_api_limit", "api_usage", "bulk_delay", "missing_fields":
-  {"Contact": [...]}, "readonly_fields": {"Lead": [...]}, "expire_token": true} (any subset).
+  {"Contact": [...]}, "readonly_fields": {"Lead": [...]}, "expire_token": true, "track_writes":
+  ["ApexVerify_Status__c", ...]} (any subset). `track_writes` keeps every value written to those
+  fields (by sObject updates, Collections and Bulk ingest), so a test can see a record written twice.
+- GET /_sandbox/writes?field=ApexVerify_Status__c: {"field", "records": {id: [values in write order]}}
+  for every record written since the field was tracked.
 - POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" | "http_503" |
-  "request_limit", "count": n}: the next n matching API requests fail that way.
+  "request_limit" | "concurrent_limit", "count": n}: the next n matching API requests fail that way
+  (`request_limit`: 403 REQUEST_LIMIT_EXCEEDED for the daily allocation; `concurrent_limit`: the same
+  errorCode for the concurrent long-running request limit, "ConcurrentPerOrgLongTxn Limit exceeded.").
 - POST /_sandbox/reset: back to the state the sandbox started in.
 """
 
@@ -261,6 +267,7 @@ def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
         "missing_fields",
         "readonly_fields",
         "expire_token",
+        "track_writes",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -269,13 +276,43 @@ def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
         if name in body and (not isinstance(body[name], int) or body[name] < 0):
             raise ValueError(f"{name} must be a non-negative integer")
     bulk_delay = float(body.get("bulk_delay", state.config.bulk_delay))
+    tracked = _tracked_fields(body.get("track_writes", state.config.track_writes))
     if "missing_fields" in body or "readonly_fields" in body:
         missing = body.get("missing_fields", state.schema.missing)
         state.schema.configure(missing, body.get("readonly_fields", state.schema.readonly))
     state.config.daily_api_limit = body.get("daily_api_limit", state.config.daily_api_limit)
     state.api_usage = body.get("api_usage", state.api_usage)
     state.config.bulk_delay = bulk_delay
+    state.config.track_writes = tracked
     return state.tokens.expire_current() if body.get("expire_token") else 0
+
+
+def _tracked_fields(names: Any) -> tuple[str, ...]:
+    """Canonical names of Contact/Lead fields to track; a name neither object has is refused."""
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise ValueError("track_writes must be a list of field names")
+    canonical = []
+    for name in names:
+        found = full_object("Contact").field(name) or full_object("Lead").field(name)
+        if found is None:
+            raise ValueError(f"track_writes: neither Contact nor Lead has a field {name!r}")
+        canonical.append(found.name)
+    return tuple(canonical)
+
+
+@control.get("/writes")
+def list_writes() -> ResponseReturnValue:
+    name = request.args.get("field", "")
+    state = sandbox_state()
+    with state.lock:
+        if name not in state.config.track_writes:
+            return jsonify({"error": f"{name!r} is not tracked; track it with POST /_sandbox/config"}), 400
+        logged = state.write_log.get(name, {})
+        records = {
+            state.store.values(serial, ["Id"])["Id"]: [to_json(value) for value in values]
+            for serial, values in logged.items()
+        }
+    return jsonify({"field": name, "records": records})
 
 
 @control.post("/faults")

@@ -23,7 +23,7 @@ from connector.sandbox.salesforce_soql import BoundQuery
 if TYPE_CHECKING:
     from connector.sandbox.salesforce_bulk import IngestJob, QueryJob
 
-FAULT_KINDS = ("http_500", "http_503", "request_limit")
+FAULT_KINDS = ("http_500", "http_503", "request_limit", "concurrent_limit")
 MAX_OPEN_CURSORS = 100  # oldest query cursors are dropped beyond this, as Salesforce expires them
 
 
@@ -53,9 +53,17 @@ class SandboxConfig:
     org_id: str = make_id(KEY_PREFIXES["Organization"], 1)
     daily_api_limit: int = 100_000
     bulk_delay: float = 1.0
+    # Fields whose every written value is kept per record (GET /_sandbox/writes); off by default,
+    # as a million-record write-back would keep a million lists.
+    track_writes: tuple[str, ...] = ()
 
     def public(self) -> dict[str, Any]:
-        return {"org_id": self.org_id, "daily_api_limit": self.daily_api_limit, "bulk_delay": self.bulk_delay}
+        return {
+            "org_id": self.org_id,
+            "daily_api_limit": self.daily_api_limit,
+            "bulk_delay": self.bulk_delay,
+            "track_writes": list(self.track_writes),
+        }
 
 
 class TokenBook:
@@ -115,6 +123,8 @@ class SandboxState:
         self.ingest_jobs: dict[str, IngestJob] = {}
         self.query_jobs: dict[str, QueryJob] = {}
         self._serials = Counter[str]()
+        # {field: {serial: [every value written, in order]}} for the fields in config.track_writes.
+        self.write_log: dict[str, dict[int, list[Any]]] = {}
         if self._uploads is not None:
             self._uploads.cleanup()
         # Ingest uploads go to disk, not memory; the directory goes when the state does.
@@ -128,6 +138,12 @@ class SandboxState:
     def upload_path(self, job_id: str) -> Path:
         assert self._uploads is not None
         return Path(self._uploads.name) / f"{job_id}.csv"
+
+    def note_write(self, serial: int, values: dict[str, Any]) -> None:
+        """Remember the values a record update wrote to the tracked fields (REST and Bulk alike)."""
+        for name in self.config.track_writes:
+            if name in values:
+                self.write_log.setdefault(name, {}).setdefault(serial, []).append(values[name])
 
     # ---- API allocation ----
 

@@ -79,6 +79,7 @@ def apply(state: SandboxState, plan: PlannedWrite) -> None:
     assert plan.ok and plan.serial is not None
     now = utc_now()
     state.store.update(plan.serial, {**plan.values, "LastModifiedDate": now, "SystemModstamp": now})
+    state.note_write(plan.serial, plan.values)
 
 
 def rolled_back(plan: PlannedWrite) -> PlannedWrite:
