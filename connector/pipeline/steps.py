@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, and_, bindparam, delete, func, select, type_coerce, update
+from sqlalchemy import DateTime, String, and_, bindparam, delete, func, select, type_coerce, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from connector.apexverify import (
@@ -517,7 +518,9 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
     )
     table = SyncContact.__table__
     with ctx.session() as session:
-        if failures:
+        if failures and session.get_bind().dialect.name == "postgresql":
+            _record_failures_at_once(session, in_range, failures)
+        elif failures:
             session.execute(
                 table.update()
                 .where(*in_range, table.c.record_id == bindparam("b_record_id"))
@@ -533,6 +536,23 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
             )
         session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
         remember_written_values(session, _load(session, ctx), after_id, last_id)
+
+
+def _record_failures_at_once(
+    session: Session, in_range: tuple[Any, ...], failures: list[WriteFailure]
+) -> None:
+    """One UPDATE joined to the refusals as arrays: a statement per refusal rescanned the whole
+    written range each time (5,000 refusals in a page of 250,000 took minutes)."""
+    refused = func.unnest(
+        bindparam("ids", [f.record_id for f in failures], type_=postgresql.ARRAY(String)),
+        bindparam("codes", [f.code[:60] for f in failures], type_=postgresql.ARRAY(String)),
+        bindparam("messages", [f.message for f in failures], type_=postgresql.ARRAY(String)),
+    ).table_valued("record_id", "code", "message").render_derived(name="refused")
+    session.execute(
+        update(SyncContact.__table__)
+        .where(*in_range, SyncContact.__table__.c.record_id == refused.c.record_id)
+        .values(outcome=ContactOutcome.WRITE_FAILED, reason=refused.c.code, error_message=refused.c.message)
+    )
 
 
 def _fail_orphans(session: Session, sync_id: int) -> None:
