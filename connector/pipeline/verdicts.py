@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector.crm.base import Verdict
-from connector.db import copy_rows
+from connector.db import copy_rows, dialect_insert
 from connector.models import SyncValue, VerifiedValue
 
 # A malformed value is neither a role address nor a disposable inbox: every flag gets written.
@@ -68,9 +67,7 @@ def remember_verdicts(session: Session, type_: str, rows: Iterable[dict[str, Any
     ]
     if not payload:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(VerifiedValue)
+    stmt = dialect_insert(session, VerifiedValue)
     updated = {c: stmt.excluded[c] for c in VERDICT_COLUMNS}
     session.execute(stmt.on_conflict_do_update(index_elements=["type", "value"], set_=updated), payload)
 
