@@ -219,6 +219,9 @@ class SyncBatch(Base):
     found_cost: Mapped[dict[str, Any] | None]
     stats: Mapped[dict[str, Any] | None]
     launched_at: Mapped[datetime | None]
+    # The last moment ApexVerify said the batch was still verifying; with done_at (when it was
+    # first seen done) it brackets when verification really finished.
+    seen_ongoing_at: Mapped[datetime | None]
     done_at: Mapped[datetime | None]
     results_fetched_at: Mapped[datetime | None]
     # Set when ApexVerify broke the batch after launch and its values moved to a new batch.

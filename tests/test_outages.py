@@ -181,7 +181,13 @@ def test_syncs_wait_out_a_ten_minute_apexverify_outage_and_resume(
                 reconcile(runtime)
                 return all(_status(runtime, s) in ("completed", "failed") for s in (verifying, not_uploaded))
 
-            wait_for(both_done, 240, "both syncs to finish after the outage")
+            try:
+                wait_for(both_done, 240, "both syncs to finish after the outage")
+            except AssertionError as error:  # CI keeps no files: say where each sync stood
+                syncs = [_sync(runtime, i) for i in (verifying, not_uploaded)]
+                states = [(s.id, s.status, s.poll_attempt, s.pause_reason) for s in syncs]
+                log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{error}: {states}\nworker log ends:\n{log_tail}") from None
             state = requests.get(f"{sandbox_url}/_sandbox/state", timeout=5).json()
         finally:
             restored.stop()

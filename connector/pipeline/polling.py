@@ -7,13 +7,24 @@ take lets us do better with no more calls: the first poll comes at 80% of the ex
 later ones every 15% of the time elapsed (5 s to 60 s), so completion is seen at most
 max(15%, 5 s) late. The k-th poll never comes before the documented schedule's k-th poll, so we
 never make more calls than it, however wrong the estimate; both targets hold for estimates from
-15% short to 40% long. The estimate comes from when earlier batches were seen done, so it errs
-long rather than short. With no history (a new account) the documented schedule is used as it is.
+15% short to 40% long.
+
+A long estimate is the dangerous one: it puts the first poll off, and nothing brings it back
+(a history of 40-row test files would put a million-row batch's first poll days out, and a
+batch seen done only after a 10-minute outage pushed the next one's out by minutes). A short one
+merely falls back towards the documented schedule. So the estimate errs short: it learns only from
+batches of similar size (within 2x), and a sync's batches are assumed to verify side by side. A
+batch counts for the middle of the gap between the poll that last saw it verifying and the one that
+saw it done, unless that gap is wider than any gap either schedule plans (poll_max_seconds):
+something held the poll up, so only the start of the gap is known. With no such history the
+documented schedule is used as it is.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import datetime
+
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.config import Settings
@@ -22,6 +33,9 @@ from connector.models import Sync, SyncBatch, utcnow
 FIRST_POLL_OF_ESTIMATE = 0.8
 GAP_OF_ELAPSED = 0.15
 HISTORY_BATCHES = 20
+SIMILAR_SIZE = 2.0
+# Room over poll_max_seconds for scheduler and queue latency before a gap counts as held up.
+PLANNED_GAP_SLACK = 1.5
 
 
 def documented_gap(settings: Settings, attempt: int) -> float:
@@ -34,9 +48,7 @@ def documented_poll_time(settings: Settings, calls_made: int) -> float:
     return sum(documented_gap(settings, attempt) for attempt in range(calls_made))
 
 
-def next_poll_time(
-    settings: Settings, calls_made: int, last_poll: float, estimate: float | None
-) -> float:
+def next_poll_time(settings: Settings, calls_made: int, last_poll: float, estimate: float | None) -> float:
     """Seconds after launch for the next status poll, given the polls made so far."""
     floor = documented_poll_time(settings, calls_made)
     if estimate is None:
@@ -54,35 +66,41 @@ def verification_poll_delay(session: Session, settings: Settings, sync: Sync) ->
         return 0.0
     launched = min(b.launched_at for b in pending if b.launched_at is not None)
     elapsed = (utcnow() - launched).total_seconds()
-    rows = sum(b.rows for b in pending)
-    estimate = estimate_verification_seconds(session, sync.type, rows)
+    estimate = estimate_verification_seconds(session, settings, sync.type, max(b.rows for b in pending))
     moment = next_poll_time(settings, sync.poll_attempt, elapsed, estimate)
     return max(moment - elapsed, 0.0)
 
 
-def estimate_verification_seconds(session: Session, type_: str, rows: int) -> float | None:
-    """Rows times the seconds per row of the account's recent batches of this type, if any."""
-    took = func.extract("epoch", SyncBatch.done_at - SyncBatch.launched_at)
-    if session.get_bind().dialect.name == "sqlite":
-        took = (func.julianday(SyncBatch.done_at) - func.julianday(SyncBatch.launched_at)) * 86400
-    recent = (
-        select(took.label("seconds"), SyncBatch.rows)
+def estimate_verification_seconds(
+    session: Session, settings: Settings, type_: str, rows: int
+) -> float | None:
+    """Seconds a batch of `rows` rows should take, from recent batches of this type and similar size."""
+    if rows <= 0:
+        return None
+    recent = session.execute(
+        select(SyncBatch.launched_at, SyncBatch.seen_ongoing_at, SyncBatch.done_at, SyncBatch.rows)
         .join(Sync, Sync.id == SyncBatch.sync_id)
         .where(
             Sync.type == type_,
             SyncBatch.done_at.is_not(None),
-            SyncBatch.launched_at.is_not(None),
+            SyncBatch.seen_ongoing_at.is_not(None),
             SyncBatch.abandoned_at.is_(None),
-            SyncBatch.rows > 0,
+            SyncBatch.rows.between(rows / SIMILAR_SIZE, rows * SIMILAR_SIZE),
         )
         .order_by(SyncBatch.done_at.desc())
         .limit(HISTORY_BATCHES)
-        .subquery()
-    )
-    seconds, history_rows = session.execute(
-        select(func.sum(recent.c.seconds), func.sum(recent.c.rows))
-    ).one()
-    if not history_rows or seconds is None:
+    ).all()
+    if not recent:
         return None
-    return float(seconds) / float(history_rows) * rows
+    widest = PLANNED_GAP_SLACK * settings.poll_max_seconds
+    seconds = sum(_verification_seconds(launched, seen, done, widest) for launched, seen, done, _ in recent)
+    return seconds / sum(history_rows for *_, history_rows in recent) * rows
 
+
+def _verification_seconds(launched: datetime, seen_ongoing: datetime, done: datetime, widest: float) -> float:
+    """When the batch finished: mid-gap between the last two polls, or the gap's start if it was held up."""
+    still_verifying = (seen_ongoing - launched).total_seconds()
+    seen_done = (done - launched).total_seconds()
+    if seen_done - still_verifying <= widest:
+        return (still_verifying + seen_done) / 2
+    return still_verifying

@@ -337,7 +337,14 @@ def launch_batches(ctx: StepContext) -> StepResult:
         if outcome == LaunchOutcome.NOT_READY:
             _update_batch(ctx, batch.id, parse_requested=False)
             return Advance(SyncStatus.PARSING, f"batch {batch.batch_uuid} was not ready; parsing again")
-        _update_batch(ctx, batch.id, launched_at=utcnow(), remote_status=BatchStatus.VERIFICATION_ONGOING)
+        now = utcnow()
+        _update_batch(
+            ctx,
+            batch.id,
+            launched_at=now,
+            seen_ongoing_at=now,
+            remote_status=BatchStatus.VERIFICATION_ONGOING,
+        )
         if outcome == LaunchOutcome.OK:
             count(ctx.runtime.redis, "credits_spent", _batch_net_cost(batch))
     with ctx.session() as session:
@@ -365,6 +372,7 @@ def await_verification(ctx: StepContext) -> StepResult:
         if status == BatchStatus.VERIFICATION_DONE:
             _update_batch(ctx, batch.id, done_at=utcnow(), remote_status=status)
         else:
+            _update_batch(ctx, batch.id, seen_ongoing_at=utcnow())
             pending += 1
     return Wait() if pending else Advance(SyncStatus.FETCHING_RESULTS)
 
@@ -467,8 +475,10 @@ class PendingUpdates:
     def __iter__(self) -> Iterator[FlagUpdate]:
         with self.ctx.session() as session:
             # Core rows streamed from a server-side cursor: no ORM loading per contact.
-            rows = session.connection().execution_options(yield_per=2000).execute(
-                _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit)
+            rows = (
+                session.connection()
+                .execution_options(yield_per=2000)
+                .execute(_pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit))
             )
             verdicts: dict[tuple[Any, ...], Verdict] = {}  # shared, so writers can memoize per verdict
             for row in rows:
@@ -543,11 +553,15 @@ def _record_failures_at_once(
 ) -> None:
     """One UPDATE joined to the refusals as arrays: a statement per refusal rescanned the whole
     written range each time (5,000 refusals in a page of 250,000 took minutes)."""
-    refused = func.unnest(
-        bindparam("ids", [f.record_id for f in failures], type_=postgresql.ARRAY(String)),
-        bindparam("codes", [f.code[:60] for f in failures], type_=postgresql.ARRAY(String)),
-        bindparam("messages", [f.message for f in failures], type_=postgresql.ARRAY(String)),
-    ).table_valued("record_id", "code", "message").render_derived(name="refused")
+    refused = (
+        func.unnest(
+            bindparam("ids", [f.record_id for f in failures], type_=postgresql.ARRAY(String)),
+            bindparam("codes", [f.code[:60] for f in failures], type_=postgresql.ARRAY(String)),
+            bindparam("messages", [f.message for f in failures], type_=postgresql.ARRAY(String)),
+        )
+        .table_valued("record_id", "code", "message")
+        .render_derived(name="refused")
+    )
     session.execute(
         update(SyncContact.__table__)
         .where(*in_range, SyncContact.__table__.c.record_id == refused.c.record_id)
