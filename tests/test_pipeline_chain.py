@@ -315,8 +315,8 @@ def test_an_export_step_replaced_while_it_reads_the_segment_adds_no_contact(
     real_source_for = steps.source_for
 
     class ReplacedWhileReading:
-        def __init__(self, *args: object) -> None:
-            self.source = real_source_for(*args)  # type: ignore[arg-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.source = real_source_for(*args, **kwargs)  # type: ignore[arg-type]
 
         def iter_records(self):  # type: ignore[no-untyped-def]
             with runtime.session() as session:  # what the reconciler does once the lease has run out
@@ -336,3 +336,4 @@ def sync_job_id(runtime: Runtime, sync_id: int) -> str:
         job_id = session.get_one(Sync, sync_id).job_id
     assert job_id is not None
     return job_id
+

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 from sqlalchemy import select
 
-from connector.models import Sync, SyncContact, SyncStatus, SyncValue
+from connector.models import Sync, SyncContact, SyncStatus, SyncValue, utcnow
 from connector.pipeline.coalesce import flush_due_buffers
 from connector.pipeline.drive import drive_until_settled
 from connector.runtime import Runtime
@@ -152,3 +154,51 @@ def test_a_missing_custom_field_fails_the_sync_before_any_credit_is_spent(
     assert "ApexVerify_Is_Role__c" in sync.error_message and "ApexVerify_Status__c" in sync.error_message
     state = requests.get(f"{sf_runtime.settings.apexverify_base_url}/_sandbox/state", timeout=5).json()
     assert state["batches"] == [] and state["charges"] == 0
+
+
+def test_a_step_retrying_through_salesforce_errors_keeps_its_lease(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    """Three 503s keep the export retrying for 1 + 2 + 4 s, longer than its 2-second lease.
+
+    The step renews the lease as it waits; before, the lease lapsed mid-retry and the reconciler
+    was free to start a second job on the same sync.
+    """
+    seeded = requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/seed", json={"generate": {"campaign_members": 20}}, timeout=10
+    ).json()
+    answer = requests.post(
+        f"{web.url}/webhooks/salesforce", json={"campaignId": seeded["campaign_id"]},
+        headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
+    )  # fmt: skip
+    assert answer.json() == {"accepted": 1}
+    runtime = with_settings(sf_runtime, step_lease_seconds=2)
+    sync_id = only_sync(runtime)
+    fault = {"endpoint": "any", "kind": "http_503", "count": 3}
+    requests.post(f"{salesforce_sandbox.url}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
+
+    lapsed: list[tuple[str, object]] = []
+    done = threading.Event()
+
+    def watch_the_lease() -> None:
+        while not done.is_set():
+            with runtime.session() as session:
+                status, lease_until = session.execute(
+                    select(Sync.status, Sync.lease_until).where(Sync.id == sync_id)
+                ).one()
+            if lease_until is not None and lease_until < utcnow():
+                lapsed.append((status, lease_until))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_the_lease)
+    watcher.start()
+    try:
+        sync = drive_until_settled(runtime, sync_id, tick_seconds=0.1)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    assert lapsed == []
+    pending_faults = requests.get(f"{salesforce_sandbox.url}/_sandbox/state", timeout=5).json()["faults"]
+    assert pending_faults == []  # the three 503s were answered and retried through

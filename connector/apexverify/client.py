@@ -107,7 +107,13 @@ class ApexVerifyClient:
         self.on_call: CallHook | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis_connection: redis.Redis | None) -> ApexVerifyClient:
+    def from_settings(
+        cls,
+        settings: Settings,
+        redis_connection: redis.Redis | None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> ApexVerifyClient:
         limiter = None
         if redis_connection is not None:
             limiter = RateLimiter(
@@ -118,6 +124,7 @@ class ApexVerifyClient:
             settings.apexverify_api_key,
             limiter=limiter,
             timeout=settings.apexverify_timeout_seconds,
+            sleep=sleep,
         )
 
     def __repr__(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -12,26 +14,29 @@ from connector.errors import ConnectorError
 from connector.models import CoalescedContact, Connection, Sync
 from connector.runtime import Runtime
 
+# How a CRM client waits between retries and polls: a step passes StepContext.sleep to keep its lease.
+Sleep = Callable[[float], None]
 
-def source_for(runtime: Runtime, sync: Sync) -> SegmentSource:
+
+def source_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> SegmentSource:
     kind = sync.source.get("kind")
     if kind == "file":
         return FileSegmentSource(Path(sync.source["path"]), sync.type)
     if kind == "coalesced":
         from connector.pipeline.coalesce import CoalescedSource
 
-        return CoalescedSource(runtime, sync.id, sync.type, reader_for(runtime, sync))
+        return CoalescedSource(runtime, sync.id, sync.type, reader_for(runtime, sync, sleep=sleep))
     if kind == "hubspot_list":
         from connector.crm.hubspot import HubSpotListSource
 
         return HubSpotListSource(
-            _hubspot_api(runtime), sync.source["ref"], sync.type, settings=runtime.settings
+            _hubspot_api(runtime, sleep), sync.source["ref"], sync.type, settings=runtime.settings
         )
     if kind in ("salesforce_campaign", "salesforce_soql"):
         from connector.crm.salesforce import SalesforceSegmentSource
 
         return SalesforceSegmentSource(
-            _salesforce_api(runtime),
+            _salesforce_api(runtime, sleep),
             sync.source,
             sync.type,
             field_names=_field_names(runtime, sync),
@@ -40,19 +45,23 @@ def source_for(runtime: Runtime, sync: Sync) -> SegmentSource:
     raise ConnectorError("unknown_source", f"sync {sync.id} has a source of unknown kind {kind!r}")
 
 
-def reader_for(runtime: Runtime, sync: Sync) -> RecordReader | None:
+def reader_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> RecordReader | None:
     if sync.crm == "hubspot":
         from connector.crm.hubspot import HubSpotRecordReader
 
-        return HubSpotRecordReader(_hubspot_api(runtime), field_names=_field_names(runtime, sync))
+        return HubSpotRecordReader(_hubspot_api(runtime, sleep), field_names=_field_names(runtime, sync))
     if sync.crm == "salesforce":
         from connector.crm.salesforce import SalesforceRecordReader
 
-        return SalesforceRecordReader(_salesforce_api(runtime), field_names=_field_names(runtime, sync))
+        return SalesforceRecordReader(
+            _salesforce_api(runtime, sleep), field_names=_field_names(runtime, sync)
+        )
     return None
 
 
-def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> FlagWriter:
+def writer_for(
+    runtime: Runtime, sync: Sync, *, expected_updates: int = 0, sleep: Sleep = time.sleep
+) -> FlagWriter:
     """The writer for the sync's CRM; `expected_updates` lets it choose REST batches or a bulk job."""
     if sync.crm == "file":
         return NullFlagWriter()
@@ -60,7 +69,7 @@ def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> Fl
         from connector.crm.hubspot import HubSpotFlagWriter
 
         return HubSpotFlagWriter(
-            _hubspot_api(runtime),
+            _hubspot_api(runtime, sleep),
             sync.type,
             expected_updates=expected_updates,
             field_names=_field_names(runtime, sync),
@@ -70,7 +79,7 @@ def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> Fl
         from connector.crm.salesforce import SalesforceFlagWriter
 
         return SalesforceFlagWriter(
-            _salesforce_api(runtime),
+            _salesforce_api(runtime, sleep),
             sync.type,
             objects=_salesforce_objects(runtime, sync),
             expected_updates=expected_updates,
@@ -80,16 +89,16 @@ def writer_for(runtime: Runtime, sync: Sync, *, expected_updates: int = 0) -> Fl
     raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
 
 
-def _hubspot_api(runtime: Runtime):  # type: ignore[no-untyped-def]
+def _hubspot_api(runtime: Runtime, sleep: Sleep):  # type: ignore[no-untyped-def]
     from connector.crm.hubspot import HubSpotApi
 
-    return HubSpotApi(runtime.settings, runtime.redis)
+    return HubSpotApi(runtime.settings, runtime.redis, sleep=sleep)
 
 
-def _salesforce_api(runtime: Runtime):  # type: ignore[no-untyped-def]
+def _salesforce_api(runtime: Runtime, sleep: Sleep):  # type: ignore[no-untyped-def]
     from connector.crm.salesforce import SalesforceApi
 
-    return SalesforceApi(runtime.settings)
+    return SalesforceApi(runtime.settings, sleep=sleep)
 
 
 def _salesforce_objects(runtime: Runtime, sync: Sync) -> tuple[str, ...]:

@@ -75,11 +75,15 @@ def _newer_value_wins(statement: Any) -> Any:
 
 # One statement whatever the delivery's size (arrays, not a row of parameters per contact), so it
 # is compiled and prepared once.
-_INCOMING = func.unnest(
-    bindparam("objects", type_=postgresql.ARRAY(String)),
-    bindparam("records", type_=postgresql.ARRAY(String)),
-    bindparam("values", type_=postgresql.ARRAY(String)),
-).table_valued("object_type", "record_id", "value").render_derived(name="incoming")
+_INCOMING = (
+    func.unnest(
+        bindparam("objects", type_=postgresql.ARRAY(String)),
+        bindparam("records", type_=postgresql.ARRAY(String)),
+        bindparam("values", type_=postgresql.ARRAY(String)),
+    )
+    .table_valued("object_type", "record_id", "value")
+    .render_derived(name="incoming")
+)
 _BUFFER_PG = _newer_value_wins(
     postgresql.insert(CoalescedContact.__table__).from_select(
         ["connection_id", "type", "object_type", "record_id", "value", "received_at"],

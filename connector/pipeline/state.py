@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -49,9 +50,9 @@ class StepContext:
     def session(self):  # type: ignore[no-untyped-def]
         return self.runtime.session()
 
-    def heartbeat(self) -> None:
-        """Extend the lease during long work; abort if the sync was cancelled or taken over."""
-        lease = utcnow() + timedelta(seconds=self.runtime.settings.step_lease_seconds)
+    def heartbeat(self, waiting: float = 0.0) -> None:
+        """Extend the lease (past a wait about to start); abort if the sync was cancelled or taken over."""
+        lease = utcnow() + timedelta(seconds=waiting + self.runtime.settings.step_lease_seconds)
         with self.runtime.session() as session:
             kept = session.execute(
                 update(Sync)
@@ -60,6 +61,16 @@ class StepContext:
             ).rowcount
         if not kept:
             raise StepAborted(f"sync {self.sync_id} no longer belongs to job {self.job_id}")
+
+    def sleep(self, seconds: float) -> None:
+        """Wait inside the step (a retry's backoff, a rate limit, a CRM job's poll), lease renewed first.
+
+        Clients retry and poll in-process; an outage that kept them at it past the lease would let
+        the reconciler start a second job on this sync. Renewing also notices a cancel or a
+        take-over, which ends the step rather than letting it retry on.
+        """
+        self.heartbeat(waiting=seconds)
+        time.sleep(seconds)
 
 
 def transition(session: Session, sync: Sync, to: SyncStatus, note: str | None = None) -> None:

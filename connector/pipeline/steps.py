@@ -49,7 +49,7 @@ RESULT_CHUNK = 20_000
 
 
 def _client(ctx: StepContext) -> ApexVerifyClient:
-    client = ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis)
+    client = ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis, sleep=ctx.sleep)
     client.on_call = lambda endpoint, status: count(
         ctx.runtime.redis, "api_calls", service="apexverify", outcome=call_outcome(status)
     )
@@ -72,7 +72,8 @@ def export_segment(ctx: StepContext) -> StepResult:
     with ctx.session() as session:
         sync = _load(session, ctx)
         _forget_partial_export(session, sync.id)
-        source, writer = source_for(ctx.runtime, sync), writer_for(ctx.runtime, sync)
+        source = source_for(ctx.runtime, sync, sleep=ctx.sleep)
+        writer = writer_for(ctx.runtime, sync, sleep=ctx.sleep)
         type_, country, sync_id = sync.type, sync.target_country, sync.id
         fresh_after = utcnow() - timedelta(days=sync.reverify_after_days)
     # Before any credit is spent: a write-back that cannot happen fails the sync now.
@@ -446,7 +447,7 @@ def write_back_flags(ctx: StepContext) -> StepResult:
                 SyncContact.sync_id == sync.id, SyncContact.outcome == ContactOutcome.PENDING
             )
         )
-        writer = writer_for(ctx.runtime, sync, expected_updates=pending or 0)
+        writer = writer_for(ctx.runtime, sync, expected_updates=pending or 0, sleep=ctx.sleep)
         crm = sync.crm
     writer.prepare()
     after_id = 0
