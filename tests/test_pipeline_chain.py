@@ -337,3 +337,48 @@ def sync_job_id(runtime: Runtime, sync_id: int) -> str:
     assert job_id is not None
     return job_id
 
+
+def test_an_upload_step_replaced_while_uploading_leaves_the_new_owners_batch_alone(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replaced job's upload must not overwrite the uuid the new job uploaded (and may launch)."""
+    from connector.pipeline import steps
+    from connector.pipeline.state import StepAborted, StepContext
+
+    path = write_lines(tmp_path / "u.txt", [f"u{n}@example.com" for n in range(10)])
+    sync = start_file_sync(runtime, path, type_="email", country="US")
+    with runtime.session() as session:
+        session.execute(
+            update(Sync).where(Sync.id == sync.id).values(status=SyncStatus.EXPORTING, job_id="old-job")
+        )
+    steps.export_segment(StepContext(runtime, sync.id, "old-job"))
+    real_client = steps._client
+
+    def replaced_during_upload(ctx: StepContext):  # type: ignore[no-untyped-def]
+        client = real_client(ctx)
+        real_upload = client.upload
+
+        def upload(*args: object, **kwargs: object) -> str:
+            uploaded = real_upload(*args, **kwargs)  # type: ignore[arg-type]
+            with runtime.session() as session:  # meanwhile the lease ran out and a new job uploaded
+                session.execute(update(Sync).where(Sync.id == sync.id).values(job_id="new-job"))
+                session.execute(
+                    update(SyncBatch)
+                    .where(SyncBatch.sync_id == sync.id)
+                    .values(batch_uuid="new-owners-batch")
+                )
+            return uploaded
+
+        client.upload = upload  # type: ignore[method-assign]
+        return client
+
+    monkeypatch.setattr(steps, "_client", replaced_during_upload)
+    with pytest.raises(StepAborted):
+        steps.upload_batches(StepContext(runtime, sync.id, "old-job"))
+
+    with runtime.session() as session:
+        assert session.scalars(select(SyncBatch.batch_uuid).where(SyncBatch.sync_id == sync.id)).all() == [
+            "new-owners-batch"
+        ]
+    [orphan] = sandbox_state(runtime)["batches"]
+    assert orphan["launch_count"] == 0 and not orphan["charged"]  # uploaded only: no credits spent

@@ -7,6 +7,7 @@ run again resumes instead of repeating anything that costs credits or CRM calls.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,8 @@ from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_
 
 CHUNK = 5000
 RESULT_CHUNK = 20_000
+
+log = logging.getLogger(__name__)
 
 
 def _client(ctx: StepContext) -> ApexVerifyClient:
@@ -226,11 +229,28 @@ def upload_batches(ctx: StepContext) -> StepResult:
             description=f"ApexVerify CRM Connector sync {ctx.sync_id}, part {batch.seq + 1} of {total}",
         )
         chaos_point("upload.after_call")
-        # Committed before anything else happens, so a retry never uploads these rows again.
-        with ctx.session() as session:
-            session.execute(update(SyncBatch).where(SyncBatch.id == batch.id).values(batch_uuid=batch_uuid))
+        _keep_uploaded_batch(ctx, batch.id, batch_uuid)
         ctx.heartbeat()
     return Advance(SyncStatus.CONFIGURING)
+
+
+def _keep_uploaded_batch(ctx: StepContext, batch_id: int, batch_uuid: str) -> None:
+    """Commit the uuid before anything else, so a retry never uploads these rows again.
+
+    Only while this job still owns the sync and only once: a job that overran its lease and was
+    replaced must not put its upload over the one the new job may already have configured or
+    launched. Its own upload is then left unlaunched, which costs no credits.
+    """
+    owner = select(Sync.id).where(Sync.id == ctx.sync_id, Sync.job_id == ctx.job_id).exists()
+    with ctx.session() as session:
+        kept = session.execute(
+            update(SyncBatch)
+            .where(SyncBatch.id == batch_id, SyncBatch.batch_uuid.is_(None), owner)
+            .values(batch_uuid=batch_uuid)
+        ).rowcount
+    if not kept:
+        log.warning("upload_left_unlaunched", extra={"sync_id": ctx.sync_id, "batch_uuid": batch_uuid})
+        raise StepAborted(f"sync {ctx.sync_id} no longer belongs to job {ctx.job_id}")
 
 
 def configure_batches(ctx: StepContext) -> StepResult:
