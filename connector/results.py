@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Iterator
 from typing import IO, Any
@@ -77,13 +76,15 @@ def write_json(rows: Iterator[dict[str, Any]], handle: IO[str]) -> int:
     return max(count - 2, 0)
 
 
-def write_xlsx(rows: Iterator[dict[str, Any]]) -> bytes:
-    """One sheet of verdicts; every cell neutralised against formula injection."""
+def write_xlsx(rows: Iterator[dict[str, Any]], handle: IO[bytes]) -> None:
+    """One sheet of verdicts into `handle`; every cell neutralised against formula injection.
+
+    Write-only openpyxl keeps rows on disk and `handle` is a file, so a million-row sheet is not
+    held in memory.
+    """
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet("Verdicts")
     sheet.append(list(COLUMNS))
     for row in rows:
         sheet.append([neutralize_cell(row[c]) for c in COLUMNS])
-    buffer = io.BytesIO()
-    workbook.save(buffer)
-    return buffer.getvalue()
+    workbook.save(handle)

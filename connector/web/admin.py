@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import hmac
 import math
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import func, select
+from werkzeug.wsgi import wrap_file
 
 from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError
 from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
@@ -138,7 +140,7 @@ RESULT_STATES = frozenset({SyncStatus.WRITING_BACK, SyncStatus.COMPLETED})
 
 
 def results_response(sync_id: int, fmt: str) -> Response:
-    """The sync's verdicts as a download: JSON streamed, XLSX built whole (shared with the ops page)."""
+    """The sync's verdicts as a download: JSON streamed, XLSX from a temporary file (shared with ops)."""
     if fmt not in ("json", "xlsx"):
         raise InputError("invalid_format", "format must be json or xlsx")
     runtime = current_runtime()
@@ -155,11 +157,23 @@ def results_response(sync_id: int, fmt: str) -> Response:
     filename = f"sync-{sync_id}-results.{fmt}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     if fmt == "xlsx":
-        with runtime.session() as session:
-            content = write_xlsx(iter_verdicts(session, sync_id))
         mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-        return Response(content, mimetype=mimetype, headers=headers)
+        body = wrap_file(request.environ, _xlsx_file(sync_id))
+        return Response(body, mimetype=mimetype, headers=headers, direct_passthrough=True)
     return Response(stream_with_context(_json_chunks(sync_id)), mimetype="application/json", headers=headers)
+
+
+def _xlsx_file(sync_id: int) -> IO[bytes]:
+    """The sheet in a temporary file, removed when the response that sends it closes it."""
+    sheet = tempfile.TemporaryFile()  # noqa: SIM115 - handed over to the response, which closes it
+    try:
+        with current_runtime().session() as session:
+            write_xlsx(iter_verdicts(session, sync_id), sheet)
+    except BaseException:
+        sheet.close()
+        raise
+    sheet.seek(0)
+    return sheet
 
 
 class NoResultsYet(ConnectorError):
