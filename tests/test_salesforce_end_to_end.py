@@ -58,6 +58,16 @@ def records(sandbox: SandboxServer, sobject: str) -> list[dict]:
         offset += len(items)
 
 
+def start_campaign_sync(sandbox: SandboxServer, web: SandboxServer, campaign: dict) -> None:
+    """Generate a campaign in the sandbox and send the Flow callout that syncs it."""
+    seeded = requests.post(f"{sandbox.url}/_sandbox/seed", json={"generate": campaign}, timeout=60).json()
+    answer = requests.post(
+        f"{web.url}/webhooks/salesforce", json={"campaignId": seeded["campaign_id"]},
+        headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
+    )  # fmt: skip
+    assert answer.json() == {"accepted": 1}
+
+
 def only_sync(runtime: Runtime) -> int:
     with runtime.session() as session:
         return session.scalars(select(Sync.id)).one()
@@ -67,16 +77,8 @@ def only_sync(runtime: Runtime) -> int:
 def test_a_10000_member_campaign_gets_every_field_and_converted_leads_are_reported(
     sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
 ) -> None:
-    seeded = requests.post(
-        f"{salesforce_sandbox.url}/_sandbox/seed",
-        json={"generate": {"campaign_members": 10_000, "lead_ratio": 0.3, "converted_every": 200}},
-        timeout=60,
-    ).json()
-    answer = requests.post(
-        f"{web.url}/webhooks/salesforce", json={"campaignId": seeded["campaign_id"]},
-        headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
-    )  # fmt: skip
-    assert answer.json() == {"accepted": 1}
+    campaign = {"campaign_members": 10_000, "lead_ratio": 0.3, "converted_every": 200}
+    start_campaign_sync(salesforce_sandbox, web, campaign)
 
     sync = drive_until_settled(sf_runtime, only_sync(sf_runtime), tick_seconds=0.1)
 
@@ -164,14 +166,7 @@ def test_a_step_retrying_through_salesforce_errors_keeps_its_lease(
     The step renews the lease as it waits; before, the lease lapsed mid-retry and the reconciler
     was free to start a second job on the same sync.
     """
-    seeded = requests.post(
-        f"{salesforce_sandbox.url}/_sandbox/seed", json={"generate": {"campaign_members": 20}}, timeout=10
-    ).json()
-    answer = requests.post(
-        f"{web.url}/webhooks/salesforce", json={"campaignId": seeded["campaign_id"]},
-        headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
-    )  # fmt: skip
-    assert answer.json() == {"accepted": 1}
+    start_campaign_sync(salesforce_sandbox, web, {"campaign_members": 20})
     runtime = with_settings(sf_runtime, step_lease_seconds=2)
     sync_id = only_sync(runtime)
     fault = {"endpoint": "any", "kind": "http_503", "count": 3}
