@@ -382,3 +382,42 @@ def test_an_upload_step_replaced_while_uploading_leaves_the_new_owners_batch_alo
         ]
     [orphan] = sandbox_state(runtime)["batches"]
     assert orphan["launch_count"] == 0 and not orphan["charged"]  # uploaded only: no credits spent
+
+
+def test_a_write_back_step_replaced_while_writing_records_nothing(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its successor writes the page again; the old job must not also record and count it."""
+    from connector.pipeline import steps
+    from connector.pipeline.state import StepAborted, StepContext
+
+    sync = run_file_sync(runtime, write_lines(tmp_path / "w.txt", [f"w{n}@example.com" for n in range(10)]))
+    with runtime.session() as session:
+        session.execute(
+            update(SyncContact).where(SyncContact.sync_id == sync.id).values(outcome=ContactOutcome.PENDING)
+        )
+        session.execute(
+            update(Sync).where(Sync.id == sync.id).values(status=SyncStatus.WRITING_BACK, job_id="old-job")
+        )
+    real_writer_for = steps.writer_for
+
+    class ReplacedWhileWriting:
+        batch_size = 5000
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.writer = real_writer_for(*args, **kwargs)  # type: ignore[arg-type]
+
+        def prepare(self) -> None:
+            self.writer.prepare()
+
+        def write(self, updates):  # type: ignore[no-untyped-def]
+            failures = self.writer.write(updates)
+            with runtime.session() as session:  # meanwhile the lease ran out and a new job took over
+                session.execute(update(Sync).where(Sync.id == sync.id).values(job_id="new-job"))
+            return failures
+
+    monkeypatch.setattr(steps, "writer_for", ReplacedWhileWriting)
+    with pytest.raises(StepAborted):
+        steps.write_back_flags(StepContext(runtime, sync.id, "old-job"))
+
+    assert set(outcomes(runtime, sync.id).values()) == {("pending", None)}

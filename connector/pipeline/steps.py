@@ -481,7 +481,6 @@ def write_back_flags(ctx: StepContext) -> StepResult:
         count(ctx.runtime.redis, "contacts_written", page.count - len(failures), crm=crm, result="ok")
         count(ctx.runtime.redis, "contacts_written", len(failures), crm=crm, result="failed")
         after_id = page.last_id
-        ctx.heartbeat()
     return Advance(SyncStatus.COMPLETED)
 
 
@@ -549,6 +548,9 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
     )
     table = SyncContact.__table__
     with ctx.session() as session:
+        # In the same transaction: a replaced job records (and counts) nothing; its successor
+        # writes this page again, which sets the same flags.
+        _renew_lease(session, ctx)
         if failures and session.get_bind().dialect.name == "postgresql":
             _record_failures_at_once(session, in_range, failures)
         elif failures:
