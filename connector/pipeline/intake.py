@@ -6,9 +6,10 @@ Everything is committed before the webhook answers; enqueueing afterwards is bes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
-from sqlalchemy import String, bindparam, func, select
+from sqlalchemy import JSON, String, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql
 
 from connector.db import dialect_insert
@@ -75,7 +76,7 @@ def _first_seen(session, source: str, keys: list[str]) -> set[str]:  # type: ign
         return set()
     keys = [key[:200] for key in dict.fromkeys(keys)]
     if session.get_bind().dialect.name == "postgresql":
-        return set(session.scalars(_FIRST_SEEN_PG, {"source": source, "keys": keys}))
+        return set(session.scalars(_FIRST_SEEN_PG, {"source": source, "keys": json.dumps(keys)}))
     statement = (
         dialect_insert(session, WebhookEvent)
         .values([{"source": source, "dedupe_key": key} for key in keys])
@@ -85,9 +86,10 @@ def _first_seen(session, source: str, keys: list[str]) -> set[str]:  # type: ign
     return set(session.scalars(statement))
 
 
-# One statement whatever the delivery's size (an array of keys, not a VALUES row per key), so
-# PostgreSQL and SQLAlchemy prepare and compile it once instead of on every webhook.
-_KEYS = func.unnest(bindparam("keys", type_=postgresql.ARRAY(String))).column_valued("key")
+# One statement whatever the delivery's size (one JSON text of keys, not a VALUES row per key), so
+# PostgreSQL and SQLAlchemy prepare and compile it once instead of on every webhook; JSON rather
+# than an array parameter, which psycopg adapts element by element in Python.
+_KEYS = func.json_array_elements_text(cast(bindparam("keys", type_=String), JSON)).column_valued("key")
 _EVENTS = WebhookEvent.__table__
 _FIRST_SEEN_PG = (
     postgresql.insert(_EVENTS)
