@@ -52,13 +52,18 @@ class StepContext:
 
     def heartbeat(self, waiting: float = 0.0) -> None:
         """Extend the lease (past a wait about to start); abort if the sync was cancelled or taken over."""
-        lease = utcnow() + timedelta(seconds=waiting + self.runtime.settings.step_lease_seconds)
         with self.runtime.session() as session:
-            kept = session.execute(
-                update(Sync)
-                .where(Sync.id == self.sync_id, Sync.job_id == self.job_id)
-                .values(lease_until=lease)
-            ).rowcount
+            self.renew_lease(session, waiting)
+
+    def renew_lease(self, session: Session, waiting: float = 0.0) -> None:
+        """The heartbeat inside `session`: the sync's row stays locked, so ours, until it commits.
+
+        Writes that must not happen once the step was replaced go in the same transaction.
+        """
+        lease = utcnow() + timedelta(seconds=waiting + self.runtime.settings.step_lease_seconds)
+        kept = session.execute(
+            update(Sync).where(Sync.id == self.sync_id, Sync.job_id == self.job_id).values(lease_until=lease)
+        ).rowcount
         if not kept:
             raise StepAborted(f"sync {self.sync_id} no longer belongs to job {self.job_id}")
 

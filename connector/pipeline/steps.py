@@ -141,22 +141,12 @@ def _insert_contacts(ctx: StepContext, rows: list[dict[str, Any]]) -> None:
         # The lease is renewed in the insert's own transaction, not after it: a job that overran its
         # lease (a CRM retried for longer) may have been replaced by one that already cleared the
         # export and reads it again, and rows added now would duplicate that job's contacts.
-        _renew_lease(session, ctx)
+        ctx.renew_lease(session)
         if session.get_bind().dialect.name == "postgresql":  # COPY: the export's largest cost otherwise
             tuples = ([row[c] for c in _CONTACT_COLUMNS] for row in rows)
             copy_rows(session, "sync_contacts", _CONTACT_COLUMNS, tuples)
         else:
             session.execute(SyncContact.__table__.insert(), rows)
-
-
-def _renew_lease(session: Session, ctx: StepContext) -> None:
-    """StepContext.heartbeat inside `session`: the sync's row stays locked until the session commits."""
-    lease = utcnow() + timedelta(seconds=ctx.runtime.settings.step_lease_seconds)
-    kept = session.execute(
-        update(Sync).where(Sync.id == ctx.sync_id, Sync.job_id == ctx.job_id).values(lease_until=lease)
-    ).rowcount
-    if not kept:
-        raise StepAborted(f"sync {ctx.sync_id} no longer belongs to job {ctx.job_id}")
 
 
 def _collect_values(session: Session, sync_id: int, type_: str, fresh_after: datetime) -> None:
@@ -230,7 +220,6 @@ def upload_batches(ctx: StepContext) -> StepResult:
         )
         chaos_point("upload.after_call")
         _keep_uploaded_batch(ctx, batch.id, batch_uuid)
-        ctx.heartbeat()
     return Advance(SyncStatus.CONFIGURING)
 
 
@@ -241,16 +230,19 @@ def _keep_uploaded_batch(ctx: StepContext, batch_id: int, batch_uuid: str) -> No
     replaced must not put its upload over the one the new job may already have configured or
     launched. Its own upload is then left unlaunched, which costs no credits.
     """
-    owner = select(Sync.id).where(Sync.id == ctx.sync_id, Sync.job_id == ctx.job_id).exists()
-    with ctx.session() as session:
-        kept = session.execute(
-            update(SyncBatch)
-            .where(SyncBatch.id == batch_id, SyncBatch.batch_uuid.is_(None), owner)
-            .values(batch_uuid=batch_uuid)
-        ).rowcount
-    if not kept:
+    try:
+        with ctx.session() as session:
+            ctx.renew_lease(session)
+            kept = session.execute(
+                update(SyncBatch)
+                .where(SyncBatch.id == batch_id, SyncBatch.batch_uuid.is_(None))
+                .values(batch_uuid=batch_uuid)
+            ).rowcount
+            if not kept:
+                raise StepAborted(f"sync {ctx.sync_id} batch {batch_id} was uploaded by another job")
+    except StepAborted:
         log.warning("upload_left_unlaunched", extra={"sync_id": ctx.sync_id, "batch_uuid": batch_uuid})
-        raise StepAborted(f"sync {ctx.sync_id} no longer belongs to job {ctx.job_id}")
+        raise
 
 
 def configure_batches(ctx: StepContext) -> StepResult:
@@ -550,7 +542,7 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
     with ctx.session() as session:
         # In the same transaction: a replaced job records (and counts) nothing; its successor
         # writes this page again, which sets the same flags.
-        _renew_lease(session, ctx)
+        ctx.renew_lease(session)
         if failures and session.get_bind().dialect.name == "postgresql":
             _record_failures_at_once(session, in_range, failures)
         elif failures:
