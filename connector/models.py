@@ -88,6 +88,9 @@ RUNNABLE_STATES = frozenset(
     }
 )
 TERMINAL_STATES = frozenset({SyncStatus.COMPLETED, SyncStatus.CANCELLED})
+# A sync in one of these states still owns its source: a second request answers with that sync.
+UNSETTLED_STATES = RUNNABLE_STATES | {SyncStatus.AWAITING_APPROVAL}
+_UNSETTLED = text("status IN ({})".format(", ".join(f"'{s}'" for s in sorted(UNSETTLED_STATES))))
 
 
 class ContactOutcome(enum.StrEnum):
@@ -139,7 +142,13 @@ class Segment(Base):
 
 class Sync(Base):
     __tablename__ = "syncs"
-    __table_args__ = (Index("ix_syncs_status_id", "status", "id"), Index("ix_syncs_segment_id", "segment_id"))
+    __table_args__ = (
+        Index("ix_syncs_status_id", "status", "id"),
+        Index("ix_syncs_segment_id", "segment_id"),
+        # One unsettled sync per source: concurrent triggers of one list race on this index.
+        Index("uq_syncs_unsettled_source", "source_key", unique=True,
+              postgresql_where=_UNSETTLED, sqlite_where=_UNSETTLED),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
@@ -151,6 +160,9 @@ class Sync(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Where the contacts come from: {"kind": "file", "path": ...}, {"kind": "hubspot_list", ...}
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The CRM segment read, normalised (connector.pipeline.syncs.source_key); null for files and
+    # coalesced webhook contacts, which no other sync shares.
+    source_key: Mapped[str | None] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(255))
     reverify_after_days: Mapped[int] = mapped_column(Integer, default=30)
     max_net_cost: Mapped[float | None] = mapped_column(Float)
@@ -297,7 +309,8 @@ class WebhookEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     source: Mapped[str] = mapped_column(String(20))
     dedupe_key: Mapped[str] = mapped_column(String(200))
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed for the hourly purge: a key is kept for the CRMs' redelivery window, then deleted.
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class CoalescedContact(Base):
@@ -329,15 +342,21 @@ class CoalescedContact(Base):
     object_type: Mapped[str] = mapped_column(String(20), default="")
     # Null when the webhook did not carry the value: the source reads it from the CRM.
     value: Mapped[str | None] = mapped_column(Text)
+    # When the value was observed: the CRM's event time (HubSpot occurredAt), else its arrival here.
+    # The buffer keeps the newest value whatever order deliveries arrive in. Null only for rows
+    # buffered before this column existed (they count as received_at).
+    occurred_at: Mapped[datetime | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     sync_id: Mapped[int | None] = mapped_column(ForeignKey("syncs.id", ondelete="SET NULL"))
 
 
 class RecordVerification(Base):
-    """For which value the connector last wrote flags onto a CRM record (an MD5 of it, not the value).
+    """For which value the connector last wrote flags onto a CRM record (a keyed hash of it, not the value).
 
     A CRM's own "verified at" field says when a record was flagged, not for which value: a record
     whose email changed since then must be verified again however recent its flags are.
+    `value_digest` is HMAC-SHA256 under the server's record hash key (64 hex characters), or an
+    MD5 (32) written before that key existed (connector.pipeline.record_history).
     """
 
     __tablename__ = "record_verifications"
@@ -345,5 +364,14 @@ class RecordVerification(Base):
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"), primary_key=True)
     type: Mapped[str] = mapped_column(String(10), primary_key=True)
     record_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value_digest: Mapped[str] = mapped_column(String(32))
+    value_digest: Mapped[str] = mapped_column(String(64))
     written_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServerSecret(Base):
+    """A secret the server made for itself: random, created once, shared by every process, never changed."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
