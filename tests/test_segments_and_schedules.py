@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 from sqlalchemy import select, update
 
 from connector.models import Segment, Sync, SyncStatus, utcnow
+from connector.pipeline.intake import crm_connection
 from connector.pipeline.schedule import enqueue_due_segment_syncs
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer
@@ -51,6 +53,7 @@ def test_segment_crud(web: SandboxServer) -> None:
         ({"ref": ""}, "invalid_ref"),
         ({"type": "fax"}, "invalid_type"),
         ({"schedule": "every minute"}, "invalid_schedule"),
+        ({"schedule": "0 0 30 2 *"}, "invalid_schedule"),  # valid cron, but 30 February never comes
         ({"reverify_after_days": -1}, "invalid_reverify_after_days"),
         ({"max_net_cost": "lots"}, "invalid_max_net_cost"),
         ({"parameters": {"target_audience": 99}}, "invalid_parameter"),
@@ -97,3 +100,33 @@ def test_a_due_segment_still_syncing_is_deferred(runtime: Runtime, web: SandboxS
     with runtime.session() as session:
         created = session.get_one(Sync, sync_id).created_at
     assert enqueue_due_segment_syncs(runtime, now=created + timedelta(minutes=2)) == []
+
+
+def test_a_schedule_that_never_fires_is_refused_on_change_too(web: SandboxServer) -> None:
+    url = f"{web.url}/admin/segments/{add(web, LIST).json()['id']}"
+    refused = requests.patch(url, json={"schedule": "0 0 31 4 *"}, headers=AUTH, timeout=5)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_schedule"
+    assert "schedule" in refused.json()["message"]
+    leap_day = requests.patch(url, json={"schedule": "0 0 29 2 *"}, headers=AUTH, timeout=5)
+    assert leap_day.status_code == 200  # rare, but it fires
+    assert requests.get(url, headers=AUTH, timeout=5).json()["schedule"] == "0 0 29 2 *"
+
+
+def test_a_bad_stored_schedule_does_not_stop_the_other_segments(
+    runtime: Runtime, web: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = Segment(connection_id=crm_connection(runtime, "hubspot").id, crm="hubspot", kind="hubspot_list",
+                  ref="43", type="email", schedule="0 0 30 2 *")  # fmt: skip
+    with runtime.session() as session:  # stored before such schedules were refused; ticked first
+        session.add(bad)
+    good = add(web, LIST).json()["id"]
+    with runtime.session() as session:
+        session.execute(update(Segment).values(created_at=utcnow() - timedelta(minutes=5)))
+
+    with caplog.at_level(logging.WARNING, logger="connector.pipeline.schedule"):
+        [sync_id] = enqueue_due_segment_syncs(runtime)
+
+    with runtime.session() as session:
+        assert session.get_one(Sync, sync_id).segment_id == good
+    [failed] = [r for r in caplog.records if r.getMessage() == "scheduled_sync_failed"]
+    assert (failed.segment_id, failed.error) == (bad.id, "CroniterBadDateError")  # type: ignore[attr-defined]

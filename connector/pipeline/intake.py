@@ -13,9 +13,9 @@ from sqlalchemy import JSON, String, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql
 
 from connector.db import dialect_insert
-from connector.models import RUNNABLE_STATES, Connection, Sync, WebhookEvent
+from connector.models import Connection, Sync, WebhookEvent
 from connector.pipeline.coalesce import IncomingContact, buffer_contacts, note_buffered
-from connector.pipeline.syncs import create_sync, ensure_connection
+from connector.pipeline.syncs import create_sync, ensure_connection, source_key, unsettled_sync
 from connector.runtime import Runtime
 
 KeyedContacts = tuple[str, list[tuple[str, IncomingContact]]]
@@ -112,16 +112,9 @@ def start_segment_sync(
 ) -> Sync:
     """A sync of a whole segment, unless the same segment is already being synced (then that one)."""
     with runtime.session() as session:
-        active = session.scalars(
-            select(Sync).where(
-                Sync.connection_id == connection.id,
-                Sync.type == type_,
-                Sync.status.in_([str(s) for s in RUNNABLE_STATES]),
-            )
-        ).all()
-        for sync in active:
-            if sync.source == source:
-                return sync
+        running = unsettled_sync(session, source_key(connection.id, source, type_))
+    if running is not None:
+        return running
     settings = connection.settings or {}
     return create_sync(
         runtime,

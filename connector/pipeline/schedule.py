@@ -3,7 +3,12 @@
 Each due time gets one idempotency key (segment id + due minute), so a duplicated tick or a
 second cron process finds the sync already there. A segment whose previous sync is still
 running is deferred: the next tick tries again, and if a newer due time has come by then the
-older one is folded into it rather than run late.
+older one is folded into it rather than run late. So is a segment whose list another trigger
+(a webhook, an operator) is syncing: the sync it is answered with is not the scheduled one.
+
+Each segment is tried on its own: a schedule that fails to compute (one stored before such
+schedules were refused, e.g. 30 February) or a database error for one segment is logged and the
+tick goes on with the others.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from datetime import datetime
 
 from croniter import croniter
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from connector.models import RUNNABLE_STATES, Segment, Sync, SyncStatus, utcnow
+from connector.models import UNSETTLED_STATES, Segment, Sync, utcnow
 from connector.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -30,36 +36,52 @@ def due_key(segment_id: int, due: datetime) -> str:
 
 def enqueue_due_segment_syncs(runtime: Runtime | None = None, now: datetime | None = None) -> list[int]:
     """Start the syncs of every segment whose schedule came due; returns the new sync ids."""
-    from connector.pipeline.segments import sync_segment
-
     runtime = runtime or get_runtime()
     now = now or utcnow()
     started = []
     with runtime.session() as session:
         segments = session.execute(
-            select(Segment.id, Segment.schedule, Segment.created_at).where(
-                Segment.schedule.is_not(None), Segment.deleted_at.is_(None)
-            )
+            select(Segment.id, Segment.schedule, Segment.created_at)
+            .where(Segment.schedule.is_not(None), Segment.deleted_at.is_(None))
+            .order_by(Segment.id)
         ).all()
     for segment_id, schedule, created_at in segments:
-        due = latest_due_time(schedule, now)
-        if due < created_at:
-            continue  # not due since the segment was created
-        key = due_key(segment_id, due)
-        with runtime.session() as session:
-            if session.scalar(select(Sync.id).where(Sync.idempotency_key == key)) is not None:
-                continue
-            if _running(session, segment_id):
-                log.info("scheduled_sync_deferred", extra={"segment_id": segment_id, "due": due.isoformat()})
-                continue
-        sync = sync_segment(runtime, segment_id, "schedule", idempotency_key=key)
-        started.append(sync.id)
+        try:
+            sync_id = _start_if_due(runtime, segment_id, schedule, created_at, now)
+        except Exception as error:  # one segment's trouble must not stop the others' schedules
+            log.warning(
+                "scheduled_sync_failed", extra={"segment_id": segment_id, "error": type(error).__name__}
+            )
+            continue
+        if sync_id is not None:
+            started.append(sync_id)
     return started
 
 
-def _running(session, segment_id: int) -> bool:  # type: ignore[no-untyped-def]
-    active = [str(s) for s in RUNNABLE_STATES | {SyncStatus.AWAITING_APPROVAL}]
-    return (
-        session.scalar(select(Sync.id).where(Sync.segment_id == segment_id, Sync.status.in_(active)).limit(1))
-        is not None
-    )
+def _start_if_due(
+    runtime: Runtime, segment_id: int, schedule: str, created_at: datetime, now: datetime
+) -> int | None:
+    """The id of the sync started for the segment's latest due time, or None (not due, done, deferred)."""
+    from connector.pipeline.segments import sync_segment
+
+    due = latest_due_time(schedule, now)
+    if due < created_at:
+        return None  # not due since the segment was created
+    key = due_key(segment_id, due)
+    with runtime.session() as session:
+        if session.scalar(select(Sync.id).where(Sync.idempotency_key == key)) is not None:
+            return None
+        running = _running(session, segment_id)
+    if not running:
+        sync = sync_segment(runtime, segment_id, "schedule", idempotency_key=key)
+        if sync.idempotency_key == key:
+            return sync.id
+    # DEBUG: every tick (20 s) repeats it for as long as the segment's earlier sync runs.
+    log.debug("scheduled_sync_deferred", extra={"segment_id": segment_id, "due": due.isoformat()})
+    return None
+
+
+def _running(session: Session, segment_id: int) -> bool:
+    unsettled = [str(s) for s in UNSETTLED_STATES]
+    query = select(Sync.id).where(Sync.segment_id == segment_id, Sync.status.in_(unsettled)).limit(1)
+    return session.scalar(query) is not None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from sqlalchemy import select
 
 from connector.errors import InputError, NotFoundError
-from connector.models import RUNNABLE_STATES, Segment, Sync, SyncStatus, utcnow
+from connector.models import UNSETTLED_STATES, Segment, Sync, utcnow
 from connector.pipeline.intake import crm_connection
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.syncs import create_sync
@@ -18,8 +19,9 @@ from connector.runtime import Runtime
 KINDS = {"hubspot_list": "hubspot", "salesforce_campaign": "salesforce", "salesforce_soql": "salesforce"}
 FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
           "max_net_cost", "name", "target_country"}  # fmt: skip
-# A segment with one of these syncs is still being synced: a new request answers with that sync.
-UNSETTLED_STATES = [str(s) for s in RUNNABLE_STATES | {SyncStatus.AWAITING_APPROVAL}]
+# A schedule must fire within this many years (a five-field cron that fires at all does: 29 February
+# skips at most eight, 2096 to 2104); croniter would otherwise search 50 years, then raise.
+SCHEDULE_HORIZON_YEARS = 8
 
 
 def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,7 +92,15 @@ def _schedule(raw: Any) -> str | None:
         raise InputError(
             "invalid_schedule", "schedule must be a five-field cron expression such as '0 3 * * *', or null"
         )
-    return " ".join(fields)
+    schedule = " ".join(fields)
+    try:  # valid but impossible, such as 30 February: no tick would ever start it
+        croniter(schedule, utcnow(), max_years_between_matches=SCHEDULE_HORIZON_YEARS).get_next(datetime)
+    except CroniterBadDateError:
+        raise InputError(
+            "invalid_schedule",
+            f"schedule never fires: no time in the next {SCHEDULE_HORIZON_YEARS} years matches it",
+        ) from None
+    return schedule
 
 
 def _int_in(raw: Any, name: str, low: int, high: int) -> int:
@@ -171,7 +181,9 @@ def sync_segment(
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         running = session.scalars(
-            select(Sync).where(Sync.segment_id == segment_id, Sync.status.in_(UNSETTLED_STATES))
+            select(Sync).where(
+                Sync.segment_id == segment_id, Sync.status.in_([str(s) for s in UNSETTLED_STATES])
+            )
         ).first()
         if running is not None:
             return running

@@ -1,7 +1,14 @@
-"""Starting syncs and the operator actions on them (retry, cancel, approve)."""
+"""Starting syncs and the operator actions on them (retry, cancel, approve).
+
+A CRM segment (list, campaign, SOQL filter) is synced by at most one unsettled sync at a time,
+whoever asks: the admin API, the ops page, the schedule or a webhook. Every sync row carries its
+source's normalised key and a partial unique index over the unsettled ones decides races in the
+database; the loser answers with the winner's sync.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import select
@@ -14,6 +21,7 @@ from connector.errors import ConnectorError, NotFoundError
 from connector.models import (
     RUNNABLE_STATES,
     TERMINAL_STATES,
+    UNSETTLED_STATES,
     Connection,
     Sync,
     SyncStatus,
@@ -83,17 +91,60 @@ def create_sync(
         with runtime.session() as session:
             sync = add_sync(session, note=f"created by {trigger}", **fields)
     except IntegrityError:
-        if idempotency_key is None:
-            raise
         with runtime.session() as session:
-            return session.scalars(select(Sync).where(Sync.idempotency_key == idempotency_key)).one()
+            existing = _existing(session, idempotency_key, source_key(connection_id, source, fields["type"]))
+        if existing is None:
+            raise
+        return existing
     schedule_step(runtime, sync.id)
     return sync
 
 
+def _existing(session: Session, idempotency_key: str | None, key: str | None) -> Sync | None:
+    """The sync an insert lost to: the one with its idempotency key, else its source's unsettled one."""
+    if idempotency_key is not None:
+        sync = session.scalars(select(Sync).where(Sync.idempotency_key == idempotency_key)).one_or_none()
+        if sync is not None:
+            return sync
+    return unsettled_sync(session, key)
+
+
+def source_key(connection_id: int, source: dict[str, Any], type_: str) -> str | None:
+    """What makes two syncs read the same contacts: connection, segment kind and ref, object, type.
+
+    None for sources no other sync shares (a file, coalesced webhook contacts). A Salesforce id
+    counts in its 15-character form (the 18-character one only adds a case-safe suffix); a ref
+    too long for the index (a long SOQL clause) counts by its SHA-256.
+    """
+    ref = source.get("ref")
+    if not ref:
+        return None
+    ref = str(ref)
+    kind = str(source.get("kind"))
+    if kind == "salesforce_campaign" and len(ref) == 18:
+        ref = ref[:15]
+    head = f"{connection_id}|{kind}|{source.get('object') or ''}|{type_}|"
+    if len(head) + len(ref) > 200:
+        ref = "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+    return head + ref
+
+
+def unsettled_sync(session: Session, key: str | None) -> Sync | None:
+    """The sync still running (or awaiting approval) for the source with this key, if any."""
+    if key is None:
+        return None
+    return session.scalars(
+        select(Sync).where(Sync.source_key == key, Sync.status.in_([str(s) for s in UNSETTLED_STATES]))
+    ).first()
+
+
 def add_sync(session: Session, *, note: str, **fields: Any) -> Sync:
-    """Insert a pending sync and the first line of its history (the caller commits and schedules)."""
-    sync = Sync(status=SyncStatus.PENDING, **fields)
+    """Insert a pending sync and the first line of its history (the caller commits and schedules).
+
+    Raises IntegrityError (at flush or commit) when its source already has an unsettled sync.
+    """
+    key = source_key(fields["connection_id"], fields["source"], fields["type"])
+    sync = Sync(status=SyncStatus.PENDING, source_key=key, **fields)
     session.add(sync)
     session.flush()
     session.add(SyncTransition(sync_id=sync.id, from_status=None, to_status=SyncStatus.PENDING, note=note))
@@ -102,17 +153,32 @@ def add_sync(session: Session, *, note: str, **fields: Any) -> Sync:
 
 def retry_sync(runtime: Runtime, sync_id: int) -> Sync:
     """Resume a failed sync at the step that failed; its batches and progress are kept."""
-    with runtime.session() as session:
-        sync = _get(session, sync_id)
-        if sync.status != SyncStatus.FAILED or sync.failed_step is None:
-            raise SyncStateError(
-                "not_failed", f"sync {sync_id} is {sync.status}; only a failed sync can be retried"
-            )
-        step = _reset_broken_batches(runtime, session, sync, SyncStatus(sync.failed_step))
-        transition(session, sync, step, f"retry after {sync.error_code}")
-        sync.failed_step = sync.error_code = sync.error_message = None
+    try:
+        with runtime.session() as session:
+            sync = _get(session, sync_id)
+            if sync.status != SyncStatus.FAILED or sync.failed_step is None:
+                raise SyncStateError(
+                    "not_failed", f"sync {sync_id} is {sync.status}; only a failed sync can be retried"
+                )
+            _check_source_free(session, sync)
+            step = _reset_broken_batches(runtime, session, sync, SyncStatus(sync.failed_step))
+            transition(session, sync, step, f"retry after {sync.error_code}")
+            sync.failed_step = sync.error_code = sync.error_message = None
+    except IntegrityError:  # another sync of the source started since the check
+        with runtime.session() as session:
+            _check_source_free(session, _get(session, sync_id))
+        raise
     schedule_step(runtime, sync_id)
     return sync
+
+
+def _check_source_free(session: Session, sync: Sync) -> None:
+    """A settled sync runs again only while no other sync holds its source (the index would refuse it)."""
+    other = unsettled_sync(session, sync.source_key)
+    if other is not None and other.id != sync.id:
+        raise SyncStateError(
+            "source_busy", f"sync {other.id} of the same source is {other.status}; retry after it settles"
+        )
 
 
 def _reset_broken_batches(runtime: Runtime, session: Session, sync: Sync, step: SyncStatus) -> SyncStatus:
@@ -135,12 +201,13 @@ def _reset_broken_batches(runtime: Runtime, session: Session, sync: Sync, step: 
     return step
 
 
-def cancel_sync(runtime: Runtime, sync_id: int) -> Sync:
+def cancel_sync(runtime: Runtime, sync_id: int, note: str = "cancelled by operator") -> Sync:
+    """End the sync; a step running now stops at its next lease renewal (before any further launch)."""
     with runtime.session() as session:
         sync = _get(session, sync_id)
         if sync.status in TERMINAL_STATES:
             raise SyncStateError("not_cancellable", f"sync {sync_id} is already {sync.status}")
-        transition(session, sync, SyncStatus.CANCELLED, "cancelled by operator")
+        transition(session, sync, SyncStatus.CANCELLED, note)
         sync.job_id = None
         sync.lease_until = None
     return sync
