@@ -98,6 +98,7 @@ def write_pool(path: Path, url: str, options: LoadOptions) -> tuple[int, int]:
 def start_gunicorn(env: dict[str, str], port: int, options: LoadOptions, log_dir: Path) -> harness.Service:
     args = [harness.PYTHON, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
     args += ["--workers", str(options.web_workers), "--threads", str(options.web_threads), "--timeout", "30"]
+    args += ["--logger-class", "connector.web.gunicorn_logging.RedactingLogger"]
     args += ["connector.web:create_app()"]
     service = harness.start_service("gunicorn", args, env, log_dir)
     harness.wait_for_http(f"http://127.0.0.1:{port}/healthz", service)

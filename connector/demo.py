@@ -67,6 +67,7 @@ DEMO_HUBSPOT_TOKEN = "demo-hubspot-token"
 DEMO_HUBSPOT_SECRET = "demo-hubspot-app-secret"
 DEMO_SALESFORCE_SESSION = "00Ddemo!salesforce-session"
 DEMO_SALESFORCE_ORG = "00D000000000DEMAAA"
+DEMO_SALESFORCE_WEBHOOK_TOKEN = "demo-salesforce-webhook-token"
 
 
 def run_demo(settings: Settings, *, size: int = 3000) -> int:
@@ -113,6 +114,7 @@ def _demo_runtime(settings: Settings, apexverify_url: str, hubspot_url: str, sal
         salesforce_instance_url=salesforce_url,
         salesforce_access_token=DEMO_SALESFORCE_SESSION,
         salesforce_org_id=DEMO_SALESFORCE_ORG,
+        salesforce_webhook_token=DEMO_SALESFORCE_WEBHOOK_TOKEN,
         coalesce_window_seconds=0,
         poll_initial_seconds=1.0,
         poll_max_seconds=5.0,
@@ -188,7 +190,8 @@ def _salesforce_demo(runtime: Runtime, console: Console, salesforce_url: str) ->
     )
     web = serve_in_thread(create_web_app(runtime=runtime))
     try:
-        url = f"{web.url}/webhooks/salesforce"
+        # The endpoint URL an admin gives the outbound message in Salesforce, webhook secret included.
+        url = f"{web.url}/webhooks/salesforce?token={DEMO_SALESFORCE_WEBHOOK_TOKEN}"
         reply = requests.post(url, data=body.encode(), headers={"Content-Type": "text/xml"}, timeout=10)
         console.print(f"POST /webhooks/salesforce ({len(ids)} notifications) → {reply.status_code} Ack")
     finally:

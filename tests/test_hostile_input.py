@@ -16,13 +16,14 @@ def small_limit_runtime(runtime: Runtime) -> Runtime:
         runtime,
         max_request_bytes=64 * 1024,
         hubspot_client_secret="x" * 16,
+        salesforce_org_id="00D5g000004ABCD",
         salesforce_webhook_token="t" * 16,
     )
 
 
 @pytest.mark.parametrize(
     ("path", "content_type"),
-    [("/webhooks/hubspot", "application/json"), ("/webhooks/salesforce", "text/xml")],
+    [("/webhooks/hubspot", "application/json"), ("/webhooks/salesforce?token=" + "t" * 16, "text/xml")],
 )
 def test_bodies_over_the_size_limit_get_413(
     small_limit_runtime: Runtime, web: SandboxServer, path: str, content_type: str

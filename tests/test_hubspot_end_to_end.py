@@ -169,3 +169,69 @@ def generate_list_at(url: str, contacts: int) -> str:
 
 def all_contacts_at(url: str) -> list[dict]:
     return requests.get(f"{url}/_sandbox/contacts", params={"limit": 5000}, timeout=30).json()["contacts"]
+
+
+def test_a_list_export_is_downloaded_into_its_syncs_own_directory(hubspot_runtime: Runtime) -> None:
+    """A worker killed while reading the export leaves the file where the sync's purge removes it,
+    not in a shared directory nothing ever cleans."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from connector.crm.registry import source_for
+    from connector.models import Connection, utcnow
+    from connector.pipeline.retention import purge_expired_data
+
+    list_id = generate_list_at(hubspot_runtime.settings.hubspot_base_url, 20)
+    with hubspot_runtime.session() as session:
+        connection = Connection(crm="hubspot", external_id="777", name="portal", settings={})
+        session.add(connection)
+        session.flush()
+        sync = Sync(connection_id=connection.id, trigger="test", crm="hubspot", type="email",
+                    target_country="US", source={"kind": "hubspot_list", "ref": list_id}, name="list",
+                    status="exporting")  # fmt: skip
+        session.add(sync)
+    source = source_for(hubspot_runtime, sync)
+    source.bulk_threshold = 1  # type: ignore[attr-defined]  # the Exports API, not REST pages
+
+    reading = source.iter_records()
+    next(reading)  # the worker is reading the downloaded file now
+    data_dir = hubspot_runtime.settings.data_dir
+    downloads = [p.relative_to(data_dir) for p in data_dir.rglob("*.download")]
+    assert [str(p.parent) for p in downloads] == [f"syncs/{sync.id}"]
+
+    with hubspot_runtime.session() as session:  # left there (killed) until the sync's data expires
+        session.execute(update(Sync).values(updated_at=utcnow() - timedelta(days=8)))
+    assert purge_expired_data(hubspot_runtime) == [sync.id]
+    assert list(data_dir.rglob("*.download")) == []
+    reading.close()
+
+
+def test_two_changes_delivered_newest_first_get_flags_for_the_newest_value(
+    hubspot_runtime: Runtime, web: SandboxServer
+) -> None:
+    """HubSpot does not promise order: the older change (to an address that bounces) arrives last."""
+    from connector.pipeline.coalesce import flush_due_buffers
+    from tests.test_webhooks_hubspot import event, post_signed
+
+    sandbox_url = hubspot_runtime.settings.hubspot_base_url
+    seed = {"contacts": [{"properties": {"email": "newest@example.com", "firstname": "N"}}]}
+    [contact_id] = requests.post(f"{sandbox_url}/_sandbox/seed", json=seed, timeout=10).json()["contactIds"]
+
+    def change(event_id: int, email: str, seconds_ago: int) -> list[dict]:
+        occurred_at = int((time.time() - seconds_ago) * 1000)
+        return [event(event_id, int(contact_id), portalId=777, propertyValue=email, occurredAt=occurred_at)]
+
+    for body in (change(2, "newest@example.com", 1), change(1, "bounce@example.com", 5)):
+        assert post_signed(web, body, secret=SECRET).json() == {"accepted": 1}
+
+    [sync_id] = flush_due_buffers(with_settings(hubspot_runtime, coalesce_window_seconds=0))
+    sync = drive_until_settled(hubspot_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    properties = requests.get(f"{sandbox_url}/_sandbox/contacts/{contact_id}", timeout=5).json()["properties"]
+    assert properties["apexverify_status"] == "valid" and properties["apexverify_wrong"] == "false"
+    with hubspot_runtime.session() as session:
+        assert session.scalars(select(SyncValue.value).where(SyncValue.sync_id == sync_id)).all() == [
+            "newest@example.com"
+        ]

@@ -15,7 +15,12 @@ from tests.conftest import with_settings
 @pytest.fixture
 def fuzz_runtime(runtime: Runtime) -> Runtime:
     # Webhook secrets set, so unsigned fuzz deliveries get 401 rather than the 503 of an unconfigured webhook.
-    return with_settings(runtime, hubspot_client_secret="fuzz", salesforce_webhook_token="fuzz")
+    return with_settings(
+        runtime,
+        hubspot_client_secret="fuzz",
+        salesforce_org_id="00D5g000004FUZZ",
+        salesforce_webhook_token="fuzz",
+    )
 
 
 def test_openapi_document_is_served(web: SandboxServer) -> None:

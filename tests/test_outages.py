@@ -21,12 +21,15 @@ from connector.sandbox.server import SandboxServer, serve_in_thread
 from tests.conftest import with_settings
 
 TOKEN = "flow-token-outage-test"
+ORG = "00D5g000004OUTA"
 
 
 @pytest.fixture
 def redis_down(runtime: Runtime) -> Iterator[Runtime]:
     """The same runtime, but its Redis is a port nobody listens on."""
-    runtime = with_settings(runtime, salesforce_webhook_token=TOKEN, coalesce_window_seconds=0)
+    runtime = with_settings(
+        runtime, salesforce_org_id=ORG, salesforce_webhook_token=TOKEN, coalesce_window_seconds=0
+    )
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     down = dataclasses.replace(runtime, redis=dead)
     set_runtime(down)
@@ -101,7 +104,7 @@ def drop_database_connections(runtime: Runtime) -> int:
 
 @pytest.fixture
 def token_runtime(runtime: Runtime) -> Runtime:
-    return with_settings(runtime, salesforce_webhook_token=TOKEN)
+    return with_settings(runtime, salesforce_org_id=ORG, salesforce_webhook_token=TOKEN)
 
 
 @pytest.mark.slow

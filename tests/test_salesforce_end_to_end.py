@@ -115,7 +115,7 @@ def test_an_outbound_message_of_100_notifications_is_verified_and_written_back(
           for n, record_id in enumerate(ids["contacts"])),
         org=ORG_18,
     )  # fmt: skip
-    assert post_xml(web, body).status_code == 200
+    assert post_xml(web, body, token=FLOW_TOKEN).status_code == 200
 
     [sync_id] = flush_due_buffers(sf_runtime)
     sync = drive_until_settled(sf_runtime, sync_id, tick_seconds=0.1)
@@ -197,3 +197,87 @@ def test_a_step_retrying_through_salesforce_errors_keeps_its_lease(
     assert lapsed == []
     pending_faults = requests.get(f"{salesforce_sandbox.url}/_sandbox/state", timeout=5).json()["faults"]
     assert pending_faults == []  # the three 503s were answered and retried through
+
+
+QUERY_ROUTE = "GET /services/data/v{version}/query"
+
+
+def record_fields(sandbox: SandboxServer, record_id: str) -> dict:
+    return requests.get(f"{sandbox.url}/_sandbox/records/{record_id}", timeout=5).json()["fields"]
+
+
+def deliver(web: SandboxServer, how: str, claims: list[tuple[str, str, str]]) -> None:
+    """Claims (record id, object, email) as an outbound message or as a Flow `records` callout."""
+    if how == "outbound_message":
+        body = outbound_message(
+            *(notification(f"04lHINT{n:010d}", record_id, sobject, Email=email)
+              for n, (record_id, sobject, email) in enumerate(claims)),
+            org=ORG_18,
+        )  # fmt: skip
+        assert post_xml(web, body, token=FLOW_TOKEN).status_code == 200
+    else:
+        records = [{"Id": record_id, "attributes": {"type": sobject}, "Email": email}
+                   for record_id, sobject, email in claims]  # fmt: skip
+        answer = requests.post(
+            f"{web.url}/webhooks/salesforce", json={"records": records},
+            headers={"X-Connector-Token": FLOW_TOKEN}, timeout=10,
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("how", ["outbound_message", "flow_records"])
+def test_flags_are_written_for_the_value_the_record_holds_not_the_one_a_message_claims(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer, how: str
+) -> None:
+    seed = {
+        "contacts": [{"LastName": "Real", "Email": "real.person@example.com"},
+                     {"LastName": "Gone", "Email": "gone@example.com"}],
+        "leads": [{"LastName": "Lead", "Company": "Acme", "Email": "lead.person@example.com"}],
+    }  # fmt: skip
+    ids = requests.post(f"{salesforce_sandbox.url}/_sandbox/seed", json=seed, timeout=10).json()
+    (real, gone), (lead,) = ids["contacts"], ids["leads"]
+    deliver(web, how, [(real, "Contact", "bounce@example.com"), (lead, "Lead", "nobody@example.com"),
+                       (gone, "Contact", "gone@example.com")])  # fmt: skip
+    # Deleted after the message was sent: nothing is left to verify or to flag.
+    requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/seed", json={"deleted_ids": [gone]}, timeout=10
+    ).raise_for_status()
+
+    [sync_id] = flush_due_buffers(sf_runtime)
+    sync = drive_until_settled(sf_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    for record_id in (real, lead):
+        fields = record_fields(salesforce_sandbox, record_id)
+        flags = (fields["ApexVerify_Status__c"], fields["ApexVerify_Valid__c"], fields["ApexVerify_Wrong__c"])
+        assert flags == ("valid", True, False), fields
+    with sf_runtime.session() as session:
+        contacts = dict(session.execute(select(SyncContact.record_id, SyncContact.value)).all())
+        sent = set(session.scalars(select(SyncValue.value).where(SyncValue.sync_id == sync_id)))
+        gone_outcome = session.execute(
+            select(SyncContact.outcome, SyncContact.reason).where(SyncContact.record_id == gone)
+        ).one()
+    assert contacts == {real: "real.person@example.com", lead: "lead.person@example.com", gone: None}
+    assert sent == {"real.person@example.com", "lead.person@example.com"}  # no credit on a claim
+    assert tuple(gone_outcome) == ("skipped", "no_value")
+    assert record_fields(salesforce_sandbox, gone).get("ApexVerify_Status__c") is None
+
+
+def test_webhook_records_are_read_back_in_chunks_of_ids(
+    sf_runtime: Runtime, salesforce_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    """450 contacts from one Flow callout: three `Id IN (…)` queries of at most 200 ids, not 450 reads."""
+    contacts = [{"LastName": f"C{n}", "Email": f"chunk{n}@example.com"} for n in range(450)]
+    ids = requests.post(
+        f"{salesforce_sandbox.url}/_sandbox/seed", json={"contacts": contacts}, timeout=30
+    ).json()["contacts"]
+    deliver(web, "flow_records", [(record_id, "Contact", "claimed@example.com") for record_id in ids])
+    queries_before = requests.get(f"{salesforce_sandbox.url}/_sandbox/state", timeout=5).json()["requests"]
+
+    [sync_id] = flush_due_buffers(sf_runtime)
+    sync = drive_until_settled(sf_runtime, sync_id, tick_seconds=0.1)
+
+    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
+    assert sync.counts["verified"] == 450
+    queries = requests.get(f"{salesforce_sandbox.url}/_sandbox/state", timeout=5).json()["requests"]
+    assert queries.get(QUERY_ROUTE, 0) - queries_before.get(QUERY_ROUTE, 0) == 3

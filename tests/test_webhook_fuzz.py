@@ -17,6 +17,7 @@ from tests.conftest import with_settings
 
 SECRET = "fuzz-secret-value"
 TOKEN = "fuzz-flow-token"
+ORG = "00D5g000004FUZZ"
 FUZZ = settings(
     max_examples=150, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -57,7 +58,9 @@ salesforce_bodies = (
 
 @pytest.fixture
 def fuzz_runtime(runtime: Runtime) -> Runtime:
-    return with_settings(runtime, hubspot_client_secret=SECRET, salesforce_webhook_token=TOKEN)
+    return with_settings(
+        runtime, hubspot_client_secret=SECRET, salesforce_org_id=ORG, salesforce_webhook_token=TOKEN
+    )
 
 
 @FUZZ
@@ -89,10 +92,12 @@ def test_salesforce_flow_callout_never_answers_5xx(
 def test_salesforce_outbound_xml_never_answers_5xx(
     fuzz_runtime: Runtime, web: SandboxServer, text: str
 ) -> None:
+    # Authenticated and from the right org, so the fuzzed notifications reach the parser.
     body = ('<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
-            f'<notifications xmlns="http://soap.sforce.com/2005/09/outbound">{text}</notifications>'
-            "</soapenv:Body></soapenv:Envelope>")  # fmt: skip
+            f'<notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{ORG}'
+            f"</OrganizationId>{text}</notifications></soapenv:Body></soapenv:Envelope>")  # fmt: skip
     response = requests.post(
-        f"{web.url}/webhooks/salesforce", data=body.encode(), headers={"Content-Type": "text/xml"}, timeout=10
-    )
+        f"{web.url}/webhooks/salesforce", params={"token": TOKEN}, data=body.encode(),
+        headers={"Content-Type": "text/xml"}, timeout=10,
+    )  # fmt: skip
     assert response.status_code < 500, response.text

@@ -278,3 +278,78 @@ def test_one_delivery_changing_a_contact_twice_buffers_it_once_with_the_newer_va
     answer = post_signed(hubspot_web, events)
     assert answer.status_code == 200 and answer.json() == {"accepted": 3}
     assert sorted(waiting(hubspot_runtime)) == [("email", "501", "new@example.com"), ("phone", "501", None)]
+
+
+@pytest.mark.parametrize("order", ["newest_first", "oldest_first"])
+def test_the_newer_occurred_at_wins_whatever_order_the_deliveries_arrive_in(
+    hubspot_runtime: Runtime, hubspot_web: SandboxServer, order: str
+) -> None:
+    older = event(21, 601, propertyValue="older@example.com", occurredAt=1700000000000)
+    newer = event(22, 601, propertyValue="newer@example.com", occurredAt=1700000005000)
+    creation = event(23, 601, kind="contact.creation", occurredAt=1700000009000)  # no value: keeps one
+    deliveries = [newer, older] if order == "newest_first" else [older, newer]
+
+    for delivered in [*deliveries, creation]:
+        assert post_signed(hubspot_web, [delivered]).json() == {"accepted": 1}
+
+    assert sorted(waiting(hubspot_runtime)) == [("email", "601", "newer@example.com"), ("phone", "601", None)]
+
+
+def test_a_workflow_webhook_counts_as_observed_when_it_arrived(
+    hubspot_runtime: Runtime, hubspot_web: SandboxServer
+) -> None:
+    def change(event_id: int, email: str, seconds_from_now: float) -> list[dict]:
+        occurred_at = int((time.time() + seconds_from_now) * 1000)
+        return [event(event_id, 701, propertyValue=email, occurredAt=occurred_at)]
+
+    assert post_signed(hubspot_web, change(31, "app@example.com", -60)).ok
+    assert post_signed(hubspot_web, {"hs_object_id": "701", "email": "workflow@example.com"}).ok
+    # A change from before the workflow webhook arrived, delivered late, does not undo it ...
+    assert post_signed(hubspot_web, change(32, "late@example.com", -30)).ok
+    assert waiting(hubspot_runtime) == [("email", "701", "workflow@example.com")]
+    # ... a change made after it does.
+    assert post_signed(hubspot_web, change(33, "later@example.com", +1)).ok
+    assert waiting(hubspot_runtime) == [("email", "701", "later@example.com")]
+
+
+def test_the_sqlite_buffer_keeps_the_newest_value_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The embedded default (demo, `connector verify`) buffers through its own upsert statement."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import sessionmaker
+
+    from connector.db import upgrade_database
+    from connector.pipeline.coalesce import IncomingContact, buffer_contacts
+    from connector.pipeline.syncs import ensure_connection
+    from connector.runtime import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'buffer.db'}")
+    upgrade_database(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def at(second: int) -> datetime:
+        return datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC)
+
+    with sessions.begin() as session:
+        connection_id = ensure_connection(session, "hubspot", "sqlite-portal").id
+    deliveries = [
+        [IncomingContact("1", "newer@example.com", occurred_at=at(5))],
+        [IncomingContact("1", "older@example.com", occurred_at=at(1))],
+        # A creation event (no value) is newer but keeps the value; record 2 arrives.
+        [
+            IncomingContact("1", None, occurred_at=at(9)),
+            IncomingContact("2", "b@example.com", occurred_at=at(1)),
+        ],
+        # Within one delivery too: a value without a time counts as now, newer than at(2).
+        [IncomingContact("2", "b2@example.com", occurred_at=at(2)), IncomingContact("2", "b0@example.com")],
+    ]
+    for contacts in deliveries:
+        with sessions.begin() as session:
+            buffer_contacts(session, connection_id, "email", contacts)
+
+    with sessions() as session:
+        columns = (CoalescedContact.record_id, CoalescedContact.value, CoalescedContact.occurred_at)
+        rows = session.execute(select(*columns).order_by(CoalescedContact.record_id)).all()
+    engine.dispose()
+    assert [(r.record_id, r.value) for r in rows] == [("1", "newer@example.com"), ("2", "b0@example.com")]
+    assert rows[0].occurred_at == at(5) and rows[1].occurred_at > at(2)  # no time given: its arrival

@@ -6,7 +6,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from connector.models import CoalescedContact, Sync
+from connector.models import CoalescedContact, Sync, WebhookEvent
+from connector.pipeline.coalesce import flush_due_buffers
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer
 from tests.conftest import with_settings
@@ -47,9 +48,11 @@ def outbound_message(*notifications: str, org: str = ORG_18) -> bytes:
     ).encode()
 
 
-def post_xml(web: SandboxServer, body: bytes) -> requests.Response:
+def post_xml(web: SandboxServer, body: bytes, token: str | None = TOKEN) -> requests.Response:
+    """POST as Salesforce does to the endpoint URL an admin configured: `…/webhooks/salesforce?token=…`."""
     return requests.post(
         f"{web.url}/webhooks/salesforce",
+        params={"token": token} if token is not None else None,
         data=body,
         headers={"Content-Type": "text/xml; charset=utf-8"},
         timeout=5,
@@ -113,6 +116,69 @@ def test_message_from_another_org_is_refused(sf_runtime: Runtime, web: SandboxSe
     response = post_xml(web, outbound_message(notification("04lX", "0035g00000AAAAAAA1"), org=org))
     assert response.status_code == 403 and response.json()["error"] == "org_mismatch"
     assert waiting(sf_runtime) == []
+
+
+def stored(runtime: Runtime) -> dict[str, int]:
+    with runtime.session() as session:
+        return {
+            model.__name__: session.scalar(select(func.count()).select_from(model)) or 0
+            for model in (WebhookEvent, CoalescedContact, Sync)
+        }
+
+
+@pytest.mark.parametrize(
+    ("token", "org", "status", "code"),
+    [
+        (None, ORG_18, 401, "token_invalid"),
+        ("", ORG_18, 401, "token_invalid"),
+        ("wrong-token", ORG_18, 401, "token_invalid"),
+        (TOKEN[:-1], ORG_18, 401, "token_invalid"),
+        (TOKEN, "00D5g000004ZZZZEAV", 403, "org_mismatch"),
+    ],
+)
+def test_a_forged_outbound_message_is_refused_and_costs_nothing(
+    sf_runtime: Runtime, web: SandboxServer, token: str | None, org: str, status: int, code: str
+) -> None:
+    body = outbound_message(notification("04lF1", "0035g00000AAAAAAA1", Email="bounce@example.com"), org=org)
+
+    response = post_xml(web, body, token=token)
+
+    assert response.status_code == status and response.json()["error"] == code
+    assert TOKEN not in response.text
+    assert stored(sf_runtime) == {"WebhookEvent": 0, "CoalescedContact": 0, "Sync": 0}
+    assert flush_due_buffers(with_settings(sf_runtime, coalesce_window_seconds=0)) == []
+    apexverify = requests.get(f"{sf_runtime.settings.apexverify_base_url}/_sandbox/state", timeout=5).json()
+    assert apexverify["batches"] == [] and apexverify["charges"] == 0
+
+
+def test_the_token_is_not_taken_from_a_header_for_outbound_messages(
+    sf_runtime: Runtime, web: SandboxServer
+) -> None:
+    """Salesforce puts it in the URL; a header is the Flow callouts' way, not an outbound message's."""
+    response = requests.post(
+        f"{web.url}/webhooks/salesforce",
+        data=outbound_message(notification("04lH1", "0035g00000AAAAAAA1", Email="a@example.com")),
+        headers={"Content-Type": "text/xml", "X-Connector-Token": TOKEN},
+        timeout=5,
+    )
+    assert response.status_code == 401 and waiting(sf_runtime) == []
+
+
+@pytest.mark.parametrize("unset", ["salesforce_org_id", "salesforce_webhook_token"])
+@pytest.mark.parametrize("kind", ["xml", "json"])
+def test_without_org_id_or_token_the_endpoint_answers_503(
+    sf_runtime: Runtime, web: SandboxServer, unset: str, kind: str
+) -> None:
+    web.app.extensions["connector"] = with_settings(sf_runtime, **{unset: None})
+    if kind == "xml":
+        body = outbound_message(notification("04lU1", "0035g00000AAAAAAA1", Email="a@example.com"))
+        response = post_xml(web, body)
+    else:
+        response = post_json(web, {"records": [{"Id": "0035g00000AAAAAAA1", "Email": "a@example.com"}]})
+
+    assert response.status_code == 503 and response.json()["error"] == "salesforce_not_configured"
+    assert unset.upper() in response.json()["message"]
+    assert stored(sf_runtime) == {"WebhookEvent": 0, "CoalescedContact": 0, "Sync": 0}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from connector.errors import InputError, WebhookRefused
@@ -110,15 +111,29 @@ def _read_events(events: list[Any], portal_id: str | None) -> HubSpotDelivery:
 def _event_contacts(event: dict[str, Any]) -> list[tuple[str, IncomingContact]]:
     record_id = str(event["objectId"])
     kind = event["subscriptionType"]
+    occurred_at = _occurred_at(event.get("occurredAt"))
     if kind == "contact.creation":
-        return [(type_, IncomingContact(record_id)) for type_ in VERIFIED_PROPERTIES]
+        return [(type_, IncomingContact(record_id, occurred_at=occurred_at)) for type_ in VERIFIED_PROPERTIES]
     if kind == "contact.propertyChange":
         name = str(event.get("propertyName", ""))
         if name.startswith(OWN_PROPERTY_PREFIX) or name not in VERIFIED_PROPERTIES:
             return []  # includes our own write-back: no write → webhook → verify loop
-        value = event.get("propertyValue")
-        return [(VERIFIED_PROPERTIES[name], IncomingContact(record_id, str(value) if value else None))]
+        value = str(event["propertyValue"]) if event.get("propertyValue") else None
+        return [(VERIFIED_PROPERTIES[name], IncomingContact(record_id, value, occurred_at=occurred_at))]
     return []
+
+
+def _occurred_at(raw: Any) -> datetime | None:
+    """HubSpot's occurredAt (epoch milliseconds), so that the newer of two changes wins in the buffer.
+
+    Anything else is not refused: the event counts as observed when it arrived.
+    """
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        return datetime.fromtimestamp(float(raw) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _read_legacy_workflow(body: dict[str, Any]) -> HubSpotDelivery:

@@ -25,12 +25,21 @@ def source_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> Se
     if kind == "coalesced":
         from connector.pipeline.coalesce import CoalescedSource
 
-        return CoalescedSource(runtime, sync.id, sync.type, reader_for(runtime, sync, sleep=sleep))
+        # A Salesforce message carries no time to order it by, Salesforce retries one for up to a
+        # day, and anyone holding the token can claim any value: only a read by Id says what the
+        # record holds. HubSpot's signed events are ordered by occurredAt in the buffer instead.
+        return CoalescedSource(
+            runtime,
+            sync.id,
+            sync.type,
+            reader_for(runtime, sync, sleep=sleep),
+            read_back=sync.crm == "salesforce",
+        )
     if kind == "hubspot_list":
         from connector.crm.hubspot import HubSpotListSource
 
         return HubSpotListSource(
-            _hubspot_api(runtime, sleep), sync.source["ref"], sync.type, settings=runtime.settings
+            _hubspot_api(runtime, sleep), sync.source["ref"], sync.type, work_dir=_work_dir(runtime, sync)
         )
     if kind in ("salesforce_campaign", "salesforce_soql"):
         from connector.crm.salesforce import SalesforceSegmentSource

@@ -51,13 +51,14 @@ def same_org(sent: str, expected: str) -> bool:
     return hmac.compare_digest(sent[:15], expected[:15])
 
 
-def read_outbound_message(raw: bytes, org_id: str | None) -> SalesforceDelivery:
+def read_outbound_message(raw: bytes, org_id: str) -> SalesforceDelivery:
+    """The contacts of an authenticated outbound message; one from another org is refused (403)."""
     root = _parse_xml(raw)
     notifications = root.find(f".//{{{OUTBOUND_NS}}}notifications")
     if notifications is None:
         raise InputError("unreadable_body", "no outbound-message notifications element in the SOAP body")
     sent_org = (notifications.findtext(f"{{{OUTBOUND_NS}}}OrganizationId") or "").strip()
-    if org_id and not same_org(sent_org, org_id):
+    if not same_org(sent_org, org_id):
         raise WebhookRefused(
             "org_mismatch", f"outbound message from org {sent_org or '?'} refused", http_status=403
         )
@@ -111,9 +112,13 @@ def _local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def check_flow_token(sent: str | None, expected: str) -> None:
+def check_token(sent: str | None, expected: str, *, carried_by: str) -> None:
+    """Raise 401 unless `sent` is the connection's webhook secret (compared in constant time).
+
+    The message names only where the token travels (`?token=` or `X-Connector-Token`), never a value.
+    """
     if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
-        raise WebhookRefused("token_invalid", "X-Connector-Token is missing or wrong")
+        raise WebhookRefused("token_invalid", f"{carried_by} is missing or wrong")
 
 
 def read_flow_callout(body: Any) -> SalesforceDelivery:

@@ -13,11 +13,11 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import JSON, BigInteger, String, bindparam, cast, func, select, update
+from sqlalchemy import JSON, BigInteger, DateTime, String, bindparam, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,55 +38,81 @@ class IncomingContact:
     record_id: str
     value: str | None = None
     object_type: str = ""
+    # When the CRM says the value was observed (HubSpot's occurredAt); None: when it reached us.
+    occurred_at: datetime | None = None
 
 
 def buffer_contacts(
     session: Session, connection_id: int, type_: str, contacts: Iterable[IncomingContact]
 ) -> int:
-    """Add contacts to the buffer; a contact already waiting gets its newer value. Returns how many."""
-    latest: dict[tuple[str, str], str | None] = {}
+    """Add contacts to the buffer; a contact already waiting keeps the newest value. Returns how many.
+
+    "Newest" is by `occurred_at`, not by arrival: HubSpot may deliver an older change after a newer
+    one. A contact that says nothing of its time (a workflow webhook, an outbound message) counts as
+    observed when it arrived, and that time is stored, so a later comparison sees it. A contact
+    without a value (a creation event) never replaces one: it only says "read the record", and the
+    value it would be read for is at least as new as any hint. Ties go to the later arrival.
+    """
+    arrived = utcnow()
+    latest: dict[tuple[str, str], tuple[str | None, datetime]] = {}
     for contact in contacts:  # one row per record: an upsert may not touch a row twice
         key = (contact.object_type, contact.record_id[:64])
-        latest[key] = contact.value if contact.value is not None else latest.get(key)
+        incoming = (contact.value, contact.occurred_at or arrived)
+        waiting = latest.get(key)
+        if waiting is None or _replaces(incoming, waiting):
+            latest[key] = incoming
     if not latest:
         return 0
     if session.get_bind().dialect.name == "postgresql":
-        incoming = json.dumps([[o, r, v] for (o, r), v in latest.items()])
-        session.execute(_BUFFER_PG, {"connection_id": connection_id, "type": type_, "incoming": incoming})
+        incoming_rows = json.dumps([[o, r, v, t.isoformat()] for (o, r), (v, t) in latest.items()])
+        session.execute(
+            _BUFFER_PG, {"connection_id": connection_id, "type": type_, "incoming": incoming_rows}
+        )
         return len(latest)
     statement = sqlite.insert(CoalescedContact)
     rows = [
         {"connection_id": connection_id, "type": type_, "object_type": object_type, "record_id": record_id,
-         "value": value, "received_at": utcnow()}
-        for (object_type, record_id), value in latest.items()
+         "value": value, "occurred_at": occurred_at, "received_at": arrived}
+        for (object_type, record_id), (value, occurred_at) in latest.items()
     ]  # fmt: skip
-    session.execute(_newer_value_wins(statement), rows)
+    session.execute(_newest_value_wins(statement), rows)
     return len(rows)
 
 
-def _newer_value_wins(statement: Any) -> Any:
+def _replaces(incoming: tuple[str | None, datetime], waiting: tuple[str | None, datetime]) -> bool:
+    """The rule of `_newest_value_wins`, for contacts of one delivery."""
+    (value, occurred_at), (waiting_value, waiting_at) = incoming, waiting
+    return value is not None and (waiting_value is None or occurred_at >= waiting_at)
+
+
+def _newest_value_wins(statement: Any) -> Any:
+    waiting, excluded = statement.table.c, statement.excluded
+    # Rows buffered before occurred_at existed stand for their arrival.
+    waiting_at = func.coalesce(waiting.occurred_at, waiting.received_at)
     return statement.on_conflict_do_update(
         index_elements=["connection_id", "type", "object_type", "record_id"],
-        index_where=statement.table.c.sync_id.is_(None),
-        set_={"value": func.coalesce(statement.excluded.value, statement.table.c.value)},
+        index_where=waiting.sync_id.is_(None),
+        set_={"value": excluded.value, "occurred_at": excluded.occurred_at},
+        where=excluded.value.is_not(None) & (waiting.value.is_(None) | (excluded.occurred_at >= waiting_at)),
     )
 
 
 # One statement whatever the delivery's size, so it is compiled and prepared once. The contacts
-# travel as one JSON text of [object_type, record_id, value] rows: psycopg adapts a list
-# parameter element by element in Python, which was the largest cost of a webhook of 100 events.
+# travel as one JSON text of [object_type, record_id, value, occurred_at] rows: psycopg adapts a
+# list parameter element by element in Python, which was the largest cost of a webhook of 100 events.
 _INCOMING = func.json_array_elements(cast(bindparam("incoming", type_=String), JSON)).table_valued(
     "value", name="incoming"
 )
-_BUFFER_PG = _newer_value_wins(
+_BUFFER_PG = _newest_value_wins(
     postgresql.insert(CoalescedContact.__table__).from_select(
-        ["connection_id", "type", "object_type", "record_id", "value", "received_at"],
+        ["connection_id", "type", "object_type", "record_id", "value", "occurred_at", "received_at"],
         select(
             bindparam("connection_id", type_=BigInteger),
             bindparam("type", type_=String),
             _INCOMING.c.value.op("->>")(0),
             _INCOMING.c.value.op("->>")(1),
             _INCOMING.c.value.op("->>")(2),
+            cast(_INCOMING.c.value.op("->>")(3), DateTime(timezone=True)),
             func.now(),
         ),
     )
@@ -221,10 +247,25 @@ def _new_coalesced_sync(session: Session, connection: Connection, type_: str) ->
 
 
 class CoalescedSource:
-    """The contacts a flush moved into a sync; values the webhook did not carry are read from the CRM."""
+    """The contacts a flush moved into a sync, with the values to verify.
 
-    def __init__(self, runtime: Runtime, sync_id: int, type_: str, reader: RecordReader | None) -> None:
+    A value the webhook carried is used as it is unless `read_back` is set; values it did not
+    carry are always read from the CRM. With `read_back` every record's current value is read by
+    id (one reader call per chunk of rows): the message's values are hints, not facts, and a record
+    deleted since ends skipped with no value.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        sync_id: int,
+        type_: str,
+        reader: RecordReader | None,
+        *,
+        read_back: bool = False,
+    ) -> None:
         self.runtime, self.sync_id, self.type, self.reader = runtime, sync_id, type_, reader
+        self.read_back = read_back
 
     def iter_records(self) -> Iterator[SourceRecord]:
         after_id = 0
@@ -247,17 +288,18 @@ class CoalescedSource:
             yield from self._with_values(rows)
 
     def _with_values(self, rows: list[Any]) -> Iterator[SourceRecord]:
-        missing = [r for r in rows if r.value is None]
-        for row in rows:
-            if row.value is not None:
-                yield SourceRecord(row.record_id, row.value, row.object_type or None)
-        if not missing:
+        to_read = rows if self.read_back else [r for r in rows if r.value is None]
+        if not self.read_back:
+            for row in rows:
+                if row.value is not None:
+                    yield SourceRecord(row.record_id, row.value, row.object_type or None)
+        if not to_read:
             return
         if self.reader is None:
             raise ConnectorError(
-                "no_record_reader", f"sync {self.sync_id} has contacts without values to read"
+                "no_record_reader", f"sync {self.sync_id} has contacts whose values must be read"
             )
-        found = {r.record_id: r for r in self.reader.read_records([m.record_id for m in missing], self.type)}
-        for row in missing:
+        found = {r.record_id: r for r in self.reader.read_records([m.record_id for m in to_read], self.type)}
+        for row in to_read:
             # A contact deleted since the webhook still gets an outcome: skipped, no value.
             yield found.get(row.record_id, SourceRecord(row.record_id, None, row.object_type or None))

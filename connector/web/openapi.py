@@ -166,6 +166,20 @@ def document() -> dict[str, Any]:
             "/webhooks/salesforce": {
                 "post": {
                     "summary": "Salesforce outbound messages (text/xml) and Flow callouts (application/json)",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "query",
+                            "description": "the connection's webhook secret (outbound messages)",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "X-Connector-Token",
+                            "in": "header",
+                            "description": "the connection's webhook secret (Flow callouts)",
+                            "schema": {"type": "string"},
+                        },
+                    ],
                     "requestBody": {
                         "content": {
                             "text/xml": {"schema": {"type": "string"}},
@@ -299,7 +313,7 @@ def document() -> dict[str, Any]:
             "/admin/segments/{segment_id}/sync": {
                 "post": _admin(
                     "start a sync of the segment",
-                    {"202": _json(_ref("Sync"), "started")},
+                    {"202": _json(_ref("Sync"), "started, or the source's sync still unsettled")},
                     parameters=[SEGMENT_ID],
                 )
             },

@@ -72,14 +72,15 @@ def hubspot():  # type: ignore[no-untyped-def]
 def salesforce():  # type: ignore[no-untyped-def]
     runtime = current_runtime()
     settings = runtime.settings
+    org_id, token = salesforce_secrets(settings)
     mimetype = request.mimetype
     if mimetype in ("text/xml", "application/xml", "application/soap+xml"):
-        delivery = salesforce_webhook.read_outbound_message(request.get_data(), settings.salesforce_org_id)
+        # Salesforce cannot add headers to an outbound message: its secret rides in the endpoint URL.
+        salesforce_webhook.check_token(request.args.get("token"), token, carried_by="?token=")
+        delivery = salesforce_webhook.read_outbound_message(request.get_data(), org_id)
     elif mimetype == "application/json":
-        if not settings.salesforce_webhook_token:
-            raise ConfigError("salesforce_not_configured", "SALESFORCE_WEBHOOK_TOKEN is not set")
-        salesforce_webhook.check_flow_token(
-            request.headers.get("X-Connector-Token"), settings.salesforce_webhook_token
+        salesforce_webhook.check_token(
+            request.headers.get("X-Connector-Token"), token, carried_by="X-Connector-Token"
         )
         delivery = salesforce_webhook.read_flow_callout(parse_json(request.get_data()))
     else:
@@ -107,6 +108,21 @@ class UnsupportedMediaType(ConnectorError):
 
     def __init__(self) -> None:
         super().__init__("unsupported_media_type", "send text/xml (outbound message) or application/json")
+
+
+def salesforce_secrets(settings: Settings) -> tuple[str, str]:
+    """The org and webhook secret of the env connection: without both, no delivery can be trusted."""
+    missing = [
+        name
+        for name, value in (
+            ("SALESFORCE_ORG_ID", settings.salesforce_org_id),
+            ("SALESFORCE_WEBHOOK_TOKEN", settings.salesforce_webhook_token),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError("salesforce_not_configured", f"{' and '.join(missing)} must be set for webhooks")
+    return str(settings.salesforce_org_id), str(settings.salesforce_webhook_token)
 
 
 def signed_uri(settings: Settings, req: Request) -> str:
