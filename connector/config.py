@@ -24,6 +24,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError("invalid_setting", f"{name} must be an integer, got {raw!r}") from None
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError("invalid_setting", f"{name} must be 0 or more, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -46,6 +53,9 @@ class Settings:
     data_dir: Path = Path("./var")
     admin_token: str | None = None
     public_base_url: str | None = None
+    # Reverse proxies in front of the web process that append to X-Forwarded-For: the client address
+    # (for the sign-in throttle) is the one the outermost of them saw. 0: the header is ignored.
+    trusted_proxy_count: int = 0
 
     apexverify_base_url: str = "https://api.apexverify.com"
     apexverify_api_key: str | None = field(default=None, repr=False)
@@ -92,6 +102,7 @@ class Settings:
             data_dir=Path(_str(env, "CONNECTOR_DATA_DIR", "./var") or "./var"),
             admin_token=_str(env, "ADMIN_TOKEN"),
             public_base_url=_str(env, "PUBLIC_BASE_URL"),
+            trusted_proxy_count=_count(env, "TRUSTED_PROXY_COUNT", 0),
             apexverify_base_url=(_str(env, "APEXVERIFY_BASE_URL", cls.apexverify_base_url) or "").rstrip("/"),
             apexverify_api_key=_str(env, "APEXVERIFY_API_KEY"),
             apexverify_rate_limit_per_minute=_int(env, "APEXVERIFY_RATE_LIMIT_PER_MINUTE", 180),

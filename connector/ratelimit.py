@@ -50,6 +50,17 @@ class RateLimiter:
             return 0.01
         return max(0.01, oldest[0][1] + self.period - now)
 
+    def wait_time(self) -> float:
+        """Seconds until a slot is free, taking none: 0.0 when one is free now."""
+        now = time.time()
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self.key, 0, now - self.period)
+            pipe.zrange(self.key, -self.limit, -self.limit, withscores=True)  # the limit-th newest
+            _, members = pipe.execute()
+        if not members:  # fewer than `limit` in the window
+            return 0.0
+        return max(0.01, members[0][1] + self.period - now)
+
     def acquire(self, max_wait: float | None = None) -> float:
         """Block until a slot is taken; returns the seconds waited.
 

@@ -6,6 +6,7 @@ Built on first use in a worker or explicitly by `create_app` and the CLI, never 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 from collections.abc import Iterator
@@ -68,8 +69,10 @@ def make_engine(database_url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
-            # PostgreSQL's md5(text), which SQLite lacks (record_history compares value digests).
+            # What record_history computes in SQL: PostgreSQL's md5(text) (legacy digests) and the
+            # HMAC that PostgreSQL builds from its sha256(), neither of which SQLite has.
             dbapi_connection.create_function("md5", 1, _md5_hex, deterministic=True)
+            dbapi_connection.create_function("hmac_sha256", 2, _hmac_sha256_hex, deterministic=True)
 
         return engine
     if database_url.startswith("postgresql://"):
@@ -81,6 +84,10 @@ def make_engine(database_url: str) -> Engine:
 
 def _md5_hex(text: str | None) -> str | None:
     return None if text is None else hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _hmac_sha256_hex(key: bytes, text: str | None) -> str | None:
+    return None if text is None else hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def _ensure_sqlite_dir(database_url: str) -> None:
@@ -99,22 +106,29 @@ def connect_redis(url: str, *, allow_fallback: bool = False) -> tuple[redis.Redi
         return connection, False
     except redis.exceptions.ConnectionError:
         pass
+    log.warning("redis_unreachable_using_in_process_broker", extra={"redis_url": _safe_url(url)})
+    return in_process_redis(), True
+
+
+def in_process_redis() -> redis.Redis:
+    """A client of this process's in-process Redis (fakeredis): what stands in when Redis is unreachable."""
     import fakeredis
 
-    log.warning("redis_unreachable_using_in_process_broker", extra={"redis_url": _safe_url(url)})
-    return fakeredis.FakeRedis(server=_fallback_server()), True
+    return fakeredis.FakeRedis(server=_fallback_server())
 
 
 _FALLBACK_SERVER = None
+_FALLBACK_LOCK = threading.Lock()
 
 
 def _fallback_server():  # type: ignore[no-untyped-def]
     global _FALLBACK_SERVER
-    if _FALLBACK_SERVER is None:
-        import fakeredis
+    with _FALLBACK_LOCK:  # web threads may reach here together (the sign-in throttle's fallback)
+        if _FALLBACK_SERVER is None:
+            import fakeredis
 
-        _FALLBACK_SERVER = fakeredis.FakeServer()
-    return _FALLBACK_SERVER
+            _FALLBACK_SERVER = fakeredis.FakeServer()
+        return _FALLBACK_SERVER
 
 
 def _safe_url(url: str) -> str:

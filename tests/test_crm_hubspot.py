@@ -183,12 +183,14 @@ def test_list_source_reads_the_same_records_through_rest_pages_and_an_export(
     prepare_email_properties(api, tmp_path)  # as the pipeline does before reading a segment
     list_id, ids = hub.seed_list(segment_contacts(300))
 
-    by_rest = list(HubSpotListSource(api, list_id, "email").iter_records())
+    work_dir = tmp_path / "sync"
+    by_rest = list(HubSpotListSource(api, list_id, "email", work_dir=work_dir).iter_records())
     assert hub.requests_to("POST /crm/v3/objects/contacts/batch/read") == 3
     assert hub.requests_to("GET /crm/v3/lists/{listId}/memberships") == 2  # 250 a page
     assert hub.requests_to("POST /crm/v3/exports/export/async") == 0
 
-    by_export = list(HubSpotListSource(api, list_id, "email", bulk_threshold=50).iter_records())
+    exporting = HubSpotListSource(api, list_id, "email", bulk_threshold=50, work_dir=work_dir)
+    by_export = list(exporting.iter_records())
     assert hub.requests_to("POST /crm/v3/exports/export/async") == 1
     assert hub.requests_to("POST /crm/v3/objects/contacts/batch/read") == 3  # no REST reads this time
 
@@ -198,7 +200,7 @@ def test_list_source_reads_the_same_records_through_rest_pages_and_an_export(
     assert by_rest[8] == SourceRecord(ids[8], "person8@example.com")
     assert by_rest[30].value == "  PERSON29@EXAMPLE.COM "  # values come as stored; the pipeline normalizes
     assert by_rest[3].verified_at == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-    assert not list((tmp_path / "data" / "hubspot").iterdir())  # the export file and marker are gone
+    assert not list(work_dir.iterdir())  # the export file and marker are gone
 
 
 def test_list_source_of_a_phone_sync_reads_phones_and_the_phone_verified_at(
@@ -212,31 +214,35 @@ def test_list_source_of_a_phone_sync_reads_phones_and_the_phone_verified_at(
         ]
     )
     for threshold in (10_000, 1):
-        records = list(HubSpotListSource(api, list_id, "phone", bulk_threshold=threshold).iter_records())
+        source = HubSpotListSource(api, list_id, "phone", bulk_threshold=threshold, work_dir=tmp_path)
+        records = list(source.iter_records())
         assert records == [
             SourceRecord(ids[0], "+1 415 555 0100", verified_at=datetime(2024, 5, 1, 10, tzinfo=UTC)),
             SourceRecord(ids[1], None),
         ]
 
 
-def test_list_source_fails_clearly_for_an_unknown_list(hub: SandboxControl, api: HubSpotApi) -> None:
+def test_list_source_fails_clearly_for_an_unknown_list(
+    hub: SandboxControl, api: HubSpotApi, tmp_path: Path
+) -> None:
     with pytest.raises(ConnectorError) as raised:
-        list(HubSpotListSource(api, "987654", "email").iter_records())
+        list(HubSpotListSource(api, "987654", "email", work_dir=tmp_path).iter_records())
     assert raised.value.code == "hubspot_list_not_found"
 
 
 def test_export_still_running_at_the_poll_budget_is_resumed_not_restarted(
-    hub: SandboxControl, settings: Settings, limiter_redis: redis.Redis
+    hub: SandboxControl, settings: Settings, limiter_redis: redis.Redis, tmp_path: Path
 ) -> None:
     list_id, _ = hub.seed_list(segment_contacts(20))
     hub.configure(export_delay=30.0)
     impatient = HubSpotApi(dataclasses.replace(settings, step_lease_seconds=1), limiter_redis)
+    source = HubSpotListSource(impatient, list_id, "email", bulk_threshold=5, work_dir=tmp_path)
     with pytest.raises(TransientError) as raised:
-        list(HubSpotListSource(impatient, list_id, "email", bulk_threshold=5).iter_records())
+        list(source.iter_records())
     assert raised.value.code == "hubspot_export_running"
 
     hub.configure(export_delay=0.0)
-    records = list(HubSpotListSource(impatient, list_id, "email", bulk_threshold=5).iter_records())
+    records = list(source.iter_records())
     assert len(records) == 20
     assert hub.requests_to("POST /crm/v3/exports/export/async") == 1
 

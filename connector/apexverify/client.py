@@ -40,6 +40,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 from connector.apexverify.outcomes import ApexVerifyError, BatchDetails, BatchStatus, LaunchOutcome
 from connector.config import Settings
 from connector.errors import TransientError
+from connector.outbound import PinnedSession
 from connector.ratelimit import RateLimiter
 
 log = logging.getLogger("connector.apexverify")
@@ -103,7 +104,10 @@ class ApexVerifyClient:
         self.max_attempts = max_attempts
         self.backoff_cap = backoff_cap
         self._sleep = sleep
-        self.session = session or requests.Session()
+        # Pinned to the base URL: the API key never follows a redirect or goes to another host.
+        self.session = session or PinnedSession(
+            self.base_url, service="ApexVerify", setting="APEXVERIFY_BASE_URL"
+        )
         self.on_call: CallHook | None = None
 
     @classmethod

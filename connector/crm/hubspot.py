@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 import hubspot.crm.contacts as hs_contacts
 import hubspot.crm.exports as hs_exports
@@ -38,6 +39,7 @@ from connector.crm.hubspot_client import make_hubspot_client
 from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
 from connector.errors import ConfigError, ConnectorError, TransientError
 from connector.metrics import call_outcome, count
+from connector.outbound import redirect_refused
 from connector.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class _Failure:
     status: int
     body: dict[str, Any]
     retry_after: float | None
+    location: str | None = None  # a redirect's target
 
     @property
     def message(self) -> str:
@@ -112,7 +115,8 @@ def _failure_from_exception(exc: Exception) -> _Failure:
     except (ValueError, TypeError):
         body = {}
     headers = getattr(exc, "headers", None) or {}
-    return _Failure(status, body if isinstance(body, dict) else {}, _retry_after(headers.get("Retry-After")))
+    retry_after = _retry_after(headers.get("Retry-After"))
+    return _Failure(status, body if isinstance(body, dict) else {}, retry_after, headers.get("Location"))
 
 
 def _retry_after(raw: str | None) -> float | None:
@@ -236,11 +240,19 @@ class HubSpotApi:
             return ConnectorError("hubspot_unauthorized", f"HubSpot refused the access token: {message}")
         if failure.status == 403:
             return ConnectorError("hubspot_forbidden", f"The HubSpot app lacks a scope: {message}")
+        if 300 <= failure.status < 400:  # not followed: the client is built with NO_REDIRECTS
+            base = self.settings.hubspot_base_url + "/"
+            location = urljoin(base, failure.location) if failure.location else None
+            return redirect_refused("HubSpot", failure.status, location, "HUBSPOT_BASE_URL")
         return HubSpotRequestError(failure.status, failure.category, message)
 
     def _count(self, name: str) -> None:
         setattr(self, name, getattr(self, name) + 1)
         setattr(PROCESS_COUNTERS, name, getattr(PROCESS_COUNTERS, name) + 1)
+
+    def bearer_header(self) -> dict[str, str]:
+        """The Authorization header the client sends, for a request made outside it (an export file)."""
+        return {"Authorization": f"Bearer {self._token}"}
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
@@ -381,7 +393,11 @@ class HubSpotRecordReader:
 
 
 class HubSpotListSource:
-    """The contacts of a HubSpot list: REST pages when small, one Exports API file when large."""
+    """The contacts of a HubSpot list: REST pages when small, one Exports API file when large.
+
+    The export file is downloaded into `work_dir`, the sync's own directory, so a worker killed
+    while reading it leaves it where the sync's purge removes it.
+    """
 
     def __init__(
         self,
@@ -389,7 +405,7 @@ class HubSpotListSource:
         list_id: str,
         type_: str,
         *,
-        settings: Settings | None = None,
+        work_dir: Path,
         bulk_threshold: int = DEFAULT_BULK_THRESHOLD,
         field_names: dict[str, str] | None = None,
     ) -> None:
@@ -397,7 +413,7 @@ class HubSpotListSource:
         self.api = api
         self.list_id = str(list_id)
         self.type = type_
-        self.settings = settings or api.settings
+        self.work_dir = Path(work_dir)
         self.bulk_threshold = bulk_threshold
         self.field_names = field_names
         self.reader = HubSpotRecordReader(api, field_names=field_names)
@@ -444,7 +460,7 @@ class HubSpotListSource:
             self.api,
             self.list_id,
             [value_property, verified_property],
-            work_dir=Path(self.settings.data_dir) / "hubspot",
+            work_dir=self.work_dir,
         )
         for row in rows:
             yield SourceRecord(

@@ -21,12 +21,14 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from urllib.parse import urljoin
 
 import urllib3
 
 from connector.crm.base import WriteFailure
 from connector.crm.jobs import JobMarker, poll_until
 from connector.errors import ConnectorError, TransientError
+from connector.outbound import redirect_refused, same_origin
 
 if TYPE_CHECKING:
     from connector.crm.hubspot import HubSpotApi
@@ -61,7 +63,7 @@ def export_list_rows(
     url = _await_export(api, task_id, marker)
     path = work_dir / f"export-list-{list_id}-{task_id}.download"
     try:
-        _download(url, path)
+        _download(api, url, path)
         yield from _read_export(path, labels)
         marker.clear()
     finally:
@@ -115,20 +117,29 @@ def _await_export(api: HubSpotApi, task_id: str, marker: JobMarker) -> str:
     return str(status.result)
 
 
-def _download(url: str, path: Path) -> None:
-    """The export file, streamed to disk. The URL is pre-signed: no token is sent with it."""
+def _download(api: HubSpotApi, url: str, path: Path) -> None:
+    """The export file, streamed to disk.
+
+    HubSpot's link is pre-signed and on another host than the API: it is fetched without the token
+    (following redirects, as nothing secret travels). A link on HUBSPOT_BASE_URL itself gets the
+    token, like every call there, and then a redirect is refused, not followed.
+    """
+    with_token = same_origin(url, api.settings.hubspot_base_url)
     partial = path.with_suffix(".part")
     http = urllib3.PoolManager(
-        retries=urllib3.Retry(total=3, backoff_factor=1.0, status_forcelist=(500, 502, 503, 504)),
+        retries=urllib3.Retry(
+            total=3,
+            backoff_factor=1.0,
+            status_forcelist=(500, 502, 503, 504),
+            redirect=False if with_token else None,
+        ),
         timeout=urllib3.Timeout(connect=10.0, read=120.0),
+        headers=api.bearer_header() if with_token else None,
     )
     try:
         response = http.request("GET", url, preload_content=False)
         try:
-            if response.status != 200:
-                raise TransientError(
-                    "hubspot_export_download_failed", f"the export file answered HTTP {response.status}"
-                )
+            _refuse_failed_download(api, response, with_token)
             with partial.open("wb") as handle:
                 for chunk in response.stream(DOWNLOAD_CHUNK_BYTES):
                     handle.write(chunk)
@@ -142,6 +153,16 @@ def _download(url: str, path: Path) -> None:
     finally:
         http.clear()
     partial.replace(path)
+
+
+def _refuse_failed_download(api: HubSpotApi, response: urllib3.BaseHTTPResponse, with_token: bool) -> None:
+    if with_token and response.get_redirect_location():
+        location = urljoin(api.settings.hubspot_base_url + "/", response.get_redirect_location() or "")
+        raise redirect_refused("HubSpot", response.status, location, "HUBSPOT_BASE_URL")
+    if response.status != 200:
+        raise TransientError(
+            "hubspot_export_download_failed", f"the export file answered HTTP {response.status}"
+        )
 
 
 @contextlib.contextmanager

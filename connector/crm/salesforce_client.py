@@ -14,6 +14,10 @@ INVALID_SESSION_ID from a REST call (query, restful, sf.Contact...) it calls the
 callable, which for us fetches a new token, and retries. Bulk API 2.0 calls (`sf.bulk2`) do not
 retry: catch `SalesforceExpiredSession`, call `refresh_session(sf)` and ask `sf.bulk2` again
 (each access builds a handler with the current session id).
+
+Credentials stay on the instance (connector/outbound.py): the session is a `PinnedSession`, so no
+request leaves the instance URL or follows a redirect, and a `nextRecordsUrl` must be a path under
+/services/data/ of the instance (`untrusted_url` otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 import requests
 from simple_salesforce import Salesforce, SFType
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed
+
+from connector.outbound import PinnedSession, path_on
 
 DEFAULT_VERSION = "62.0"
 TOKEN_TIMEOUT_SECONDS = 30
@@ -40,7 +46,7 @@ def fetch_client_credentials_token(
     instance_url: str, client_id: str, client_secret: str, session: requests.Session | None = None
 ) -> TokenGrant:
     """A session id from the OAuth 2.0 client-credentials flow of the org at `instance_url`."""
-    response = (session or requests).post(
+    response = (session or pinned_session(instance_url)).post(
         f"{instance_url.rstrip('/')}/services/oauth2/token",
         data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret},
         timeout=TOKEN_TIMEOUT_SECONDS,
@@ -70,7 +76,10 @@ class ConnectorSalesforce(Salesforce):
         # Set before super().__init__: Salesforce.__getattr__ turns any missing attribute into an SFType.
         self.instance_root = instance_url.rstrip("/")
         super().__init__(
-            session_id=session_id, instance_url=self.instance_root, version=version, session=session
+            session_id=session_id,
+            instance_url=self.instance_root,
+            version=version,
+            session=session or pinned_session(self.instance_root),
         )
         self._use_scheme()
         if token_source is not None:
@@ -97,9 +106,11 @@ class ConnectorSalesforce(Salesforce):
     ) -> Any:
         if not identifier_is_url:
             return super().query_more(next_records_identifier, False, include_deleted, **kwargs)
-        result = self._call_salesforce(
-            "GET", f"{self.instance_root}{next_records_identifier}", name="query_more", **kwargs
-        )
+        url = path_on(
+            self.instance_root, next_records_identifier, "/services/data/",
+            service="Salesforce", what="nextRecordsUrl",
+        )  # fmt: skip
+        result = self._call_salesforce("GET", url, name="query_more", **kwargs)
         return self.parse_result_to_json(result)
 
     def __getattr__(self, name: str) -> Any:
@@ -122,7 +133,7 @@ def make_salesforce(
     With a session id it is used first; with client credentials too (or only), new session ids are
     fetched from the org's token endpoint whenever Salesforce says the current one is invalid.
     """
-    session = requests.Session()
+    session = pinned_session(instance_url)
     token_source = None
     if client_id and client_secret:
         token_source = _token_source(instance_url, client_id, client_secret, session)
@@ -142,6 +153,11 @@ def _token_source(
         return fetch_client_credentials_token(instance_url, client_id, client_secret, session).access_token
 
     return fetch
+
+
+def pinned_session(instance_url: str) -> PinnedSession:
+    """The requests session for the org: to its instance URL only, never following a redirect."""
+    return PinnedSession(instance_url, service="Salesforce", setting="SALESFORCE_INSTANCE_URL")
 
 
 def refresh_session(sf: Salesforce) -> None:

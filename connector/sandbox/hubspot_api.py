@@ -461,10 +461,14 @@ def export_status(taskId: str) -> dict:
         "links": {},
     }
     if status == "COMPLETE":
-        body["result"] = url_for(
-            "hubspot_api.download_export", token=task.download_token, file_name=task.file_name, _external=True
-        )
+        body["result"] = _export_file_url(state, task)
     return body
+
+
+def _export_file_url(state: SandboxState, task: ExportTask) -> str:
+    """The pre-signed link: on this sandbox, or on the configured stand-in for HubSpot's file host."""
+    path = url_for("hubspot_api.download_export", token=task.download_token, file_name=task.file_name)
+    return (state.config.export_file_origin or request.host_url).rstrip("/") + path
 
 
 @api.get("/crm/v3/exports/export/<exportId>")
@@ -491,6 +495,9 @@ def get_export(exportId: str) -> dict:
 def download_export(token: str, file_name: str) -> Response:
     state = sandbox_state()
     with state.lock:
+        state.export_downloads.append(
+            {"host": request.host, "authorization": "Authorization" in request.headers}
+        )
         task = next((t for t in state.exports.values() if t.download_token == token), None)
         ready = task is not None and task.completed_iso is not None and task.file_name == file_name
     if not ready or task is None:

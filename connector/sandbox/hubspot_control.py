@@ -8,9 +8,12 @@
 - GET /_sandbox/contacts/<id>: all properties of one contact.
 - GET /_sandbox/contacts?property=a&property=b&offset=&limit=: contacts with those properties
   (all when none is named), seeded contacts first, then generated ones.
-- GET /_sandbox/state: request counts per route, 429s, sizes, custom properties, jobs, config.
+- GET /_sandbox/state: request counts per route, 429s, sizes, custom properties, jobs, config,
+  and `export_downloads`: per export file download, its Host and whether it carried Authorization.
 - POST /_sandbox/config: change rate_limit_per_10s, daily_limit, export_delay, import_delay,
-  validate_requests, validate_responses, export_zip, portal_id.
+  validate_requests, validate_responses, export_zip, portal_id, export_file_origin (the
+  scheme://host:port export links point to, as HubSpot's pre-signed links point to its file host;
+  null: this sandbox).
 - POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" |
   "http_502" | "http_429" | "record_errors", "count": n}: the next n matching requests fail that
   way. `record_errors` is a partial failure, as when contacts are merged or deleted while a sync

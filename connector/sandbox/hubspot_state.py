@@ -31,6 +31,9 @@ class SandboxConfig:
     validate_responses: bool = False
     export_zip: bool = False
     portal_id: int = 62515
+    # Where export files are served: None, this sandbox; else another origin (scheme://host:port)
+    # standing in for HubSpot's file host, as HubSpot's pre-signed links point off api.hubapi.com.
+    export_file_origin: str | None = None
     # None: any non-empty bearer token is accepted. Not changeable through /_sandbox/config.
     access_token: str | None = field(default=None, repr=False)
 
@@ -40,7 +43,9 @@ class SandboxConfig:
         for name, value in changes.items():
             if name not in types:
                 raise ValueError(f"unknown setting {name!r}; known: {sorted(types)}")
-            expected = {"int": int, "float": (int, float), "bool": bool}[str(types[name])]
+            expected = {"int": int, "float": (int, float), "bool": bool, "str | None": (str, type(None))}[
+                str(types[name])
+            ]
             if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
                 raise ValueError(f"{name} must be {types[name]}, got {value!r}")
         for name, value in changes.items():
@@ -140,6 +145,8 @@ class SandboxState:
         self.rate_limited = 0
         self.rate_limiter = RateLimiter()
         self.faults = FaultPlan(FAULT_KINDS)
+        # One entry per export file download: {"host": Host header, "authorization": bool}.
+        self.export_downloads: list[dict[str, Any]] = []
         self._next_list_id = 1
         self._next_task_id = 1
         self._next_import_id = 1
@@ -197,6 +204,7 @@ class SandboxState:
             "lists": len(self.lists),
             "properties": self.catalog.custom_names(),
             "exports": len(self.exports),
+            "export_downloads": list(self.export_downloads),
             "imports": {job.import_id: job.state for job in self.imports.values()},
             "faults": self.faults.pending(),
             "config": self.config.public(),

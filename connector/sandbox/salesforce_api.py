@@ -148,7 +148,8 @@ def _page(state: SandboxState, cursor: QueryCursor, cursor_id: str, offset: int)
     ]
     page: dict[str, Any] = {"totalSize": len(cursor.serials), "done": end >= len(cursor.serials)}
     if not page["done"]:
-        page["nextRecordsUrl"] = f"/services/data/v{cursor.version}/{cursor.endpoint}/{cursor_id}-{end}"
+        path = f"/services/data/v{cursor.version}/{cursor.endpoint}/{cursor_id}-{end}"
+        page["nextRecordsUrl"] = state.config.next_records_url_prefix + path
     page["records"] = records
     return page
 

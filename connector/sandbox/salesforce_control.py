@@ -16,8 +16,10 @@
   "GET /services/data/v{version}/query"), api_usage, api_limit, record counts, jobs, config.
 - POST /_sandbox/config: {"daily_api_limit", "api_usage", "bulk_delay", "missing_fields":
   {"Contact": [...]}, "readonly_fields": {"Lead": [...]}, "expire_token": true, "track_writes":
-  ["ApexVerify_Status__c", ...]} (any subset). `track_writes` keeps every value written to those
-  fields (by sObject updates, Collections and Bulk ingest), so a test can see a record written twice.
+  ["ApexVerify_Status__c", ...], "next_records_url_prefix": "@evil.example"} (any subset).
+  `track_writes` keeps every value written to those fields (by sObject updates, Collections and
+  Bulk ingest), so a test can see a record written twice. `next_records_url_prefix` is put in front
+  of every query answer's nextRecordsUrl, standing in for an org whose answers point elsewhere.
 - GET /_sandbox/writes?field=ApexVerify_Status__c: {"field", "records": {id: [values in write order]}}
   for every record written since the field was tracked.
 - POST /_sandbox/faults: {"endpoint": "<METHOD> <route>" | "any", "kind": "http_500" | "http_503" |
@@ -268,6 +270,7 @@ def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
         "readonly_fields",
         "expire_token",
         "track_writes",
+        "next_records_url_prefix",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -276,6 +279,9 @@ def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
         if name in body and (not isinstance(body[name], int) or body[name] < 0):
             raise ValueError(f"{name} must be a non-negative integer")
     bulk_delay = float(body.get("bulk_delay", state.config.bulk_delay))
+    prefix = body.get("next_records_url_prefix", state.config.next_records_url_prefix)
+    if not isinstance(prefix, str):
+        raise ValueError("next_records_url_prefix must be a string")
     tracked = _tracked_fields(body.get("track_writes", state.config.track_writes))
     if "missing_fields" in body or "readonly_fields" in body:
         missing = body.get("missing_fields", state.schema.missing)
@@ -284,6 +290,7 @@ def _apply_config(state: SandboxState, body: dict[str, Any]) -> int:
     state.api_usage = body.get("api_usage", state.api_usage)
     state.config.bulk_delay = bulk_delay
     state.config.track_writes = tracked
+    state.config.next_records_url_prefix = prefix
     return state.tokens.expire_current() if body.get("expire_token") else 0
 
 

@@ -56,6 +56,9 @@ class SandboxConfig:
     # Fields whose every written value is kept per record (GET /_sandbox/writes); off by default,
     # as a million-record write-back would keep a million lists.
     track_writes: tuple[str, ...] = ()
+    # Put in front of every nextRecordsUrl: a test's stand-in for a compromised or hostile org whose
+    # answers point elsewhere ("@evil.example", "https://evil.example"). Empty: Salesforce's paths.
+    next_records_url_prefix: str = ""
 
     def public(self) -> dict[str, Any]:
         return {
@@ -63,6 +66,7 @@ class SandboxConfig:
             "daily_api_limit": self.daily_api_limit,
             "bulk_delay": self.bulk_delay,
             "track_writes": list(self.track_writes),
+            "next_records_url_prefix": self.next_records_url_prefix,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from connector.config import Settings
 from connector.errors import ConnectorError
@@ -17,6 +18,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     set_runtime(runtime)
 
     app = Flask(__name__)
+    if settings.trusted_proxy_count:
+        # request.remote_addr becomes the client the outermost trusted proxy saw (the sign-in throttle's
+        # key); scheme, host and path are left as they are (see ops.ProxyAwareSessionInterface).
+        proxies = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=0, x_host=0, x_port=0, x_prefix=0
+        )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["connector"] = runtime
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hmac
 import math
 import tempfile
 from typing import IO, Any
@@ -12,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import func, select
 from werkzeug.wsgi import wrap_file
 
-from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError
+from connector.errors import ConnectorError, InputError, NotFoundError
 from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
 from connector.pipeline.segments import (
     create_segment,
@@ -24,23 +23,14 @@ from connector.pipeline.segments import (
     update_segment,
 )
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
-from connector.ratelimit import RateLimiter
 from connector.results import iter_verdicts, json_chunks, write_xlsx
 from connector.web import current_runtime
+from connector.web.admin_auth import TooManyAttempts, token_accepted
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_LIMIT = 500
 MAX_ID = 2**63 - 1  # ids are BIGINT: a larger one in a URL or cursor matches nothing, and must not reach SQL
 WRITE_FAILURES_SHOWN = 1000
-FAILED_AUTH_PER_MINUTE = 20
-
-
-class TooManyAttempts(ConnectorError):
-    http_status = 429
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("too_many_attempts", f"too many failed sign-ins; try again in {retry_after:.0f} s")
-        self.retry_after = retry_after
 
 
 class Unauthorized(ConnectorError):
@@ -59,27 +49,10 @@ def unauthorized(error: Unauthorized):  # type: ignore[no-untyped-def]
 
 @admin.before_request
 def require_admin_token() -> None:
-    runtime = current_runtime()
-    expected = runtime.settings.admin_token
-    if not expected:
-        raise ConfigError("admin_disabled", "ADMIN_TOKEN is not set: the admin API is off")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""  # the scheme name is case-insensitive
-    if token and hmac.compare_digest(token.encode(), expected.encode()):
-        return
-    count_failed_attempt(runtime)
-    raise Unauthorized("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
-
-
-def count_failed_attempt(runtime: Any) -> None:
-    """Count one failed sign-in from this address (API or ops page: one budget); TooManyAttempts past it."""
-    limiter = RateLimiter(runtime.redis, f"admin-auth:{request.remote_addr}", FAILED_AUTH_PER_MINUTE, 60)
-    try:
-        wait = limiter.try_acquire()
-    except Exception:  # Redis down: authentication still works, only the throttle is off
-        return
-    if wait:
-        raise TooManyAttempts(wait)
+    if not token_accepted(current_runtime(), token):  # 503 while the admin is off, 429 while throttled
+        raise Unauthorized("unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
 
 
 @admin.get("/syncs")

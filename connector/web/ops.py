@@ -37,21 +37,20 @@ from werkzeug.exceptions import HTTPException
 from wtforms import ValidationError
 
 from connector.config import Settings
-from connector.errors import ConfigError, ConnectorError
+from connector.errors import ConnectorError
 from connector.models import RUNNABLE_STATES, TERMINAL_STATES, Sync, SyncStatus
 from connector.pipeline.segments import list_segments, segment_json, sync_segment
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.web import current_runtime
 from connector.web.admin import (
     RESULT_STATES,
-    TooManyAttempts,
-    count_failed_attempt,
     get_sync,
     page_of_syncs,
     results_response,
     sync_detail_json,
     sync_json,
 )
+from connector.web.admin_auth import TooManyAttempts, configured_admin_token, token_accepted
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +101,11 @@ def session_secret(admin_token: str | None) -> bytes | None:
 class ProxyAwareSessionInterface(SecureCookieSessionInterface):
     """Marks the session cookie Secure when the browser reached us over HTTPS, directly or via a proxy.
 
-    Chosen over werkzeug's ProxyFix because ProxyFix rewrites request.url for the whole app, and
-    the HubSpot webhook signature check reads it (PUBLIC_BASE_URL is its documented knob); only
-    this flag needs the original scheme. A forged X-Forwarded-Proto can only make the sender's
-    own cookie Secure, so trusting it here is harmless.
+    Not werkzeug's ProxyFix (create_app installs it for the client address only): its X-Forwarded-Proto
+    handling would rewrite request.url for the whole app, and the HubSpot webhook signature check
+    reads it (PUBLIC_BASE_URL is its documented knob); only this flag needs the original scheme.
+    A forged X-Forwarded-Proto can only make the sender's own cookie Secure, so trusting it here
+    is harmless.
     """
 
     def get_cookie_secure(self, app: Flask) -> bool:
@@ -115,8 +115,7 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
 
 @ops.before_request
 def require_sign_in() -> ResponseReturnValue | None:
-    if not current_runtime().settings.admin_token:
-        raise ConfigError("admin_disabled", "ADMIN_TOKEN is not set: the admin is off")
+    configured_admin_token(current_runtime().settings)  # 503 while the admin is off
     if request.endpoint not in PUBLIC_ENDPOINTS and not _signed_in():
         return redirect(url_for("ops.sign_in_form"))
     if request.method == "POST":  # every form, the sign-in one too (login CSRF)
@@ -189,10 +188,8 @@ def sign_in_form() -> ResponseReturnValue:
 
 @ops.post("/ops/sign-in")
 def sign_in() -> ResponseReturnValue:
-    expected = current_runtime().settings.admin_token or ""
-    given = request.form.get("token", "")
-    if not (given and hmac.compare_digest(given.encode(), expected.encode())):
-        count_failed_attempt(current_runtime())  # raises TooManyAttempts past the limit
+    # Shares the admin API's throttle: TooManyAttempts (429), even for the right token, while it holds.
+    if not token_accepted(current_runtime(), request.form.get("token", "")):
         return render_template("ops_sign_in.html", refused=True), 401
     session.clear()  # a fresh CSRF token for the signed-in session
     session.permanent = True
