@@ -21,6 +21,7 @@ from connector.pipeline.drive import drive_until_settled
 from connector.pipeline.runner import schedule_step
 from connector.pipeline.syncs import approve_sync, retry_sync
 from connector.runtime import Runtime
+from connector.sandbox.server import SandboxServer
 from connector.verify_command import start_file_sync
 from tests.conftest import with_settings
 
@@ -421,3 +422,35 @@ def test_a_write_back_step_replaced_while_writing_records_nothing(
         steps.write_back_flags(StepContext(runtime, sync.id, "old-job"))
 
     assert set(outcomes(runtime, sync.id).values()) == {("pending", None)}
+
+
+def test_a_cancel_between_two_launches_stops_the_second_one(
+    runtime: Runtime, apexverify_sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Cancel means stop spending: the cancel lands while the first of two batches is being launched
+    (the sandbox answers that launch only once the cancel is committed), so the second never is."""
+    from flask import Response, request
+
+    from connector.pipeline.syncs import cancel_sync
+
+    runtime = with_settings(runtime, apexverify_max_batch_rows=2)
+    path = write_lines(tmp_path / "two.txt", ["a@example.com", "b@example.com", "c@example.com"])
+    sync = start_file_sync(runtime, path, type_="email", country="US")
+
+    @apexverify_sandbox.app.after_request
+    def cancel_after_the_first_launch(response: Response) -> Response:
+        if request.endpoint == "launch" and sandbox_launches(apexverify_sandbox) == 1:
+            cancel_sync(runtime, sync.id)
+        return response
+
+    settled = drive_until_settled(runtime, sync.id, tick_seconds=0.05)
+
+    assert settled.status == SyncStatus.CANCELLED
+    state = sandbox_state(runtime)
+    assert sorted((b["rows"], b["launch_count"]) for b in state["batches"]) == [(1, 0), (2, 1)]
+    assert state["launches"] == 1
+    assert settled.cost["charged"] == sum(b["charged"] for b in state["batches"]) > 0
+
+
+def sandbox_launches(server: SandboxServer) -> int:
+    return int(server.app.extensions["apexverify_state"].launches)

@@ -3,27 +3,84 @@
 A segment's export carries the record's own verification timestamp (`apexverify_verified_at`),
 which lets a scheduled sync skip records flagged within `reverify_after_days` without writing to
 the CRM again. The timestamp alone is not enough: a record whose email changed since keeps the
-old email's flags. After each write-back page the connector remembers, per record, an MD5 of the
-value it wrote flags for (a digest: no email or phone is kept here), and at export a record is
-only skipped when its current value has that digest.
+old email's flags. After each write-back page the connector remembers, per record, a digest of
+the value it wrote flags for (no email or phone is kept here), and at export a record is only
+skipped when its current value has that digest.
+
+The digest is HMAC-SHA256 under the server's record hash key (connector.server_secrets), not a
+bare hash: E.164 phone numbers are few enough to recover from an unkeyed MD5 by trying them all
+in seconds. The database computes it (PostgreSQL 11+ from its built-in sha256(), no extension;
+SQLite through a function the runtime registers), so a page of 250,000 records is still one
+statement: hashing 250,000 phone numbers and counting the distinct digests took 0.41 s against
+MD5's 0.25 s (PostgreSQL 15 on this 2-core machine).
+
+Rows written before the key existed hold an MD5 (32 hex characters). Such a digest still counts
+as a match until the record's next write-back rewrites it as an HMAC, so the upgrade makes no
+record look changed and spends no credits; the purge deletes the rest once they are older than
+every reverify window (connector.pipeline.retention).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, DateTime, String, and_, exists, func, literal, select, true, update
+import hashlib
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    LargeBinary,
+    String,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from connector.db import dialect_insert
 from connector.models import ContactOutcome, RecordVerification, Sync, SyncContact, utcnow
+from connector.runtime import Runtime
+from connector.server_secrets import RECORD_HASH_KEY, server_secret
+
+SHA256_BLOCK_BYTES = 64
 
 
-def reverify_changed_values(session: Session, sync: Sync) -> int:
+def record_hash_key(runtime: Runtime) -> bytes:
+    """The key of every record digest: one per installation, the same in every process, never changed."""
+    return server_secret(runtime, RECORD_HASH_KEY)
+
+
+def value_digest(session: Session, key: bytes, value: ColumnElement[str]) -> ColumnElement[str]:
+    """HMAC-SHA256(key, UTF-8 of `value`) in hex, computed by the database (the same as Python's hmac)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return func.hmac_sha256(literal(key, LargeBinary), value, type_=String)
+    inner, outer = _hmac_pads(key)
+    message = literal(inner, LargeBinary).op("||")(func.convert_to(value, "UTF8"))
+    outer_message = literal(outer, LargeBinary).op("||")(func.sha256(message, type_=LargeBinary))
+    return func.encode(func.sha256(outer_message, type_=LargeBinary), "hex", type_=String)
+
+
+def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """RFC 2104's padded keys (K xor ipad, K xor opad): HMAC = H(K xor opad || H(K xor ipad || message))."""
+    if len(key) > SHA256_BLOCK_BYTES:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(SHA256_BLOCK_BYTES, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def reverify_changed_values(session: Session, sync: Sync, key: bytes) -> int:
     """Put back to pending the records skipped as recently verified whose value changed since."""
+    written = RecordVerification.value_digest
     same_value_written = exists().where(
         RecordVerification.connection_id == sync.connection_id,
         RecordVerification.type == sync.type,
         RecordVerification.record_id == SyncContact.record_id,
-        RecordVerification.value_digest == func.md5(SyncContact.value),
+        # A legacy MD5 row matches until its record's next write-back makes it an HMAC.
+        or_(written == value_digest(session, key, SyncContact.value), written == func.md5(SyncContact.value)),
     )
     return session.execute(
         update(SyncContact)
@@ -36,13 +93,13 @@ def reverify_changed_values(session: Session, sync: Sync) -> int:
     ).rowcount
 
 
-def remember_written_values(session: Session, sync: Sync, after_id: int, last_id: int) -> None:
+def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: int, last_id: int) -> None:
     """Record the digest of the value each record of a written id range now carries flags for."""
     if sync.crm == "file":
         return
     written = (
         select(
-            func.max(func.md5(SyncContact.value)).label("value_digest"),
+            func.max(value_digest(session, key, SyncContact.value)).label("value_digest"),
             SyncContact.record_id,
         )
         .where(

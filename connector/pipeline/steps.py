@@ -41,7 +41,11 @@ from connector.models import (
 )
 from connector.pipeline.batchfiles import sync_dir, write_batch_files
 from connector.pipeline.normalize import normalize
-from connector.pipeline.record_history import remember_written_values, reverify_changed_values
+from connector.pipeline.record_history import (
+    record_hash_key,
+    remember_written_values,
+    reverify_changed_values,
+)
 from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
 from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_row
 
@@ -89,8 +93,9 @@ def export_segment(ctx: StepContext) -> StepResult:
             chunk = []
             chaos_point("export.mid")
     _insert_contacts(ctx, chunk)
+    key = record_hash_key(ctx.runtime)
     with ctx.session() as session:
-        reverify_changed_values(session, _load(session, ctx))
+        reverify_changed_values(session, _load(session, ctx), key)
         _collect_values(session, sync_id, type_, fresh_after)
     with ctx.session() as session:
         sync = _load(session, ctx)
@@ -293,9 +298,7 @@ def parse_batches(ctx: StepContext) -> StepResult:
             )
     if ready < len(batches):
         return Wait()
-    with ctx.session() as session:
-        sync = _load(session, ctx)
-        sync.cost = _cost_summary(sync.batches)
+    _record_cost(ctx)
     return Advance(SyncStatus.READY)
 
 
@@ -341,29 +344,42 @@ def check_cost(ctx: StepContext) -> StepResult:
 
 
 def launch_batches(ctx: StepContext) -> StepResult:
+    """Launch each batch not yet launched; a cancel arriving meanwhile stops the launches still to come.
+
+    The lease is renewed (which fails once the sync was cancelled or taken over) before every
+    launch, so a cancel costs at most the launch already in flight. What was launched is recorded
+    and counted in the sync's cost however the step ends.
+    """
     client = _client(ctx)
     with ctx.session() as session:
         todo = _batches(session, ctx.sync_id, SyncBatch.launched_at.is_(None))
-    for batch in todo:
-        outcome = client.launch(batch.batch_uuid or "")
-        chaos_point("launch.after_call")
-        if outcome == LaunchOutcome.NOT_READY:
-            _update_batch(ctx, batch.id, parse_requested=False)
-            return Advance(SyncStatus.PARSING, f"batch {batch.batch_uuid} was not ready; parsing again")
-        now = utcnow()
-        _update_batch(
-            ctx,
-            batch.id,
-            launched_at=now,
-            seen_ongoing_at=now,
-            remote_status=BatchStatus.VERIFICATION_ONGOING,
-        )
-        if outcome == LaunchOutcome.OK:
-            count(ctx.runtime.redis, "credits_spent", _batch_net_cost(batch))
+    try:
+        for batch in todo:
+            ctx.heartbeat()
+            outcome = client.launch(batch.batch_uuid or "")
+            chaos_point("launch.after_call")
+            if outcome == LaunchOutcome.NOT_READY:
+                _update_batch(ctx, batch.id, parse_requested=False)
+                return Advance(SyncStatus.PARSING, f"batch {batch.batch_uuid} was not ready; parsing again")
+            _record_launch(ctx, batch, outcome)
+    finally:
+        _record_cost(ctx)
+    return Advance(SyncStatus.VERIFYING)
+
+
+def _record_launch(ctx: StepContext, batch: SyncBatch, outcome: LaunchOutcome) -> None:
+    now = utcnow()
+    _update_batch(
+        ctx, batch.id, launched_at=now, seen_ongoing_at=now, remote_status=BatchStatus.VERIFICATION_ONGOING
+    )
+    if outcome == LaunchOutcome.OK:
+        count(ctx.runtime.redis, "credits_spent", _batch_net_cost(batch))
+
+
+def _record_cost(ctx: StepContext) -> None:
     with ctx.session() as session:
         sync = _load(session, ctx)
         sync.cost = _cost_summary(sync.batches)
-    return Advance(SyncStatus.VERIFYING)
 
 
 def await_verification(ctx: StepContext) -> StepResult:
@@ -539,6 +555,7 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
         SyncContact.id <= last_id,
     )
     table = SyncContact.__table__
+    key = record_hash_key(ctx.runtime)
     with ctx.session() as session:
         # In the same transaction: a replaced job records (and counts) nothing; its successor
         # writes this page again, which sets the same flags.
@@ -560,7 +577,7 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: li
                 ],
             )
         session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
-        remember_written_values(session, _load(session, ctx), after_id, last_id)
+        remember_written_values(session, _load(session, ctx), key, after_id, last_id)
 
 
 def _record_failures_at_once(
