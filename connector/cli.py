@@ -70,17 +70,12 @@ def db_upgrade() -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty (for tests and one-off runs).")
 def worker(burst: bool) -> None:
     """Run an RQ worker with the scheduler enabled (the `worker` process)."""
-    from rq.worker import SimpleWorker
-
     from connector.runtime import build_runtime, set_runtime
+    from connector.worker import run_worker
 
-    settings = _settings()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(_settings())
     set_runtime(runtime)
-    # Jobs run in this process so the database pool and rate limiters are reused between them.
-    SimpleWorker([runtime.queue()], connection=runtime.redis).work(
-        burst=burst, with_scheduler=True, logging_level=settings.log_level
-    )
+    run_worker(runtime, burst=burst)
 
 
 @main.command("reconcile")

@@ -3,6 +3,12 @@
 Web and worker processes count events into Redis hashes (so `/metrics` on any web process sees
 what every worker did); sync states are read from the database at scrape time. Counting never
 raises: a metric lost while Redis is down must not fail a webhook or a step.
+
+A counter without labels is exposed as 0 before anything is counted, so a fresh deployment's
+scrape has it and `rate()` starts from a real zero. A labelled counter has no samples until a
+label combination is first counted, as prometheus_client's own labelled counters do: its label
+values (outcomes, webhook results, write results) are whatever the code counts, not a fixed list
+worth repeating here.
 """
 
 from __future__ import annotations
@@ -89,7 +95,10 @@ class ConnectorCollector(Collector):
     def _counters(self) -> Iterator[CounterMetricFamily]:
         for key, (name, documentation, label_names) in COUNTERS.items():
             family = CounterMetricFamily(name.removesuffix("_total"), documentation, labels=label_names)
-            for raw_labels, value in self.runtime.redis.hgetall(PREFIX + key).items():
+            counted = self.runtime.redis.hgetall(PREFIX + key)
+            if not label_names and not counted:
+                family.add_metric([], 0.0)
+            for raw_labels, value in counted.items():
                 labels = json.loads(raw_labels)
                 family.add_metric([labels.get(n, "") for n in label_names], float(value))
             yield family

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import requests
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.crm.hubspot_webhook import sign
@@ -70,3 +71,11 @@ def test_metrics_after_a_sync_and_webhooks(runtime: Runtime, tmp_path: Path) -> 
     assert found[("connector_webhook_events_total", (("result", "duplicate"), ("source", "hubspot")))] == 1
     assert found[("connector_webhook_events_total", (("result", "rejected_401"), ("source", "hubspot")))] == 1
     assert found[("connector_step_duration_seconds_count", (("step", "verifying"),))] == 1
+
+
+def test_metrics_content_type_and_counters_before_anything_counted(web: SandboxServer) -> None:
+    response = requests.get(f"{web.url}/metrics", timeout=5)
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    # A fresh deployment: unlabelled counters are there, at zero, before the first count.
+    assert "connector_credits_spent_total 0.0" in response.text.splitlines()
+    assert samples(web)[("connector_credits_spent_total", ())] == 0

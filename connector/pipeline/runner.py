@@ -71,6 +71,7 @@ def _enqueue(runtime: Runtime, sync_id: int, job_id: str, delay: float) -> None:
         "result_ttl": 600,
         "failure_ttl": 7 * 24 * 3600,
         "description": f"sync {sync_id} step",
+        "meta": {"sync_id": sync_id},  # for the worker's job_done log line
     }
     if delay > 0:
         queue.enqueue_in(timedelta(seconds=delay), run_sync_step, sync_id, job_id, **options)

@@ -40,7 +40,8 @@ def readyz():  # type: ignore[no-untyped-def]
 @health.get("/metrics")
 def metrics() -> Response:
     registry = current_app.extensions.setdefault("connector_metrics", _registry(current_runtime()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask appends "; charset=utf-8" to a mimetype, and this one has it.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def _registry(runtime: Runtime) -> CollectorRegistry:
