@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import CursorResult, Engine, Result
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -43,9 +43,17 @@ def dialect_insert(session: Session, table: Any) -> Any:
     return insert(table)
 
 
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: Session.execute types its result as a Result, for any
+    statement, but for these it is the driver cursor's CursorResult, which counts them."""
+    return cast("CursorResult[Any]", result).rowcount
+
+
 def copy_rows(session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """PostgreSQL COPY into `table`, in the session's transaction: one stream, not a statement per row."""
-    cursor = session.connection().connection.driver_connection.cursor()
+    driver_connection = session.connection().connection.driver_connection
+    assert driver_connection is not None, "the session's connection is open: it was just checked out"
+    cursor = driver_connection.cursor()
     with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)

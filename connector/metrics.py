@@ -110,7 +110,7 @@ class ConnectorCollector(Collector):
         for raw_step in self.runtime.redis.smembers(f"{PREFIX}steps"):
             step = raw_step.decode() if isinstance(raw_step, bytes) else raw_step
             data = {
-                k.decode(): float(v)
+                (k.decode() if isinstance(k, bytes) else k): float(v)
                 for k, v in self.runtime.redis.hgetall(f"{PREFIX}step_seconds:{step}").items()
             }
             buckets = [("+Inf" if b == float("inf") else str(b), data.get(str(b), 0.0)) for b in STEP_BUCKETS]

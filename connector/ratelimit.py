@@ -48,7 +48,7 @@ class RateLimiter:
         oldest = self.connection.zrange(self.key, 0, 0, withscores=True)
         if not oldest:
             return 0.01
-        return max(0.01, oldest[0][1] + self.period - now)
+        return max(0.01, float(oldest[0][1]) + self.period - now)
 
     def wait_time(self) -> float:
         """Seconds until a slot is free, taking none: 0.0 when one is free now."""

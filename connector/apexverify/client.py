@@ -276,7 +276,7 @@ class ApexVerifyClient:
             ) from None
         finally:
             body = args.get("data")
-            if hasattr(body, "close"):
+            if body is not None and hasattr(body, "close"):
                 body.close()
             self._record(call, attempt, http_status, started)
 
@@ -352,7 +352,7 @@ def _read_answer(response: requests.Response, accepted: frozenset[str]) -> dict[
     status = body.get("status") if body is not None else None
     if not isinstance(status, str):
         status = None
-    if status in accepted:
+    if body is not None and status in accepted:  # (a status is only read from a body)
         return body
     # A 4xx pairs the generic status "error" with the reason in "message": that is a refused
     # request, not a server failure; the specific statuses keep their meaning.

@@ -604,7 +604,7 @@ def _batch_failures(answer: Any, record_ids: list[str]) -> list[WriteFailure]:
     """Every input HubSpot did not return as updated, with the error naming it (207 partial answers)."""
     written = {result.id for result in answer.results or []}
     errors = getattr(answer, "errors", None) or []
-    error_by_id = {}
+    error_by_id: dict[str, Any] = {}  # HubSpot's BatchError objects
     for error in errors:
         for record_id in (error.context or {}).get("ids", []):
             error_by_id.setdefault(str(record_id), error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -13,6 +14,10 @@ from connector.crm.file import FileSegmentSource, NullFlagWriter
 from connector.errors import ConnectorError
 from connector.models import CoalescedContact, Connection, Sync
 from connector.runtime import Runtime
+
+if TYPE_CHECKING:  # imported where used: loading a CRM's client library is left to the syncs that need it
+    from connector.crm.hubspot import HubSpotApi
+    from connector.crm.salesforce import SalesforceApi
 
 # How a CRM client waits between retries and polls: a step passes StepContext.sleep to keep its lease.
 Sleep = Callable[[float], None]
@@ -98,13 +103,13 @@ def writer_for(
     raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
 
 
-def _hubspot_api(runtime: Runtime, sleep: Sleep):  # type: ignore[no-untyped-def]
+def _hubspot_api(runtime: Runtime, sleep: Sleep) -> HubSpotApi:
     from connector.crm.hubspot import HubSpotApi
 
     return HubSpotApi(runtime.settings, runtime.redis, sleep=sleep)
 
 
-def _salesforce_api(runtime: Runtime, sleep: Sleep):  # type: ignore[no-untyped-def]
+def _salesforce_api(runtime: Runtime, sleep: Sleep) -> SalesforceApi:
     from connector.crm.salesforce import SalesforceApi
 
     return SalesforceApi(runtime.settings, sleep=sleep)

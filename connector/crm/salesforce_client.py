@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import requests
@@ -85,7 +86,10 @@ class ConnectorSalesforce(Salesforce):
         if token_source is not None:
             # simple-salesforce refreshes on INVALID_SESSION_ID only when it holds a login callable;
             # it expects (session id, instance host) back and keeps our URLs as they are.
-            self._salesforce_login_partial = lambda: (token_source(), self.sf_instance)
+            self._salesforce_login_partial = partial(self._fresh_session, token_source)
+
+    def _fresh_session(self, token_source: Callable[[], str]) -> tuple[str, str]:
+        return token_source(), self.sf_instance
 
     def _use_scheme(self) -> None:
         root, version = self.instance_root, self.sf_version

@@ -35,9 +35,9 @@ def write_batch_files(
     """
     max_rows = runtime.settings.apexverify_max_batch_rows
     chosen = SyncValue.status.is_(None) if from_batch_seq is None else SyncValue.batch_seq == from_batch_seq
-    first_seq = session.scalar(
+    first_seq = session.execute(  # an aggregate: always one row
         select(func.coalesce(func.max(SyncBatch.seq) + 1, 0)).where(SyncBatch.sync_id == sync.id)
-    )
+    ).scalar_one()
     parts = _write_parts(session, sync.id, chosen, sync_dir(runtime, sync.id), max_rows, first_seq)
     batches = []
     for seq, part in enumerate(parts, start=first_seq):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import JSON, BigInteger, DateTime, String, bindparam, cast, func, select, update
+from sqlalchemy import JSON, BigInteger, DateTime, Row, String, bindparam, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -287,7 +287,7 @@ class CoalescedSource:
             after_id = rows[-1].id
             yield from self._with_values(rows)
 
-    def _with_values(self, rows: list[Any]) -> Iterator[SourceRecord]:
+    def _with_values(self, rows: Sequence[Row[int, str, str, str | None]]) -> Iterator[SourceRecord]:
         to_read = rows if self.read_back else [r for r in rows if r.value is None]
         if not self.read_back:
             for row in rows:

@@ -37,8 +37,8 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
         select(
             func.count(),
             func.count().filter(SyncValue.from_cache),
-            func.count().filter(SyncValue.is_role),
-            func.count().filter(SyncValue.is_disposable),
+            func.count().filter(SyncValue.is_role.is_(True)),
+            func.count().filter(SyncValue.is_disposable.is_(True)),
         ).where(SyncValue.sync_id == sync_id)
     ).one()
     sent = session.scalar(

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import JSON, String, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from connector.db import dialect_insert
 from connector.models import Connection, Sync, WebhookEvent
@@ -71,7 +72,7 @@ def accept_contacts(
     return accepted
 
 
-def _first_seen(session, source: str, keys: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
+def _first_seen(session: Session, source: str, keys: list[str]) -> set[str]:
     if not keys:
         return set()
     keys = [key[:200] for key in dict.fromkeys(keys)]
@@ -105,7 +106,7 @@ def start_segment_sync(
     runtime: Runtime,
     connection: Connection,
     *,
-    source: dict[str, str],
+    source: dict[str, str | None],
     type_: str,
     trigger: str,
     name: str,

@@ -93,7 +93,11 @@ def estimate_verification_seconds(
     if not recent:
         return None
     widest = PLANNED_GAP_SLACK * settings.poll_max_seconds
-    seconds = sum(_verification_seconds(launched, seen, done, widest) for launched, seen, done, _ in recent)
+    seconds = 0.0
+    for launched, seen, done, _ in recent:
+        # Never None here: the query took batches seen verifying and then done, so launched ones.
+        assert launched is not None and seen is not None and done is not None
+        seconds += _verification_seconds(launched, seen, done, widest)
     return seconds / sum(history_rows for *_, history_rows in recent) * rows
 
 

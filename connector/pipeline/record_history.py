@@ -29,6 +29,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     LargeBinary,
+    SQLColumnExpression,
     String,
     and_,
     exists,
@@ -41,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from connector.db import dialect_insert
+from connector.db import affected_rows, dialect_insert
 from connector.models import ContactOutcome, RecordVerification, Sync, SyncContact, utcnow
 from connector.runtime import Runtime
 from connector.server_secrets import RECORD_HASH_KEY, server_secret
@@ -54,7 +55,7 @@ def record_hash_key(runtime: Runtime) -> bytes:
     return server_secret(runtime, RECORD_HASH_KEY)
 
 
-def value_digest(session: Session, key: bytes, value: ColumnElement[str]) -> ColumnElement[str]:
+def value_digest(session: Session, key: bytes, value: SQLColumnExpression[str | None]) -> ColumnElement[str]:
     """HMAC-SHA256(key, UTF-8 of `value`) in hex, computed by the database (the same as Python's hmac)."""
     if session.get_bind().dialect.name != "postgresql":
         return func.hmac_sha256(literal(key, LargeBinary), value, type_=String)
@@ -82,15 +83,17 @@ def reverify_changed_values(session: Session, sync: Sync, key: bytes) -> int:
         # A legacy MD5 row matches until its record's next write-back makes it an HMAC.
         or_(written == value_digest(session, key, SyncContact.value), written == func.md5(SyncContact.value)),
     )
-    return session.execute(
-        update(SyncContact)
-        .where(
-            SyncContact.sync_id == sync.id,
-            SyncContact.reason == "recently_verified",
-            ~same_value_written,
+    return affected_rows(
+        session.execute(
+            update(SyncContact)
+            .where(
+                SyncContact.sync_id == sync.id,
+                SyncContact.reason == "recently_verified",
+                ~same_value_written,
+            )
+            .values(outcome=ContactOutcome.PENDING, reason=None)
         )
-        .values(outcome=ContactOutcome.PENDING, reason=None)
-    ).rowcount
+    )
 
 
 def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: int, last_id: int) -> None:

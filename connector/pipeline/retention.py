@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from connector.db import affected_rows
 from connector.models import (
     UNSETTLED_STATES,
     CoalescedContact,
@@ -151,7 +152,7 @@ def _delete_expired_rows(runtime: Runtime, now: datetime, cutoff: datetime) -> t
                 CoalescedContact.sync_id.is_(None), CoalescedContact.received_at < cutoff
             ),
         }
-        deleted = {name: session.execute(statement).rowcount for name, statement in statements.items()}
+        deleted = {name: affected_rows(session.execute(statement)) for name, statement in statements.items()}
     return window, deleted
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from connector.db import affected_rows
 from connector.errors import ConnectorError, TransientError
 from connector.metrics import observe_step
 from connector.models import Sync, SyncStatus, utcnow
@@ -122,15 +123,17 @@ def _claim(runtime: Runtime, sync_id: int, job_id: str) -> bool:
     now = utcnow()
     lease = now + timedelta(seconds=runtime.settings.step_lease_seconds)
     with runtime.session() as session:
-        claimed = session.execute(
-            update(Sync)
-            .where(
-                Sync.id == sync_id,
-                Sync.job_id == job_id,
-                or_(Sync.lease_until.is_(None), Sync.lease_until < now),
+        claimed = affected_rows(
+            session.execute(
+                update(Sync)
+                .where(
+                    Sync.id == sync_id,
+                    Sync.job_id == job_id,
+                    or_(Sync.lease_until.is_(None), Sync.lease_until < now),
+                )
+                .values(lease_until=lease)
             )
-            .values(lease_until=lease)
-        ).rowcount
+        )
     return bool(claimed)
 
 

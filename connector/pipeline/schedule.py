@@ -47,6 +47,7 @@ def enqueue_due_segment_syncs(runtime: Runtime | None = None, now: datetime | No
         ).all()
     for segment_id, schedule, created_at in segments:
         try:
+            assert schedule is not None  # the query took scheduled segments only
             sync_id = _start_if_due(runtime, segment_id, schedule, created_at, now)
         except Exception as error:  # one segment's trouble must not stop the others' schedules
             log.warning(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from connector.db import affected_rows
 from connector.models import Sync, SyncStatus, SyncTransition, utcnow
 from connector.runtime import Runtime
 
@@ -47,7 +49,7 @@ class StepContext:
         self.sync_id = sync_id
         self.job_id = job_id
 
-    def session(self):  # type: ignore[no-untyped-def]
+    def session(self) -> AbstractContextManager[Session]:
         return self.runtime.session()
 
     def heartbeat(self, waiting: float = 0.0) -> None:
@@ -61,9 +63,8 @@ class StepContext:
         Writes that must not happen once the step was replaced go in the same transaction.
         """
         lease = utcnow() + timedelta(seconds=waiting + self.runtime.settings.step_lease_seconds)
-        kept = session.execute(
-            update(Sync).where(Sync.id == self.sync_id, Sync.job_id == self.job_id).values(lease_until=lease)
-        ).rowcount
+        ours = update(Sync).where(Sync.id == self.sync_id, Sync.job_id == self.job_id)
+        kept = affected_rows(session.execute(ours.values(lease_until=lease)))
         if not kept:
             raise StepAborted(f"sync {self.sync_id} no longer belongs to job {self.job_id}")
 

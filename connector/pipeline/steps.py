@@ -27,7 +27,7 @@ from connector.apexverify import (
 from connector.chaos import chaos_point
 from connector.crm.base import FlagUpdate, Verdict, WriteFailure
 from connector.crm.registry import source_for, writer_for
-from connector.db import copy_rows
+from connector.db import affected_rows, copy_rows
 from connector.metrics import call_outcome, count
 from connector.models import (
     ContactOutcome,
@@ -238,11 +238,13 @@ def _keep_uploaded_batch(ctx: StepContext, batch_id: int, batch_uuid: str) -> No
     try:
         with ctx.session() as session:
             ctx.renew_lease(session)
-            kept = session.execute(
-                update(SyncBatch)
-                .where(SyncBatch.id == batch_id, SyncBatch.batch_uuid.is_(None))
-                .values(batch_uuid=batch_uuid)
-            ).rowcount
+            kept = affected_rows(
+                session.execute(
+                    update(SyncBatch)
+                    .where(SyncBatch.id == batch_id, SyncBatch.batch_uuid.is_(None))
+                    .values(batch_uuid=batch_uuid)
+                )
+            )
             if not kept:
                 raise StepAborted(f"sync {ctx.sync_id} batch {batch_id} was uploaded by another job")
     except StepAborted:

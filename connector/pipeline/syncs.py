@@ -73,10 +73,11 @@ def create_sync(
     idempotency_key: str | None = None,
 ) -> Sync:
     """Record a new sync and enqueue its first step. With an idempotency key, a repeat returns the first."""
+    valid_type = validate_type(type_)
     fields = {
         "connection_id": connection_id,
         "crm": crm,
-        "type": validate_type(type_),
+        "type": valid_type,
         "target_country": validate_country(target_country),
         "parameters": validate_parameters(parameters),
         "source": source,
@@ -92,7 +93,7 @@ def create_sync(
             sync = add_sync(session, note=f"created by {trigger}", **fields)
     except IntegrityError:
         with runtime.session() as session:
-            existing = _existing(session, idempotency_key, source_key(connection_id, source, fields["type"]))
+            existing = _existing(session, idempotency_key, source_key(connection_id, source, valid_type))
         if existing is None:
             raise
         return existing

@@ -49,6 +49,7 @@ from uuid import uuid4
 
 import click
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from openpyxl import Workbook
 from werkzeug.exceptions import HTTPException
 
@@ -173,7 +174,7 @@ class ParseResult:
         # Computed on first use, outside the lock: a verdict per row is slow for a large batch, and
         # two threads racing here just compute the same numbers twice.
         if self._stats is None:
-            outcomes = Counter()
+            outcomes: Counter[str] = Counter()
             for value in self.rows:
                 result = verdict(self.kind, value, self.target_country)
                 outcomes.update(name for name in ("valid", "wrong", "unknown") if result[name])
@@ -268,7 +269,8 @@ def validate_parameters(body: object) -> dict[str, object]:
         # bool is a subclass of int: `true` must not pass as 1.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise SandboxError(400, f"{name} must be {'a boolean' if kind is bool else 'an integer'}")
-        if bounds and not bounds[0] <= value <= bounds[1]:
+        # Only int parameters have bounds, and `value` passed as one above.
+        if bounds and not (isinstance(value, int) and bounds[0] <= value <= bounds[1]):
             raise SandboxError(400, f"{name} must be between {bounds[0]} and {bounds[1]}")
         parameters[name] = value
     return parameters
@@ -659,8 +661,10 @@ def validate_config_changes(body: dict) -> dict[str, float | int]:
 
 def export_json(parse: ParseResult, include_details: bool, include_statistics: bool) -> Iterator[str]:
     """The JSON export, produced piece by piece so a huge batch never sits in memory as one string."""
-    pieces = (f"{json.dumps(value)}:{json.dumps(_export_result(parse, value, include_details))}"
-              for value in parse.unique_rows())  # fmt: skip
+    pieces: Iterator[str] = (
+        f"{json.dumps(value)}:{json.dumps(_export_result(parse, value, include_details))}"
+        for value in parse.unique_rows()
+    )
     if include_statistics:
         pieces = itertools.chain(pieces, [f'"statistics":{json.dumps(parse.stats())}'])
     buffer, size = ["{"], 1
@@ -723,6 +727,7 @@ def route_template(rule: str) -> str:
 def create_app(options: ApexVerifySandboxOptions | None = None) -> Flask:
     state = ApexVerifyState(options or ApexVerifySandboxOptions())
     app = Flask(__name__)
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own
     app.json.sort_keys = False  # keep the documented field order
     app.extensions["apexverify_state"] = state
     _register_gate(app, state)

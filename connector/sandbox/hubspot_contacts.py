@@ -94,7 +94,7 @@ class GeneratedBlock:
     malformed_every: int = 0
     missing_email_every: int = 0
     # property name -> value per index (None: not written since generation)
-    written: dict[str, list[str | None]] = field(default_factory=dict)
+    written: dict[str, list[str | None]] = field(default_factory=dict, init=False)
 
     def index_of(self, contact_id: str) -> int | None:
         if not contact_id.isdigit():

@@ -43,9 +43,13 @@ class SandboxConfig:
         for name, value in changes.items():
             if name not in types:
                 raise ValueError(f"unknown setting {name!r}; known: {sorted(types)}")
-            expected = {"int": int, "float": (int, float), "bool": bool, "str | None": (str, type(None))}[
-                str(types[name])
-            ]
+            accepted: dict[str, type | tuple[type, ...]] = {
+                "int": int,
+                "float": (int, float),
+                "bool": bool,
+                "str | None": (str, type(None)),
+            }
+            expected = accepted[str(types[name])]
             if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
                 raise ValueError(f"{name} must be {types[name]}, got {value!r}")
         for name, value in changes.items():

@@ -32,6 +32,7 @@ import time
 
 import click
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from connector.sandbox.salesforce_api import api, supported_version
@@ -85,7 +86,8 @@ def create_app(
         config.org_id = configured_org
     app = Flask("salesforce_sandbox")
     app.url_map.strict_slashes = False  # simple-salesforce asks for query/ and limits/ with the slash
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep Salesforce's field order
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own
+    app.json.sort_keys = False  # keep Salesforce's field order
     app.extensions["salesforce_sandbox"] = SandboxState(config)
     app.register_blueprint(api)
     app.register_blueprint(bulk)

@@ -54,17 +54,22 @@ def _text(
 
 def _apexverify_fields() -> list[Field]:
     flag = "boolean"
-    verdict = {"updateable": True, "length": 255, "picklist": VERDICTS, "custom": True, "restricted": True}
+
+    def verdict(name: str) -> Field:
+        return Field(
+            name, "picklist", updateable=True, length=255, picklist=VERDICTS, custom=True, restricted=True
+        )
+
     return [
         Field("ApexVerify_Valid__c", flag, updateable=True, custom=True),
         Field("ApexVerify_Wrong__c", flag, updateable=True, custom=True),
         Field("ApexVerify_Is_Role__c", flag, updateable=True, custom=True),
         Field("ApexVerify_Is_Disposable__c", flag, updateable=True, custom=True),
-        Field("ApexVerify_Status__c", "picklist", **verdict),
+        verdict("ApexVerify_Status__c"),
         Field("ApexVerify_Verified_At__c", "datetime", updateable=True, custom=True),
         Field("ApexVerify_Phone_Valid__c", flag, updateable=True, custom=True),
         Field("ApexVerify_Phone_Wrong__c", flag, updateable=True, custom=True),
-        Field("ApexVerify_Phone_Status__c", "picklist", **verdict),
+        verdict("ApexVerify_Phone_Status__c"),
         Field("ApexVerify_Phone_Verified_At__c", "datetime", updateable=True, custom=True),
     ]
 

@@ -425,7 +425,7 @@ class BoundQuery:
             found.sort(key=key, reverse=descending)
 
     def record_json(self, view: dict[str, Any], version: str) -> dict[str, Any]:
-        record = {"attributes": _attributes(self.object_name, view.get("Id"), version)}
+        record: dict[str, Any] = {"attributes": _attributes(self.object_name, view.get("Id"), version)}
         for path in self.select:
             if path.relationship is None:
                 record[path.field.name] = to_json(view.get(path.field.name))

@@ -18,6 +18,7 @@ class SandboxServer:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET(6) socket's name
         return f"http://{host}:{port}"
 
     def stop(self) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import math
 import tempfile
+from collections.abc import Iterator
 from typing import IO, Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from werkzeug.wsgi import wrap_file
 
@@ -38,12 +40,12 @@ class Unauthorized(ConnectorError):
 
 
 @admin.errorhandler(TooManyAttempts)
-def too_many_attempts(error: TooManyAttempts):  # type: ignore[no-untyped-def]
+def too_many_attempts(error: TooManyAttempts) -> ResponseReturnValue:
     return jsonify(error.to_dict()), 429, {"Retry-After": str(math.ceil(error.retry_after))}
 
 
 @admin.errorhandler(Unauthorized)
-def unauthorized(error: Unauthorized):  # type: ignore[no-untyped-def]
+def unauthorized(error: Unauthorized) -> ResponseReturnValue:
     return jsonify(error.to_dict()), 401, {"WWW-Authenticate": 'Bearer realm="admin"'}
 
 
@@ -56,7 +58,7 @@ def require_admin_token() -> None:
 
 
 @admin.get("/syncs")
-def list_syncs():  # type: ignore[no-untyped-def]
+def list_syncs() -> ResponseReturnValue:
     limit = _int_arg("limit", 50, 1, MAX_LIMIT)
     with current_runtime().session() as session:
         page, next_cursor = page_of_syncs(session, limit)
@@ -83,29 +85,29 @@ def page_of_syncs(session: Any, limit: int) -> tuple[list[Sync], str | None]:
 
 
 @admin.get("/syncs/<int(max=9223372036854775807):sync_id>")
-def show_sync(sync_id: int):  # type: ignore[no-untyped-def]
+def show_sync(sync_id: int) -> ResponseReturnValue:
     with current_runtime().session() as session:
         sync = get_sync(session, sync_id)
         return jsonify(sync_detail_json(session, sync))
 
 
 @admin.post("/syncs/<int(max=9223372036854775807):sync_id>/retry")
-def retry(sync_id: int):  # type: ignore[no-untyped-def]
+def retry(sync_id: int) -> ResponseReturnValue:
     return _after_action(retry_sync(current_runtime(), sync_id).id)
 
 
 @admin.post("/syncs/<int(max=9223372036854775807):sync_id>/cancel")
-def cancel(sync_id: int):  # type: ignore[no-untyped-def]
+def cancel(sync_id: int) -> ResponseReturnValue:
     return _after_action(cancel_sync(current_runtime(), sync_id).id)
 
 
 @admin.post("/syncs/<int(max=9223372036854775807):sync_id>/approve")
-def approve(sync_id: int):  # type: ignore[no-untyped-def]
+def approve(sync_id: int) -> ResponseReturnValue:
     return _after_action(approve_sync(current_runtime(), sync_id).id)
 
 
 @admin.get("/syncs/<int(max=9223372036854775807):sync_id>/results")
-def results(sync_id: int):  # type: ignore[no-untyped-def]
+def results(sync_id: int) -> ResponseReturnValue:
     return results_response(sync_id, request.args.get("format", "json"))
 
 
@@ -157,12 +159,12 @@ class ResultsPurged(ConnectorError):
     http_status = 410  # gone for good: DATA_RETENTION_DAYS passed
 
 
-def _json_chunks(sync_id: int):  # type: ignore[no-untyped-def]
+def _json_chunks(sync_id: int) -> Iterator[str]:
     with current_runtime().session() as session:
         yield from json_chunks(iter_verdicts(session, sync_id))
 
 
-def _after_action(sync_id: int):  # type: ignore[no-untyped-def]
+def _after_action(sync_id: int) -> tuple[Response, int]:
     with current_runtime().session() as session:
         return jsonify(sync_json(session, get_sync(session, sync_id))), 202
 
@@ -265,36 +267,36 @@ def _decode_cursor(cursor: str) -> int:
 
 
 @admin.get("/segments")
-def all_segments():  # type: ignore[no-untyped-def]
+def all_segments() -> ResponseReturnValue:
     with current_runtime().session() as session:
         return jsonify({"segments": [segment_json(s) for s in list_segments(session)]})
 
 
 @admin.post("/segments")
-def add_segment():  # type: ignore[no-untyped-def]
+def add_segment() -> ResponseReturnValue:
     segment = create_segment(current_runtime(), _json_body())
     return jsonify(segment_json(segment)), 201
 
 
 @admin.get("/segments/<int(max=9223372036854775807):segment_id>")
-def show_segment(segment_id: int):  # type: ignore[no-untyped-def]
+def show_segment(segment_id: int) -> ResponseReturnValue:
     with current_runtime().session() as session:
         return jsonify(segment_json(get_segment(session, segment_id)))
 
 
 @admin.patch("/segments/<int(max=9223372036854775807):segment_id>")
-def change_segment(segment_id: int):  # type: ignore[no-untyped-def]
+def change_segment(segment_id: int) -> ResponseReturnValue:
     return jsonify(segment_json(update_segment(current_runtime(), segment_id, _json_body())))
 
 
 @admin.delete("/segments/<int(max=9223372036854775807):segment_id>")
-def remove_segment(segment_id: int):  # type: ignore[no-untyped-def]
+def remove_segment(segment_id: int) -> ResponseReturnValue:
     delete_segment(current_runtime(), segment_id)
     return "", 204
 
 
 @admin.post("/segments/<int(max=9223372036854775807):segment_id>/sync")
-def start_segment(segment_id: int):  # type: ignore[no-untyped-def]
+def start_segment(segment_id: int) -> ResponseReturnValue:
     return _after_action(sync_segment(current_runtime(), segment_id, "admin").id)
 
 

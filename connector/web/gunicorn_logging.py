@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import MutableMapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from gunicorn.glogging import Logger
 
 from connector.config import Settings
+
+if TYPE_CHECKING:
+    from gunicorn.config import Config
+    from gunicorn.glogging import _AtomsDict
+    from gunicorn.http import Request
+    from gunicorn.http.wsgi import Response
 
 REDACTED = "***"
 # `token=` as a query parameter, wherever a URI or query string appears in a line.
@@ -51,7 +59,7 @@ class _RedactingFilter(logging.Filter):
 
 
 class RedactingLogger(Logger):
-    def setup(self, cfg: Any) -> None:
+    def setup(self, cfg: Config) -> None:
         super().setup(cfg)
         try:
             secrets = [s for s in Settings.from_env().secrets() if len(s) >= 4]
@@ -62,11 +70,15 @@ class RedactingLogger(Logger):
                 log.removeFilter(old)
             log.addFilter(_RedactingFilter(secrets))
 
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+    def atoms(
+        self, resp: Response, req: Request, environ: MutableMapping[str, Any], request_time: timedelta
+    ) -> _AtomsDict:
         atoms = super().atoms(resp, req, environ, request_time)
-        for name, value in atoms.items():
+        # A plain dict, with keys the stubs' TypedDict does not list: "{header}i", "{header}o", "{key}e".
+        entries = cast("MutableMapping[str, Any]", atoms)
+        for name, value in entries.items():
             if name.lower() in _SENSITIVE_ATOMS:
-                atoms[name] = REDACTED
+                entries[name] = REDACTED
             elif isinstance(value, str):
-                atoms[name] = redact(value, [])
+                entries[name] = redact(value, [])
         return atoms

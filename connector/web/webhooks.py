@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Request, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from connector.config import Settings
 from connector.crm import hubspot_webhook, salesforce_webhook
@@ -32,7 +33,7 @@ def count_refusals(response: Response) -> Response:
 
 
 @webhooks.post("/webhooks/hubspot")
-def hubspot():  # type: ignore[no-untyped-def]
+def hubspot() -> ResponseReturnValue:
     runtime = current_runtime()
     settings = runtime.settings
     if not settings.hubspot_client_secret:
@@ -69,7 +70,7 @@ def hubspot():  # type: ignore[no-untyped-def]
 
 
 @webhooks.post("/webhooks/salesforce")
-def salesforce():  # type: ignore[no-untyped-def]
+def salesforce() -> ResponseReturnValue:
     runtime = current_runtime()
     settings = runtime.settings
     org_id, token = salesforce_secrets(settings)
