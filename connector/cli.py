@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,32 +90,68 @@ def reconcile_command() -> None:
     click.echo(f"re-enqueued {len(revived)} sync(s)" + (f": {revived}" if revived else ""))
 
 
-@main.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--type", "type_", type=click.Choice(["email", "phone"]), required=True)
-@click.option("--country", required=True, help="ISO2 target country, e.g. US.")
+_VERIFY_EPILOG = """\b
+Environment:
+  APEXVERIFY_API_KEY   the account's key (required; a sandbox takes any)
+  APEXVERIFY_BASE_URL  default https://api.apexverify.com; for a sandbox
+                       started with `connector sandbox apexverify --port
+                       8100`: http://127.0.0.1:8100
+  DATABASE_URL         the database (default sqlite:///var/connector.db)
+  REDIS_URL            a Redis to share; unset: an in-process broker
+  LOG_LEVEL            the log level with --verbose (default INFO)
+
+\b
+Exit codes:
+  0    completed
+  1    failed, cancelled, or gave up waiting (--max-wait): see --resume
+  2    bad input: arguments, no APEXVERIFY_API_KEY, FILE empty or not text
+  3    awaiting approval (--max-net-cost)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): see --resume
+"""
+
+
+@main.command(epilog=_VERIFY_EPILOG)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--type", "type_", type=click.Choice(["email", "phone"]), help="What FILE holds.")
+@click.option("--country", help="ISO2 target country, e.g. US.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="An ApexVerify parameter.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write verdicts here.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), help="Default: from --output's suffix.")
 @click.option("--max-net-cost", type=float, help="Stop for approval above this many credits.")
 @click.option("--reverify-after-days", type=int, default=30, show_default=True)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up after this long of pauses in a row (ApexVerify unreachable, rate limited).",
+)
+@click.option("--resume", type=int, metavar="SYNC_ID", help="Continue a sync a stopped run left behind.")
+@click.option("--verbose", "-v", is_flag=True, help="Show logs below WARNING too.")
 def verify(
-    file: Path,
-    type_: str,
-    country: str,
+    file: Path | None,
+    type_: str | None,
+    country: str | None,
     params: tuple[str, ...],
     output: Path | None,
     fmt: str | None,
     max_net_cost: float | None,
     reverify_after_days: int,
+    max_wait: float,
+    resume: int | None,
+    verbose: bool,
 ) -> None:
-    """Verify the emails or phones in FILE (one per line, or a CSV with an email/phone column)."""
+    """Verify the emails or phones in FILE (one per line, or a CSV with an email/phone column).
+
+    FILE, --type and --country are needed unless --resume names a sync to continue.
+    """
     from connector.verify_command import run_verify
 
-    if not file.is_file():
+    if resume is None and file is not None and not file.is_file():
         raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
     code = run_verify(
-        _settings(),
+        _settings(for_people=True, verbose=verbose),
         file=file,
         type_=type_,
         country=country,
@@ -122,17 +160,43 @@ def verify(
         fmt=fmt,
         max_net_cost=max_net_cost,
         reverify_after_days=reverify_after_days,
+        max_wait=max_wait,
+        resume=resume,
+        use_redis=bool(os.environ.get("REDIS_URL")),
     )
     sys.exit(code)
 
 
-@main.command()
+_DEMO_EPILOG = """\b
+State: CONNECTOR_DATA_DIR/demo (default ./var/demo): the demo's own SQLite
+database and generated file; `rm -rf var/demo` resets it. DATABASE_URL and
+REDIS_URL are used only with --use-env-services.
+
+\b
+Exit codes:
+  0    all three syncs completed
+  1    a sync did not complete
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM)
+"""
+
+
+@main.command(epilog=_DEMO_EPILOG)
 @click.option("--size", default=3000, show_default=True, help="How many values to generate.")
-def demo(size: int) -> None:
-    """Verify a generated list against a local ApexVerify sandbox and print the verdicts."""
+@click.option(
+    "--use-env-services",
+    is_flag=True,
+    help="Use DATABASE_URL and REDIS_URL instead of the demo's own SQLite and in-process broker.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Show logs below WARNING too.")
+def demo(size: int, use_env_services: bool, verbose: bool) -> None:
+    """Verify a generated list against a local ApexVerify sandbox and print the verdicts.
+
+    Nothing leaves this machine: ApexVerify, HubSpot and Salesforce are local sandboxes.
+    """
     from connector.demo import run_demo
 
-    sys.exit(run_demo(_settings(), size=size))
+    settings = _settings(for_people=True, verbose=verbose)
+    sys.exit(run_demo(settings, size=size, use_env_services=use_env_services))
 
 
 @main.group()
@@ -209,9 +273,13 @@ def _runtime():  # type: ignore[no-untyped-def]
     return runtime
 
 
-def _settings() -> Settings:
+def _settings(*, for_people: bool = False, verbose: bool = False) -> Settings:
+    """Settings from the environment, logging configured: JSON lines for processes, short
+    lines at WARNING and above (LOG_LEVEL with --verbose) for a command a person watches."""
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.secrets())
+    if for_people and not verbose:
+        settings = dataclasses.replace(settings, log_level="WARNING")  # also for apps the command starts
+    configure_logging(settings.log_level, settings.secrets(), human=for_people)
     return settings
 
 

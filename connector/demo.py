@@ -1,7 +1,11 @@
 """`connector demo`: the whole pipeline on embedded defaults, against a local ApexVerify sandbox.
 
-With no Redis and no PostgreSQL it runs on SQLite and an in-process broker; with REDIS_URL and
-DATABASE_URL set (and reachable) it uses them.
+It touches no service it was not given: by default its own SQLite database under
+CONNECTOR_DATA_DIR/demo (./var/demo) and an in-process broker, whatever DATABASE_URL and
+REDIS_URL say, so a demo on a deployment's machine never puts jobs on its queues.
+`--use-env-services` uses them instead (jobs still go to a queue of the demo's own). State is
+kept between runs, which may follow one another in one folder: each run's Salesforce outbound
+message carries new notification ids, so it is never taken for a redelivery of the last one's.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import dataclasses
 import json
 import random
 import time
+import uuid
 from xml.sax.saxutils import escape
 
 import requests
@@ -22,13 +27,13 @@ from connector.crm.hubspot_webhook import sign
 from connector.db import upgrade_database
 from connector.models import Sync, SyncStatus
 from connector.pipeline.coalesce import flush_due_buffers
-from connector.pipeline.drive import drive_until_settled
+from connector.pipeline.drive import DriveStopped, drive_until_settled, private_queue, stop_on_signals
 from connector.progress import SyncProgress
 from connector.runtime import Runtime, build_runtime
 from connector.sandbox.apexverify import ApexVerifySandboxOptions, create_app
 from connector.sandbox.hubspot import create_app as create_hubspot_app
 from connector.sandbox.salesforce import create_app as create_salesforce_app
-from connector.sandbox.server import serve_in_thread
+from connector.sandbox.server import SandboxServer, serve_in_thread
 from connector.verify_command import start_file_sync
 from connector.web import create_app as create_web_app
 
@@ -70,7 +75,18 @@ DEMO_SALESFORCE_ORG = "00D000000000DEMAAA"
 DEMO_SALESFORCE_WEBHOOK_TOKEN = "demo-salesforce-webhook-token"
 
 
-def run_demo(settings: Settings, *, size: int = 3000) -> int:
+def run_demo(settings: Settings, *, size: int = 3000, use_env_services: bool = False) -> int:
+    """Run the three demo syncs; the exit code (0: all completed, 1: not, 130/143: stopped by a signal)."""
+    with stop_on_signals():
+        try:
+            return _run_demo(settings, size, use_env_services)
+        except DriveStopped as stop:
+            where = f" during sync {stop.sync.id} ({stop.sync.status})" if stop.sync is not None else ""
+            Console(stderr=True).print(f"{stop.reason}: the demo stopped{where}")
+            return stop.exit_code
+
+
+def _run_demo(settings: Settings, size: int, use_env_services: bool) -> int:
     console = Console()
     sandboxes = [
         serve_in_thread(
@@ -86,25 +102,40 @@ def run_demo(settings: Settings, *, size: int = 3000) -> int:
         ),
     ]
     try:
-        runtime = _demo_runtime(settings, *(server.url for server in sandboxes))
-        console.print(
-            f"[bold]ApexVerify CRM Connector demo[/] — database {runtime.engine.url.render_as_string()}, "
-            f"broker {'in-process' if runtime.uses_fallback_broker else 'Redis'}"
-        )
-        results = [
-            _file_demo(runtime, console, size),
-            _hubspot_demo(runtime, console, sandboxes[1].url),
-            _salesforce_demo(runtime, console, sandboxes[2].url),
-        ]
-        return 0 if all(results) else 1
+        with private_queue(_demo_runtime(settings, use_env_services, *(s.url for s in sandboxes))) as runtime:
+            return _run_syncs(runtime, console, size, use_env_services, sandboxes)
     finally:
         for server in sandboxes:
             server.stop()
 
 
-def _demo_runtime(settings: Settings, apexverify_url: str, hubspot_url: str, salesforce_url: str) -> Runtime:
+def _run_syncs(
+    runtime: Runtime, console: Console, size: int, use_env_services: bool, sandboxes: list[SandboxServer]
+) -> int:
+    console.print("[bold]ApexVerify CRM Connector demo[/]")
+    console.print(
+        f"database {runtime.engine.url.render_as_string()}, "
+        f"broker {'in-process' if runtime.uses_fallback_broker else 'Redis'}"
+    )
+    if not use_env_services:
+        state = runtime.settings.data_dir
+        console.print(f"state kept in {state}; to start afresh: rm -rf {state}")
+    results = [
+        _file_demo(runtime, console, size),
+        _hubspot_demo(runtime, console, sandboxes[1].url),
+        _salesforce_demo(runtime, console, sandboxes[2].url),
+    ]
+    return 0 if all(results) else 1
+
+
+def _demo_runtime(
+    settings: Settings, use_env_services: bool, apexverify_url: str, hubspot_url: str, salesforce_url: str
+) -> Runtime:
+    demo_dir = settings.data_dir / "demo"
     settings = dataclasses.replace(
         settings,
+        data_dir=demo_dir,
+        database_url=settings.database_url if use_env_services else f"sqlite:///{demo_dir / 'connector.db'}",
         apexverify_base_url=apexverify_url,
         apexverify_api_key=DEMO_API_KEY,
         hubspot_base_url=hubspot_url,
@@ -119,7 +150,7 @@ def _demo_runtime(settings: Settings, apexverify_url: str, hubspot_url: str, sal
         poll_initial_seconds=1.0,
         poll_max_seconds=5.0,
     )
-    runtime = build_runtime(settings, allow_fallback_broker=True)
+    runtime = build_runtime(settings, allow_fallback_broker=True, in_process_broker=not use_env_services)
     upgrade_database(runtime.engine)
     return runtime
 
@@ -127,8 +158,7 @@ def _demo_runtime(settings: Settings, apexverify_url: str, hubspot_url: str, sal
 def _file_demo(runtime: Runtime, console: Console, size: int) -> bool:
     """A generated list of emails, one of every verdict, verified from a file."""
     console.rule("1. a file of emails")
-    source = runtime.settings.data_dir / "demo" / "contacts.txt"
-    source.parent.mkdir(parents=True, exist_ok=True)
+    source = runtime.data_dir() / "contacts.txt"
     source.write_text("\n".join(generate_emails(size)) + "\n", encoding="utf-8")
     sync = start_file_sync(runtime, source, type_="email", country="US", reverify_after_days=0)
     return _run_and_show(runtime, console, sync.id, source.name)
@@ -175,8 +205,9 @@ def _salesforce_demo(runtime: Runtime, console: Console, salesforce_url: str) ->
     ids = requests.post(f"{salesforce_url}/_sandbox/seed", json={"contacts": contacts}, timeout=10).json()[
         "contacts"
     ]
+    run = uuid.uuid4().hex[:8].upper()  # new notification ids each run: a repeat is not a redelivery
     notifications = "".join(
-        f"<Notification><Id>04lDEMO{n:011d}</Id>"
+        f"<Notification><Id>04l{run}{n:04d}</Id>"
         f'<sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">'
         f"<sf:Id>{record_id}</sf:Id><sf:Email>{escape(contact['Email'])}</sf:Email></sObject></Notification>"
         for n, (record_id, contact) in enumerate(zip(ids, contacts, strict=True))
@@ -199,10 +230,15 @@ def _salesforce_demo(runtime: Runtime, console: Console, salesforce_url: str) ->
     if reply.status_code != 200:
         console.print(f"[red]the outbound message was refused: {reply.text}[/]")
         return False
-    [sync_id] = flush_due_buffers(runtime)
-    ok = _run_and_show(runtime, console, sync_id, "Salesforce outbound message")
-    table = Table(title="fields on the sandbox's Salesforce contacts (a sample)")
-    for name in ("Email", "ApexVerify_Status__c", "ApexVerify_Valid__c", "ApexVerify_Is_Role__c"):
+    sync_ids = flush_due_buffers(runtime)
+    if not sync_ids:
+        console.print("[red]the outbound message started no sync[/]")
+        return False
+    title = "Salesforce outbound message"
+    outcomes = [_run_and_show(runtime, console, sync_id, title) for sync_id in sync_ids]
+    table = _table("ApexVerify_… fields on the sandbox's Salesforce contacts (a sample)")
+    table.add_column("Email", no_wrap=True, overflow="ellipsis")
+    for name in ("Status__c", "Valid__c", "Is_Role__c"):
         table.add_column(name)
     for record_id in ids[:6]:
         fields = requests.get(f"{salesforce_url}/_sandbox/records/{record_id}", timeout=10).json()["fields"]
@@ -213,7 +249,7 @@ def _salesforce_demo(runtime: Runtime, console: Console, salesforce_url: str) ->
             )
         )
     console.print(table)
-    return ok
+    return all(outcomes)
 
 
 def _run_and_show(runtime: Runtime, console: Console, sync_id: int, title: str) -> bool:
@@ -239,8 +275,9 @@ def _hubspot_flags(hubspot_url: str, rows: int = 8) -> Table:
     contacts = requests.get(
         f"{hubspot_url}/_sandbox/contacts", params={"property": names, "limit": 1000}, timeout=10
     ).json()["contacts"]
-    table = Table(title="flags on the sandbox's HubSpot contacts (one of each kind)")
-    for name in names:
+    table = _table("apexverify_… flags on the sandbox's HubSpot contacts (one of each kind)")
+    table.add_column("email", no_wrap=True, overflow="ellipsis")
+    for name in names[1:]:
         table.add_column(name.removeprefix("apexverify_"))
     seen: set[tuple] = set()
     for contact in contacts:
@@ -248,12 +285,12 @@ def _hubspot_flags(hubspot_url: str, rows: int = 8) -> Table:
         kind = values[1:]
         if kind not in seen and len(seen) < rows:
             seen.add(kind)
-            table.add_row(values[0] or "(no email: left untouched)", *values[1:])
+            table.add_row(values[0] or "(no email)", *values[1:])
     return table
 
 
 def _summary(counts: dict, cost: dict, seconds: float, title: str) -> Table:
-    table = Table(title=f"{title}: {counts.get('contacts', 0)} contacts in {seconds:.1f}s")
+    table = _table(f"{title}: {counts.get('contacts', 0)} contacts in {seconds:.1f}s")
     table.add_column("verdict")
     table.add_column("values", justify="right")
     for verdict, number in sorted((counts.get("verdicts") or {}).items()):
@@ -270,3 +307,8 @@ def _summary(counts: dict, cost: dict, seconds: float, title: str) -> Table:
     ):
         table.add_row(label, str(number))
     return table
+
+
+def _table(title: str) -> Table:
+    """A table at least as wide as its title, so the title stays on one line (80 columns suffice)."""
+    return Table(title=title, min_width=len(title) + 2)

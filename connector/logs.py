@@ -1,7 +1,9 @@
-"""Structured JSON logs that never carry a secret.
+"""Structured logs that never carry a secret.
 
 Every record becomes one JSON line with the message as `event` plus its `extra` fields;
-configured secret values are replaced by `***` wherever they appear.
+configured secret values are replaced by `***` wherever they appear. Commands run by a person
+(`verify`, `demo`) get the same fields as one short line (`human=True`) and write to whatever
+`sys.stderr` is at that moment, so a live view that redirects it prints them above itself.
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ class RedactingJsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = value
+        entry.update(_extra_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return self.redact(json.dumps(entry, default=str))
@@ -39,16 +39,50 @@ class RedactingJsonFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str = "INFO", secrets: list[str] | None = None) -> None:
-    """Route the root logger to stderr as redacted JSON lines (idempotent)."""
+class RedactingLineFormatter(RedactingJsonFormatter):
+    """`warning: step_paused sync_id=3 code=...`: one line for a person, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = record.getMessage().split("\n", 1)[0]
+        fields = " ".join(f"{key}={value}" for key, value in _extra_fields(record).items())
+        if record.exc_info and record.exc_info[1] is not None:
+            fields += f" error={type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        return self.redact(f"{record.levelname.lower()}: {event} {fields}".rstrip())
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler bound to `sys.stderr` as it is when a record is written, not when created."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def configure_logging(
+    level: str = "INFO", secrets: list[str] | None = None, *, human: bool | None = None
+) -> None:
+    """Route the root logger to stderr as redacted JSON lines, or short lines with `human` (idempotent).
+
+    `human=None` keeps the format this process chose (JSON until told otherwise), so an app a
+    command starts for itself (the demo's webhooks) does not turn its output back into JSON.
+    """
     root = logging.getLogger()
-    formatter = RedactingJsonFormatter(secrets)
-    for handler in root.handlers:
-        if getattr(handler, "_connector", False):
-            handler.setFormatter(formatter)
-            break
+    ours = [handler for handler in root.handlers if getattr(handler, "_connector", False)]
+    if human is None:
+        human = bool(ours) and isinstance(ours[0].formatter, RedactingLineFormatter)
+    formatter = (RedactingLineFormatter if human else RedactingJsonFormatter)(secrets)
+    if ours:
+        ours[0].setFormatter(formatter)
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         handler._connector = True  # type: ignore[attr-defined]
         handler.setFormatter(formatter)
         root.addHandler(handler)

@@ -138,9 +138,15 @@ def _safe_url(url: str) -> str:
     return url
 
 
-def build_runtime(settings: Settings, *, allow_fallback_broker: bool = False) -> Runtime:
+def build_runtime(
+    settings: Settings, *, allow_fallback_broker: bool = False, in_process_broker: bool = False
+) -> Runtime:
+    """`in_process_broker`: never contact REDIS_URL (a demo, or a CLI run that was given no Redis)."""
     engine = make_engine(settings.database_url)
-    connection, fallback = connect_redis(settings.redis_url, allow_fallback=allow_fallback_broker)
+    if in_process_broker:
+        connection, fallback = in_process_redis(), True
+    else:
+        connection, fallback = connect_redis(settings.redis_url, allow_fallback=allow_fallback_broker)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -8,6 +8,7 @@ runnable syncs whose job is gone (or stuck with an expired lease) and enqueues a
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from rq.exceptions import NoSuchJobError
@@ -24,8 +25,13 @@ log = logging.getLogger(__name__)
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED}
 
 
-def reconcile(runtime: Runtime | None = None, *, overdue_after_seconds: float = 30.0) -> list[int]:
-    """Re-enqueue every runnable sync that has no live job; returns their ids.
+def reconcile(
+    runtime: Runtime | None = None,
+    *,
+    overdue_after_seconds: float = 30.0,
+    sync_ids: Collection[int] | None = None,
+) -> list[int]:
+    """Re-enqueue every runnable sync (of `sync_ids` only, if given) that has no live job; returns their ids.
 
     Safe to run at any moment and from several processes: a job that turns out to be
     redundant finds another job id on the sync and does nothing. A scheduled job counts as
@@ -34,12 +40,13 @@ def reconcile(runtime: Runtime | None = None, *, overdue_after_seconds: float = 
     """
     runtime = runtime or get_runtime()
     now = utcnow()
+    query = select(Sync.id, Sync.job_id, Sync.lease_until).where(
+        Sync.status.in_([str(s) for s in RUNNABLE_STATES])
+    )
+    if sync_ids is not None:  # a CLI run reconciles its own sync, never one a killed run left behind
+        query = query.where(Sync.id.in_(list(sync_ids)))
     with runtime.session() as session:
-        candidates = session.execute(
-            select(Sync.id, Sync.job_id, Sync.lease_until).where(
-                Sync.status.in_([str(s) for s in RUNNABLE_STATES])
-            )
-        ).all()
+        candidates = session.execute(query).all()
     revived = []
     for sync_id, job_id, lease_until in candidates:
         if lease_until is not None and lease_until > now:
