@@ -8,12 +8,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from connector.config import Settings
 from connector.errors import ConnectorError
 from connector.logs import configure_logging
+
+if TYPE_CHECKING:
+    from connector.runtime import Runtime
 
 SANDBOXES = ("apexverify", "hubspot", "salesforce")
 
@@ -225,7 +229,9 @@ def segments_add(**options: object) -> None:
 
     data = {k: v for k, v in options.items() if v is not None and k not in ("params", "object_", "type_")}
     data.update(object=options["object_"], type=options["type_"])
-    data["parameters"] = dict(parse_cli_parameter(str(p)) for p in options["params"])  # type: ignore[union-attr]
+    params = options["params"]
+    assert isinstance(params, tuple)  # click's multiple=True
+    data["parameters"] = dict(parse_cli_parameter(str(p)) for p in params)
     click.echo(json.dumps(segment_json(create_segment(_runtime(), data)), indent=2))
 
 
@@ -264,7 +270,7 @@ def segments_sync(segment_id: int) -> None:
     click.echo(f"sync {sync.id}: {sync.status}")
 
 
-def _runtime():  # type: ignore[no-untyped-def]
+def _runtime() -> Runtime:
     from connector.db import upgrade_database
     from connector.runtime import build_runtime
 

@@ -189,6 +189,7 @@ def _hubspot_demo(runtime: Runtime, console: Console, hubspot_url: str) -> bool:
         web.stop()
     with runtime.session() as session:
         sync_id = session.scalar(select(Sync.id).where(Sync.crm == "hubspot").order_by(Sync.id.desc()))
+    assert sync_id is not None  # the webhook above started it
     ok = _run_and_show(runtime, console, sync_id, f"HubSpot list {list_id}")
     console.print(_hubspot_flags(hubspot_url))
     return ok
@@ -273,7 +274,7 @@ def _hubspot_flags(hubspot_url: str, rows: int = 8) -> Table:
         "apexverify_is_disposable",
     ]
     contacts = requests.get(
-        f"{hubspot_url}/_sandbox/contacts", params={"property": names, "limit": 1000}, timeout=10
+        f"{hubspot_url}/_sandbox/contacts", params={"property": names, "limit": "1000"}, timeout=10
     ).json()["contacts"]
     table = _table("apexverify_… flags on the sandbox's HubSpot contacts (one of each kind)")
     table.add_column("email", no_wrap=True, overflow="ellipsis")

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -57,12 +58,14 @@ def _extra_fields(record: logging.LogRecord) -> dict[str, object]:
 class _CurrentStderrHandler(logging.StreamHandler):
     """A stream handler bound to `sys.stderr` as it is when a record is written, not when created."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # type: ignore[no-untyped-def]
+    _connector = False  # True on the one configure_logging installs
+
+    @property
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value) -> None:  # type: ignore[no-untyped-def]
+    def stream(self, _value: object) -> None:
         return None
 
 
@@ -83,7 +86,7 @@ def configure_logging(
         ours[0].setFormatter(formatter)
     else:
         handler = _CurrentStderrHandler()
-        handler._connector = True  # type: ignore[attr-defined]
+        handler._connector = True
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)

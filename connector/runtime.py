@@ -13,14 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from connector.config import Settings
+
+if TYPE_CHECKING:
+    import fakeredis
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +68,7 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(database_url, connect_args={"timeout": 30}, pool_pre_ping=True)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -117,11 +122,11 @@ def in_process_redis() -> redis.Redis:
     return fakeredis.FakeRedis(server=_fallback_server())
 
 
-_FALLBACK_SERVER = None
+_FALLBACK_SERVER: fakeredis.FakeServer | None = None
 _FALLBACK_LOCK = threading.Lock()
 
 
-def _fallback_server():  # type: ignore[no-untyped-def]
+def _fallback_server() -> fakeredis.FakeServer:
     global _FALLBACK_SERVER
     with _FALLBACK_LOCK:  # web threads may reach here together (the sign-in throttle's fallback)
         if _FALLBACK_SERVER is None:

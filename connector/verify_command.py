@@ -69,7 +69,11 @@ def run_verify(
     upgrade_database(runtime.engine)
     with stop_on_signals(), private_queue(runtime) as runtime:
         try:
-            sync_id = start_file_sync(runtime, **request).id if request else resume_file_sync(runtime, resume)
+            if request is not None:
+                sync_id = start_file_sync(runtime, **request).id
+            else:
+                assert resume is not None  # no request is built when resuming
+                sync_id = resume_file_sync(runtime, resume)
             with SyncProgress() as progress:
                 sync = drive_until_settled(runtime, sync_id, on_tick=progress.update, max_wait=max_wait)
         except DriveStopped as stop:

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import redis
 from rq.job import Job
@@ -76,7 +77,7 @@ class _SyncWorker(SimpleWorker):
     def subscribe(self) -> None:
         return None  # no `rq` commands reach a CLI run, and the pub/sub teardown can block 60 s
 
-    def handle_exception(self, job, *exc_info):  # type: ignore[no-untyped-def]
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
         if isinstance(exc_info[1], DriveStopped):
             raise exc_info[1]  # through RQ's catch-all: a stop is not a failed job
         return super().handle_exception(job, *exc_info)
