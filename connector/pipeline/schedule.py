@@ -18,9 +18,8 @@ from datetime import datetime
 
 from croniter import croniter
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from connector.models import UNSETTLED_STATES, Segment, Sync, utcnow
+from connector.models import Segment, Sync, utcnow
 from connector.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -72,17 +71,12 @@ def _start_if_due(
     with runtime.session() as session:
         if session.scalar(select(Sync.id).where(Sync.idempotency_key == key)) is not None:
             return None
-        running = _running(session, segment_id)
-    if not running:
-        sync = sync_segment(runtime, segment_id, "schedule", idempotency_key=key)
-        if sync.idempotency_key == key:
-            return sync.id
+    # sync_segment answers with the segment's (or its source's) unsettled sync when there is one:
+    # a sync not carrying this due time's key means the segment is busy.
+    sync = sync_segment(runtime, segment_id, "schedule", idempotency_key=key)
+    if sync.idempotency_key == key:
+        return sync.id
     # DEBUG: every tick (20 s) repeats it for as long as the segment's earlier sync runs.
     log.debug("scheduled_sync_deferred", extra={"segment_id": segment_id, "due": due.isoformat()})
     return None
 
-
-def _running(session: Session, segment_id: int) -> bool:
-    unsettled = [str(s) for s in UNSETTLED_STATES]
-    query = select(Sync.id).where(Sync.segment_id == segment_id, Sync.status.in_(unsettled)).limit(1)
-    return session.scalar(query) is not None
