@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-import connector.crm.hubspot as hubspot
+import connector.crm.hubspot.api as hubspot
 from connector.cli import main
 
 NEVER_BULK = sys.maxsize

@@ -52,7 +52,7 @@ class SalesforceResult:
 
 def missing_pieces() -> str | None:
     """Why the Salesforce path cannot run yet, or None."""
-    if importlib.util.find_spec("connector.crm.salesforce") is None:
+    if importlib.util.find_spec("connector.crm.salesforce.api") is None:
         return "connector/crm/salesforce.py does not exist yet"
     registry = (harness.ROOT / "connector" / "crm" / "registry.py").read_text()
     if "salesforce_campaign" not in registry:

@@ -77,7 +77,7 @@ def _event(event_id: int, occurred_at: int) -> str:
 
 def write_pool(path: Path, url: str, options: LoadOptions) -> tuple[int, int]:
     """Sign `options.pool` deliveries into the pool file; returns (deliveries, events)."""
-    from connector.crm.hubspot_webhook import sign
+    from connector.crm.hubspot.webhook import sign
 
     timestamp = str(int(time.time() * 1000))
     arrays_per_100 = round(options.array_share * 100)

@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from connector.config import Settings
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.db import upgrade_database
 from connector.models import Sync, SyncStatus
 from connector.pipeline.coalesce import flush_due_buffers

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from connector.crm.hubspot import DEFAULT_BULK_THRESHOLD as HUBSPOT_BULK_THRESHOLD
-from connector.crm.salesforce import DEFAULT_BULK_THRESHOLD as SALESFORCE_BULK_THRESHOLD
+from connector.crm.hubspot.api import DEFAULT_BULK_THRESHOLD as HUBSPOT_BULK_THRESHOLD
+from connector.crm.salesforce.api import DEFAULT_BULK_THRESHOLD as SALESFORCE_BULK_THRESHOLD
 from connector.pipeline.intake import crm_connection, start_segment_sync
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer, serve_in_thread

@@ -21,7 +21,7 @@ import requests
 
 from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict
-from connector.crm.hubspot import (
+from connector.crm.hubspot.api import (
     PROCESS_COUNTERS,
     HubSpotApi,
     HubSpotFlagWriter,

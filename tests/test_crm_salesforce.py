@@ -17,7 +17,7 @@ import pytest
 
 from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
-from connector.crm.salesforce import (
+from connector.crm.salesforce.api import (
     SalesforceApi,
     SalesforceFlagWriter,
     SalesforceRecordReader,

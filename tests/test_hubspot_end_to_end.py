@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.models import Sync, SyncStatus, SyncValue
 from connector.pipeline.drive import drive_until_settled
 from connector.runtime import Runtime

@@ -10,7 +10,7 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.pipeline.drive import drive_until_settled
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer

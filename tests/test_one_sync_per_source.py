@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import func, select, update
 
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.db import alembic_config
 from connector.models import Segment, Sync, SyncStatus, utcnow
 from connector.pipeline.drive import drive_until_settled

@@ -20,10 +20,10 @@ from flask import Flask, Response, request
 
 from connector.apexverify import ApexVerifyClient
 from connector.config import Settings
-from connector.crm.hubspot import HubSpotApi
-from connector.crm.hubspot_bulk import _download, export_list_rows
-from connector.crm.salesforce import SalesforceApi, rest_rows
-from connector.crm.salesforce_client import make_salesforce
+from connector.crm.hubspot.api import HubSpotApi
+from connector.crm.hubspot.bulk import _download, export_list_rows
+from connector.crm.salesforce.api import SalesforceApi, rest_rows
+from connector.crm.salesforce.client import make_salesforce
 from connector.errors import ConnectorError, TransientError
 from connector.models import SyncStatus
 from connector.pipeline.drive import drive_until_settled

@@ -33,7 +33,7 @@ from hubspot.crm.contacts.exceptions import ApiException as ContactsApiException
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 from hubspot.crm.properties.exceptions import ApiException as PropertiesApiException
 
-from connector.crm.hubspot_client import make_hubspot_client
+from connector.crm.hubspot.client import make_hubspot_client
 from connector.sandbox.hubspot import command, create_app
 from connector.sandbox.openapi_check import SPECS_DIR_ENV, default_specs_dir, load_checker
 from connector.sandbox.server import SandboxServer, serve_in_thread

@@ -24,7 +24,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from connector.crm.salesforce_client import make_salesforce, refresh_session
+from connector.crm.salesforce.client import make_salesforce, refresh_session
 from connector.sandbox.salesforce import command, create_app
 from connector.sandbox.salesforce_ids import to_18
 from connector.sandbox.server import SandboxServer, serve_in_thread

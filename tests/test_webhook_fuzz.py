@@ -10,7 +10,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer
 from tests.conftest import with_settings

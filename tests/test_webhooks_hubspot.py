@@ -9,7 +9,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from connector.crm.hubspot_webhook import sign
+from connector.crm.hubspot.webhook import sign
 from connector.models import CoalescedContact, Sync, WebhookEvent
 from connector.pipeline.coalesce import flush_due_buffers
 from connector.runtime import Runtime
@@ -318,8 +318,9 @@ def test_the_sqlite_buffer_keeps_the_newest_value_too(tmp_path) -> None:  # type
 
     from sqlalchemy.orm import sessionmaker
 
+    from connector.crm.base import IncomingContact
     from connector.db import upgrade_database
-    from connector.pipeline.coalesce import IncomingContact, buffer_contacts
+    from connector.pipeline.coalesce import buffer_contacts
     from connector.pipeline.syncs import ensure_connection
     from connector.runtime import make_engine
 

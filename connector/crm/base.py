@@ -40,6 +40,17 @@ def cells_per_verdict(format_cells: Callable[[Verdict], list[str]]) -> Callable[
 
 
 @dataclass(frozen=True)
+class IncomingContact:
+    """A contact a webhook delivery names, on its way to the coalescing buffer."""
+
+    record_id: str
+    value: str | None = None
+    object_type: str = ""
+    # When the CRM says the value was observed (an event's own time); None: when it reached us.
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class FlagUpdate:
     record_id: str
     object_type: str | None

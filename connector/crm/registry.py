@@ -16,8 +16,8 @@ from connector.models import CoalescedContact, Connection, Sync
 from connector.runtime import Runtime
 
 if TYPE_CHECKING:  # imported where used: loading a CRM's client library is left to the syncs that need it
-    from connector.crm.hubspot import HubSpotApi
-    from connector.crm.salesforce import SalesforceApi
+    from connector.crm.hubspot.api import HubSpotApi
+    from connector.crm.salesforce.api import SalesforceApi
 
 # How a CRM client waits between retries and polls: a step passes StepContext.sleep to keep its lease.
 Sleep = Callable[[float], None]
@@ -41,13 +41,13 @@ def source_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> Se
             read_back=sync.crm == "salesforce",
         )
     if kind == "hubspot_list":
-        from connector.crm.hubspot import HubSpotListSource
+        from connector.crm.hubspot.api import HubSpotListSource
 
         return HubSpotListSource(
             _hubspot_api(runtime, sleep), sync.source["ref"], sync.type, work_dir=_work_dir(runtime, sync)
         )
     if kind in ("salesforce_campaign", "salesforce_soql"):
-        from connector.crm.salesforce import SalesforceSegmentSource
+        from connector.crm.salesforce.api import SalesforceSegmentSource
 
         return SalesforceSegmentSource(
             _salesforce_api(runtime, sleep),
@@ -61,11 +61,11 @@ def source_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> Se
 
 def reader_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> RecordReader | None:
     if sync.crm == "hubspot":
-        from connector.crm.hubspot import HubSpotRecordReader
+        from connector.crm.hubspot.api import HubSpotRecordReader
 
         return HubSpotRecordReader(_hubspot_api(runtime, sleep), field_names=_field_names(runtime, sync))
     if sync.crm == "salesforce":
-        from connector.crm.salesforce import SalesforceRecordReader
+        from connector.crm.salesforce.api import SalesforceRecordReader
 
         return SalesforceRecordReader(
             _salesforce_api(runtime, sleep), field_names=_field_names(runtime, sync)
@@ -80,7 +80,7 @@ def writer_for(
     if sync.crm == "file":
         return NullFlagWriter()
     if sync.crm == "hubspot":
-        from connector.crm.hubspot import HubSpotFlagWriter
+        from connector.crm.hubspot.api import HubSpotFlagWriter
 
         return HubSpotFlagWriter(
             _hubspot_api(runtime, sleep),
@@ -90,7 +90,7 @@ def writer_for(
             work_dir=_work_dir(runtime, sync),
         )
     if sync.crm == "salesforce":
-        from connector.crm.salesforce import SalesforceFlagWriter
+        from connector.crm.salesforce.api import SalesforceFlagWriter
 
         return SalesforceFlagWriter(
             _salesforce_api(runtime, sleep),
@@ -104,13 +104,13 @@ def writer_for(
 
 
 def _hubspot_api(runtime: Runtime, sleep: Sleep) -> HubSpotApi:
-    from connector.crm.hubspot import HubSpotApi
+    from connector.crm.hubspot.api import HubSpotApi
 
     return HubSpotApi(runtime.settings, runtime.redis, sleep=sleep)
 
 
 def _salesforce_api(runtime: Runtime, sleep: Sleep) -> SalesforceApi:
-    from connector.crm.salesforce import SalesforceApi
+    from connector.crm.salesforce.api import SalesforceApi
 
     return SalesforceApi(runtime.settings, sleep=sleep)
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Row, String, bindparam, cast,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from connector.crm.base import RecordReader, SourceRecord
+from connector.crm.base import IncomingContact, RecordReader, SourceRecord
 from connector.errors import ConnectorError
 from connector.metrics import count
 from connector.models import CoalescedContact, Connection, Sync, utcnow
@@ -31,15 +30,6 @@ from connector.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1000
-
-
-@dataclass(frozen=True)
-class IncomingContact:
-    record_id: str
-    value: str | None = None
-    object_type: str = ""
-    # When the CRM says the value was observed (HubSpot's occurredAt); None: when it reached us.
-    occurred_at: datetime | None = None
 
 
 def buffer_contacts(

@@ -13,9 +13,10 @@ from sqlalchemy import JSON, String, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from connector.crm.base import IncomingContact
 from connector.db import dialect_insert
 from connector.models import Connection, Sync, WebhookEvent
-from connector.pipeline.coalesce import IncomingContact, buffer_contacts, note_buffered
+from connector.pipeline.coalesce import buffer_contacts, note_buffered
 from connector.pipeline.syncs import create_sync, ensure_connection, source_key, unsettled_sync
 from connector.runtime import Runtime
 

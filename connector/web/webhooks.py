@@ -10,7 +10,8 @@ from flask import Blueprint, Request, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.config import Settings
-from connector.crm import hubspot_webhook, salesforce_webhook
+from connector.crm.hubspot import webhook as hubspot_webhook
+from connector.crm.salesforce import webhook as salesforce_webhook
 from connector.errors import ConfigError, ConnectorError, InputError
 from connector.metrics import count
 from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync, webhook_connection

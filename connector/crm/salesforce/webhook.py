@@ -14,8 +14,8 @@ from xml.etree.ElementTree import Element
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
+from connector.crm.base import IncomingContact
 from connector.errors import InputError, WebhookRefused
-from connector.pipeline.coalesce import IncomingContact
 
 OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 SOAP_ENV_NS = "http://schemas.xmlsoap.org/soap/envelope/"

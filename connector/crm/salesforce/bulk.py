@@ -27,7 +27,7 @@ from connector.crm.jobs import JobMarker, poll_until
 from connector.errors import ConnectorError
 
 if TYPE_CHECKING:
-    from connector.crm.salesforce import SalesforceApi
+    from connector.crm.salesforce.api import SalesforceApi
 
 QUERY_PAGE_RECORDS = 50_000
 QUERY_REUSE_SECONDS = 3600.0  # a marker older than this names results too stale to read again

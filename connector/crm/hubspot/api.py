@@ -34,8 +34,8 @@ import urllib3
 
 from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure, cells_per_verdict
-from connector.crm.hubspot_bulk import export_list_rows, import_flag_rows
-from connector.crm.hubspot_client import make_hubspot_client
+from connector.crm.hubspot.bulk import export_list_rows, import_flag_rows
+from connector.crm.hubspot.client import make_hubspot_client
 from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
 from connector.errors import ConfigError, ConnectorError, TransientError
 from connector.metrics import call_outcome, count

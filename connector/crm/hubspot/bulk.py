@@ -31,7 +31,7 @@ from connector.errors import ConnectorError, TransientError
 from connector.outbound import redirect_refused, same_origin
 
 if TYPE_CHECKING:
-    from connector.crm.hubspot import HubSpotApi
+    from connector.crm.hubspot.api import HubSpotApi
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from simple_salesforce.util import Usage, call_salesforce
 from connector.config import Settings
 from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure, cells_per_verdict
 from connector.crm.jobs import seconds_until_utc_midnight, utc_iso_millis
-from connector.crm.salesforce_bulk import IngestRow, query_rows, write_flag_rows
-from connector.crm.salesforce_client import fetch_client_credentials_token, make_salesforce
+from connector.crm.salesforce.bulk import IngestRow, query_rows, write_flag_rows
+from connector.crm.salesforce.client import fetch_client_credentials_token, make_salesforce
 from connector.errors import ConfigError, ConnectorError, TransientError
 
 log = logging.getLogger(__name__)

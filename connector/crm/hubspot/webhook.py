@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from connector.crm.base import IncomingContact
 from connector.errors import InputError, WebhookRefused
-from connector.pipeline.coalesce import IncomingContact
 
 MAX_SIGNATURE_AGE_MS = 5 * 60 * 1000
 VERIFIED_PROPERTIES = {"email": "email", "phone": "phone"}

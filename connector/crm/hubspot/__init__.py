@@ -1,0 +1,1 @@
+"""HubSpot: portals, lists, contacts and their flag properties."""

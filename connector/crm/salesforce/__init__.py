@@ -1,0 +1,1 @@
+"""Salesforce: orgs, campaigns, SOQL segments, Contact and Lead flag fields."""
