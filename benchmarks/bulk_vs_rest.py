@@ -2,8 +2,8 @@
 
 Runs hubspot_end_to_end.py's sync twice under the same HubSpot limit (100 calls / 10 s): once as
 shipped (a list above 10,000 contacts is read with one export and written with imports) and once
-with the worker started through benchmarks/rest_worker.py, which raises the bulk threshold so the
-list is read through memberships + batch read and written with batch update (100 per call).
+with CONNECTOR_CRM_BULK_THRESHOLD above the list's size, so the list is read through memberships +
+batch read and written with batch update (100 per call).
 Prints both runs' HubSpot calls and wall times and the ratios.
 
     .venv/bin/python benchmarks/bulk_vs_rest.py --contacts 100000    # the REST run takes ~5 min

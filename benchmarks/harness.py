@@ -193,9 +193,8 @@ def connector_env(
     return env
 
 
-def start_worker(env: dict[str, str], log_dir: Path, *, module: str = "connector.cli") -> Service:
-    args = [PYTHON, "-m", module, "worker"] if module == "connector.cli" else [PYTHON, module]
-    return start_service("worker", args, env, log_dir)
+def start_worker(env: dict[str, str], log_dir: Path) -> Service:
+    return start_service("worker", [PYTHON, "-m", "connector.cli", "worker"], env, log_dir)
 
 
 # ---- /proc figures ----------------------------------------------------------------------------

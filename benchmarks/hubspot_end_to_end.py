@@ -41,7 +41,7 @@ TARGET_APEXVERIFY_CALLS = 60
 TARGET_WALL_SECONDS = 600
 TARGET_PEAK_RSS_MB = 300
 MAX_429 = 5  # a few 429s absorbed by the limiter are fine; more would be a flood
-REST_WORKER = str(Path(__file__).resolve().parent / "rest_worker.py")
+NEVER_BULK = 2**62
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunOptions:
     import_delay: float = 1.0
     rate_limit_per_10s: int = 100
     timeout: float = 3600.0
-    force_rest: bool = False  # run the worker through rest_worker.py (bulk paths switched off)
+    force_rest: bool = False  # bulk paths switched off (CONNECTOR_CRM_BULK_THRESHOLD)
     keep: bool = False
 
 
@@ -117,10 +117,11 @@ def run_end_to_end(options: RunOptions, profile: Path | None = None) -> RunResul
             apexverify_url=sandboxes.apexverify_url,
             hubspot_url=sandboxes.hubspot_url,
             HUBSPOT_RATE_LIMIT_PER_10S=str(options.rate_limit_per_10s),
+            # Forcing the REST paths: a threshold no list reaches.
+            **({"CONNECTOR_CRM_BULK_THRESHOLD": str(NEVER_BULK)} if options.force_rest else {}),
         )
         runtime = harness.prepare_runtime(env)
-        module = REST_WORKER if options.force_rest else "connector.cli"
-        worker = harness.start_worker(env, work_dir, module=module)
+        worker = harness.start_worker(env, work_dir)
         services.append(worker)
         if profile is not None:
             services.append(harness.start_profiler(worker.pid, profile, work_dir))
@@ -354,7 +355,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, argparse.Name
     parser.add_argument("--rate-limit-per-10s", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds")
     parser.add_argument(
-        "--rest", action="store_true", help="force the REST paths (benchmarks/rest_worker.py)"
+        "--rest",
+        action="store_true",
+        help="force the REST paths (CONNECTOR_CRM_BULK_THRESHOLD above any list)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database and work directory")
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -13,13 +12,14 @@ from typing import TYPE_CHECKING
 import click
 
 from connector.config import Settings
+from connector.crm.registry import CRMS, check_settings, record_objects, segment_kinds
 from connector.errors import ConnectorError
+from connector.extras import ExtraMissing, require_sandbox_extra, sandbox_extra_installed
 from connector.logs import configure_logging
+from connector.sandbox import SANDBOXES, Sandbox, sandboxes_help
 
 if TYPE_CHECKING:
     from connector.runtime import Runtime
-
-SANDBOXES = ("apexverify", "hubspot", "salesforce")
 
 
 class ConnectorGroup(click.Group):
@@ -28,6 +28,9 @@ class ConnectorGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except ExtraMissing as error:  # its message ends in the pip command: no code after it
+            click.echo(f"error: {error.message}", err=True)
+            sys.exit(2)
         except ConnectorError as error:
             click.echo(f"error: {error.message} ({error.code})", err=True)
             sys.exit(2)
@@ -39,21 +42,36 @@ def main() -> None:
 
 
 class SandboxGroup(click.Group):
-    """Loads `connector.sandbox.<name>.command` only when that sandbox is asked for."""
+    """The sandboxes of `connector.sandbox.SANDBOXES`, each loaded only when it is asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(SANDBOXES)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in SANDBOXES:
+        found = SANDBOXES.get(cmd_name)
+        if found is None:
             return None
-        module = importlib.import_module(f"connector.sandbox.{cmd_name}")
-        return module.command
+        return found.command() if sandbox_extra_installed() else _needs_sandbox_extra(found)
 
 
-@main.group(cls=SandboxGroup)
+def _needs_sandbox_extra(found: Sandbox) -> click.Command:
+    """What stands in for a sandbox's command where the sandbox extra is not installed."""
+
+    def refuse(args: tuple[str, ...]) -> None:
+        raise ExtraMissing(f"connector sandbox {found.name}")
+
+    return click.Command(
+        found.name,
+        help=found.help,
+        callback=refuse,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        context_settings={"ignore_unknown_options": True},
+    )
+
+
+@main.group(cls=SandboxGroup, help=sandboxes_help())
 def sandbox() -> None:
-    """Run a local fake of ApexVerify, HubSpot or Salesforce."""
+    pass
 
 
 @main.group()
@@ -152,6 +170,9 @@ def verify(
     """
     from connector.verify_command import run_verify
 
+    use_redis = bool(os.environ.get("REDIS_URL"))
+    if not use_redis:  # the in-process broker is fakeredis
+        require_sandbox_extra("connector verify without REDIS_URL", alternative="set REDIS_URL")
     if resume is None and file is not None and not file.is_file():
         raise click.BadParameter(f"{file} does not exist or is not a file", param_hint="FILE")
     code = run_verify(
@@ -166,7 +187,7 @@ def verify(
         reverify_after_days=reverify_after_days,
         max_wait=max_wait,
         resume=resume,
-        use_redis=bool(os.environ.get("REDIS_URL")),
+        use_redis=use_redis,
     )
     sys.exit(code)
 
@@ -195,12 +216,17 @@ Exit codes:
 def demo(size: int, use_env_services: bool, verbose: bool) -> None:
     """Verify a generated list against a local ApexVerify sandbox and print the verdicts.
 
-    Nothing leaves this machine: ApexVerify, HubSpot and Salesforce are local sandboxes.
+    Nothing leaves this machine: ApexVerify and the CRMs are local sandboxes.
     """
+    require_sandbox_extra("connector demo")
     from connector.demo import run_demo
 
     settings = _settings(for_people=True, verbose=verbose)
     sys.exit(run_demo(settings, size=size, use_env_services=use_env_services))
+
+
+def _ref_help() -> str:
+    return "; ".join(f"{name}: {kind.ref_help}" for name, (_, kind) in segment_kinds().items()) + "."
 
 
 @main.group()
@@ -209,12 +235,12 @@ def segments() -> None:
 
 
 @segments.command("add")
-@click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), required=True)
+@click.option("--crm", type=click.Choice(list(CRMS)), required=True)
+@click.option("--kind", type=click.Choice(list(segment_kinds())), required=True)
+@click.option("--ref", required=True, help=_ref_help())
 @click.option(
-    "--kind", type=click.Choice(["hubspot_list", "salesforce_campaign", "salesforce_soql"]), required=True
+    "--object", "object_", type=click.Choice(record_objects()), help="Record type, where the CRM has several."
 )
-@click.option("--ref", required=True, help="List id, campaign id, or SOQL WHERE clause.")
-@click.option("--object", "object_", type=click.Choice(["Contact", "Lead"]), help="Salesforce object.")
 @click.option("--type", "type_", type=click.Choice(["email", "phone"]), default="email", show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="An ApexVerify parameter.")
 @click.option("--schedule", help="Cron expression (UTC), e.g. '0 3 * * *'.")
@@ -283,6 +309,7 @@ def _settings(*, for_people: bool = False, verbose: bool = False) -> Settings:
     """Settings from the environment, logging configured: JSON lines for processes, short
     lines at WARNING and above (LOG_LEVEL with --verbose) for a command a person watches."""
     settings = Settings.from_env()
+    check_settings(settings)  # a malformed CRM variable stops the command here, not mid-sync
     if for_people and not verbose:
         settings = dataclasses.replace(settings, log_level="WARNING")  # also for apps the command starts
     configure_logging(settings.log_level, settings.secrets(), human=for_people)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
 from connector.errors import ConfigError
+
+SectionT = TypeVar("SectionT")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -63,20 +66,6 @@ class Settings:
     apexverify_max_batch_rows: int = 500_000
     apexverify_timeout_seconds: float = 60.0
 
-    hubspot_access_token: str | None = field(default=None, repr=False)
-    hubspot_base_url: str = "https://api.hubapi.com"
-    hubspot_client_secret: str | None = field(default=None, repr=False)
-    hubspot_portal_id: str | None = None
-    hubspot_rate_limit_per_10s: int = 100
-
-    salesforce_instance_url: str | None = None
-    salesforce_access_token: str | None = field(default=None, repr=False)
-    salesforce_client_id: str | None = None
-    salesforce_client_secret: str | None = field(default=None, repr=False)
-    salesforce_api_version: str = "62.0"
-    salesforce_org_id: str | None = None
-    salesforce_webhook_token: str | None = field(default=None, repr=False)
-
     coalesce_max_contacts: int = 10_000
     coalesce_window_seconds: int = 60
     # Country used to parse phones of webhook contacts and CRM segments without one of their own.
@@ -92,6 +81,13 @@ class Settings:
     queue_name: str = "connector"
     data_retention_days: int = 7
     log_level: str = "INFO"
+    # Above this many updates a CRM writer uses its bulk path (one import/ingest job) instead of
+    # REST batches, and a segment read uses a bulk export/query.
+    crm_bulk_threshold: int = 10_000
+    # The environment these settings were read from: each CRM reads its own section of it
+    # (`section`), so a CRM's variables are declared in its package, not here.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _sections: dict[type, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,18 +104,6 @@ class Settings:
             apexverify_rate_limit_per_minute=_int(env, "APEXVERIFY_RATE_LIMIT_PER_MINUTE", 180),
             apexverify_max_batch_rows=_int(env, "APEXVERIFY_MAX_BATCH_ROWS", 500_000),
             apexverify_timeout_seconds=_float(env, "APEXVERIFY_TIMEOUT_SECONDS", 60.0),
-            hubspot_access_token=_str(env, "HUBSPOT_ACCESS_TOKEN"),
-            hubspot_base_url=(_str(env, "HUBSPOT_BASE_URL", cls.hubspot_base_url) or "").rstrip("/"),
-            hubspot_client_secret=_str(env, "HUBSPOT_CLIENT_SECRET"),
-            hubspot_portal_id=_str(env, "HUBSPOT_PORTAL_ID"),
-            hubspot_rate_limit_per_10s=_int(env, "HUBSPOT_RATE_LIMIT_PER_10S", 100),
-            salesforce_instance_url=_str(env, "SALESFORCE_INSTANCE_URL"),
-            salesforce_access_token=_str(env, "SALESFORCE_ACCESS_TOKEN"),
-            salesforce_client_id=_str(env, "SALESFORCE_CLIENT_ID"),
-            salesforce_client_secret=_str(env, "SALESFORCE_CLIENT_SECRET"),
-            salesforce_api_version=_str(env, "SALESFORCE_API_VERSION", "62.0") or "62.0",
-            salesforce_org_id=_str(env, "SALESFORCE_ORG_ID"),
-            salesforce_webhook_token=_str(env, "SALESFORCE_WEBHOOK_TOKEN"),
             coalesce_max_contacts=_int(env, "COALESCE_MAX_CONTACTS", 10_000),
             coalesce_window_seconds=_int(env, "COALESCE_WINDOW_SECONDS", 60),
             default_country=(_str(env, "CONNECTOR_DEFAULT_COUNTRY", "US") or "US").upper(),
@@ -131,20 +115,22 @@ class Settings:
             queue_name=_str(env, "CONNECTOR_QUEUE", "connector") or "connector",
             data_retention_days=_int(env, "DATA_RETENTION_DAYS", 7),
             log_level=(_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
+            crm_bulk_threshold=_count(env, "CONNECTOR_CRM_BULK_THRESHOLD", 10_000),
+            env=dict(env),
         )
+
+    def section(self, cls: type[SectionT]) -> SectionT:
+        """The settings `cls` declares (a CRM's), read from this environment once and remembered."""
+        found = self._sections.get(cls)
+        if found is None:
+            found = self._sections[cls] = read_section(cls, self.env)
+        assert isinstance(found, cls)
+        return found
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
-        names = (
-            "apexverify_api_key",
-            "hubspot_access_token",
-            "hubspot_client_secret",
-            "salesforce_access_token",
-            "salesforce_client_secret",
-            "salesforce_webhook_token",
-            "admin_token",
-        )
-        return [v for v in (getattr(self, n) for n in names) if v]
+        own = [v for v in (self.apexverify_api_key, self.admin_token) if v]
+        return own + [value for name, value in self.env.items() if value and is_secret_name(name)]
 
     def public_dict(self) -> dict[str, object]:
         """Settings safe to show: secrets reduced to whether they are set."""
@@ -152,4 +138,40 @@ class Settings:
         return {
             f.name: (bool(getattr(self, f.name)) if f.name in secret_names else str(getattr(self, f.name)))
             for f in fields(self)
+            if f.name not in ("env", "_sections")
         }
+
+
+# A section's secret settings end in one of these (a CRM's ..._ACCESS_TOKEN, ..._CLIENT_SECRET):
+# that is how `Settings.secrets` finds them for log redaction without knowing the section.
+SECRET_SUFFIXES = ("_TOKEN", "_SECRET", "_API_KEY", "_PASSWORD")
+
+
+def is_secret_name(name: str) -> bool:
+    return name.endswith(SECRET_SUFFIXES)
+
+
+def read_section(cls: type[SectionT], env: Mapping[str, str]) -> SectionT:
+    """A frozen dataclass whose fields name their variable (`field(metadata={"env": ...})`), read
+    from `env`: a blank or missing variable keeps the field's default; ints and floats are checked;
+    URLs lose a trailing slash. A secret field (`repr=False`) must have a secret-looking name."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = f.metadata["env"]
+        if f.repr is False and not is_secret_name(name):
+            raise ConfigError("invalid_setting", f"{name} is secret but its name does not say so")
+        if f.default is MISSING:
+            raise ConfigError("invalid_setting", f"{name} needs a default")
+        values[f.name] = _typed(env, name, f.default)
+    return cls(**values)
+
+
+def _typed(env: Mapping[str, str], name: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        raise ConfigError("invalid_setting", f"{name}: boolean settings are not supported")
+    if isinstance(default, int):
+        return _count(env, name, default)
+    if isinstance(default, float):
+        return _float(env, name, default)
+    raw = _str(env, name, default)
+    return raw.rstrip("/") if raw and name.endswith("_URL") else raw

@@ -63,3 +63,12 @@ class WebhookRefused(ConnectorError):
     def __init__(self, code: str, message: str, http_status: int = 401) -> None:
         super().__init__(code, message)
         self.http_status = http_status
+
+
+class UnsupportedMediaType(ConnectorError):
+    """A body in a media type the endpoint does not read (415)."""
+
+    http_status = 415
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unsupported_media_type", message)

@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from connector.states import UNSETTLED_VALUES, SyncStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -58,42 +60,8 @@ class Base(DeclarativeBase):
     __table__: ClassVar[Table]
 
 
-class SyncStatus(enum.StrEnum):
-    PENDING = "pending"
-    EXPORTING = "exporting"
-    UPLOADING = "uploading"
-    CONFIGURING = "configuring"
-    PARSING = "parsing"
-    READY = "ready"
-    AWAITING_APPROVAL = "awaiting_approval"
-    LAUNCHING = "launching"
-    VERIFYING = "verifying"
-    FETCHING_RESULTS = "fetching_results"
-    WRITING_BACK = "writing_back"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-# States in which a step job should exist for the sync.
-RUNNABLE_STATES = frozenset(
-    {
-        SyncStatus.PENDING,
-        SyncStatus.EXPORTING,
-        SyncStatus.UPLOADING,
-        SyncStatus.CONFIGURING,
-        SyncStatus.PARSING,
-        SyncStatus.READY,
-        SyncStatus.LAUNCHING,
-        SyncStatus.VERIFYING,
-        SyncStatus.FETCHING_RESULTS,
-        SyncStatus.WRITING_BACK,
-    }
-)
-TERMINAL_STATES = frozenset({SyncStatus.COMPLETED, SyncStatus.CANCELLED})
-# A sync in one of these states still owns its source: a second request answers with that sync.
-UNSETTLED_STATES = RUNNABLE_STATES | {SyncStatus.AWAITING_APPROVAL}
-_UNSETTLED = text("status IN ({})".format(", ".join(f"'{s}'" for s in sorted(UNSETTLED_STATES))))
+# The sync states and the sets derived from them are declared in connector.states.
+_UNSETTLED = text("status IN ({})".format(", ".join(f"'{s}'" for s in UNSETTLED_VALUES)))
 
 
 class ContactOutcome(enum.StrEnum):
@@ -104,7 +72,7 @@ class ContactOutcome(enum.StrEnum):
 
 
 class Connection(Base):
-    """One CRM account (HubSpot portal, Salesforce org) or the local file source.
+    """One CRM account (a portal, an org) or the local file source.
 
     Credentials stay in the environment; this row names the account and its field mapping.
     """
@@ -161,7 +129,7 @@ class Sync(Base):
     type: Mapped[str] = mapped_column(String(10))
     target_country: Mapped[str] = mapped_column(String(2))
     parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Where the contacts come from: {"kind": "file", "path": ...}, {"kind": "hubspot_list", ...}
+    # Where the contacts come from: {"kind": "file", "path": ...}, {"kind": "<crm>_list", "ref": ...}
     source: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The CRM segment read, normalised (connector.pipeline.syncs.source_key); null for files and
     # coalesced webhook contacts, which no other sync shares.
@@ -345,7 +313,7 @@ class CoalescedContact(Base):
     object_type: Mapped[str] = mapped_column(String(20), default="")
     # Null when the webhook did not carry the value: the source reads it from the CRM.
     value: Mapped[str | None] = mapped_column(Text)
-    # When the value was observed: the CRM's event time (HubSpot occurredAt), else its arrival here.
+    # When the value was observed: the CRM's event time, if it sends one, else its arrival here.
     # The buffer keeps the newest value whatever order deliveries arrive in. Null only for rows
     # buffered before this column existed (they count as received_at).
     occurred_at: Mapped[datetime | None]

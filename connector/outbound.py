@@ -1,20 +1,21 @@
 """Requests that carry credentials go to the configured service and nowhere else.
 
-Every call to ApexVerify, HubSpot and Salesforce carries a secret (`X-Api-Key`, a bearer token, a
+Every call to ApexVerify and to a CRM carries a secret (`X-Api-Key`, a bearer token, a
 client secret in a token request). Two ways it could travel further than its base URL:
 
 - A redirect. requests drops `Authorization` on a redirect to another host but keeps every other
   header (`X-Api-Key`) and, on a 307/308, resends the body (a client secret); both libraries keep
   everything on a redirect within the same host. So credentialed requests never follow one: the
   redirect answer becomes `redirect_refused`, an error naming where it pointed.
-- A URL taken from an answer. Salesforce's `nextRecordsUrl` is a path to append to the instance
-  URL; appended blindly, `@evil.example/...` turns the instance's host into user info and sends
-  the session id to evil.example. Such URLs are checked with `path_on` (`untrusted_url`).
+- A URL taken from an answer, such as a next-page path to append to the CRM's instance URL:
+  appended blindly, `@evil.example/...` turns the instance's host into user info and sends the
+  session id to evil.example. Such URLs are checked with `path_on` (`untrusted_url`).
 
-The one mechanism per HTTP library: `PinnedSession` for requests (the ApexVerify client, the
-session simple-salesforce uses, the Salesforce token request), which also refuses any request
-off its origin; `NO_REDIRECTS` for urllib3 (under hubspot-api-client). URLs that must go out
-without credentials (HubSpot's pre-signed export links) are told apart with `same_origin`.
+The one mechanism per HTTP library: `PinnedSession` for requests (the ApexVerify client, CRM
+clients built on requests, token requests), which also refuses any request off its origin;
+`NO_REDIRECTS` for urllib3 (under generated OpenAPI clients). URLs that must go out without
+credentials (pre-signed download links) are told apart with `same_origin`. Each CRM's package
+says which it uses.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def redirect_refused(service: str, status: int, location: str | None, setting: s
 class PinnedSession(requests.Session):
     """A requests session bound to one origin: nothing is sent elsewhere, no redirect is followed.
 
-    `send` is the one place every request of a session passes (`request`, `get`, simple-salesforce's
+    `send` is the one place every request of a session passes (`request`, `get`, a client library's
     calls alike), so the checks sit there.
     """
 

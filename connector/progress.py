@@ -13,19 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from connector.models import Sync, SyncStatus
-
-STEP_ORDER = [
-    SyncStatus.EXPORTING,
-    SyncStatus.UPLOADING,
-    SyncStatus.CONFIGURING,
-    SyncStatus.PARSING,
-    SyncStatus.READY,
-    SyncStatus.LAUNCHING,
-    SyncStatus.VERIFYING,
-    SyncStatus.FETCHING_RESULTS,
-    SyncStatus.WRITING_BACK,
-    SyncStatus.COMPLETED,
-]
+from connector.states import PROGRESS_ORDER
 
 
 class SyncProgress:
@@ -55,8 +43,8 @@ class SyncProgress:
         # Mark, step (16), elapsed (5) and their padding take 31 columns; the detail gets the rest.
         detail_width = max(self.console.width - 31, 10)
         current = SyncStatus(sync.status)
-        reached = current in STEP_ORDER and STEP_ORDER.index(current)
-        for index, step in enumerate(STEP_ORDER):
+        reached = current in PROGRESS_ORDER and PROGRESS_ORDER.index(current)
+        for index, step in enumerate(PROGRESS_ORDER):
             if step == current and step != SyncStatus.COMPLETED:
                 elapsed = time.monotonic() - self.entered.get(step, time.monotonic())
                 pause = _shorten(sync.pause_reason or "", detail_width)
@@ -65,7 +53,7 @@ class SyncProgress:
                 table.add_row("[green]✓[/]", step.value, "", "")
             else:
                 table.add_row(" ", f"[dim]{step.value}[/]", "", "")
-        if current not in STEP_ORDER:
+        if current not in PROGRESS_ORDER:
             detail = f"{sync.error_code}: {sync.error_message}" if sync.error_code else ""
             table.add_row("[red]■[/]", current.value, "", _shorten(detail, detail_width))
         return table

@@ -7,6 +7,8 @@ leaves the window. Plain MULTI/EXEC (no Lua), so the in-process fallback broker 
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -86,3 +88,56 @@ class RateLimiter:
             pipe.zadd(self.key, members)
             pipe.expire(self.key, int(seconds + self.period) + 5)
             pipe.execute()
+
+
+class InProcessWindow:
+    """`RateLimiter`'s sliding window for this process alone: what stands in while Redis is down.
+
+    Windows are kept by key for the life of the process (`window`), so every request of a process
+    counts against the same one.
+    """
+
+    def __init__(self, limit: int, period_seconds: float) -> None:
+        self.limit = limit
+        self.period = period_seconds
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> float:
+        with self._lock:
+            now = self._expire(time.time())
+            if len(self._times) < self.limit:
+                self._times.append(now)
+                return 0.0
+            return max(0.01, self._times[0] + self.period - now)
+
+    def wait_time(self) -> float:
+        with self._lock:
+            now = self._expire(time.time())
+            if len(self._times) < self.limit:
+                return 0.0
+            return max(0.01, self._times[-self.limit] + self.period - now)
+
+    def _expire(self, now: float) -> float:
+        while self._times and self._times[0] <= now - self.period:
+            self._times.popleft()
+        return now
+
+
+_windows: dict[str, InProcessWindow] = {}
+_windows_lock = threading.Lock()
+
+
+def window(key: str, limit: int, period_seconds: float) -> InProcessWindow:
+    """This process's window under `key`, made on first use."""
+    with _windows_lock:
+        found = _windows.get(key)
+        if found is None:
+            found = _windows[key] = InProcessWindow(limit, period_seconds)
+        return found
+
+
+def forget_windows() -> None:
+    """Drop every in-process window (a test's fresh start)."""
+    with _windows_lock:
+        _windows.clear()

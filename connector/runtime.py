@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from connector.config import Settings
+from connector.extras import ExtraMissing
 
 if TYPE_CHECKING:
     import fakeredis
@@ -111,29 +112,30 @@ def connect_redis(url: str, *, allow_fallback: bool = False) -> tuple[redis.Redi
         return connection, False
     except redis.exceptions.ConnectionError:
         pass
+    fallback = in_process_redis(needed_by="REDIS_URL does not answer; the in-process broker standing in")
     log.warning("redis_unreachable_using_in_process_broker", extra={"redis_url": _safe_url(url)})
-    return in_process_redis(), True
+    return fallback, True
 
 
-def in_process_redis() -> redis.Redis:
-    """A client of this process's in-process Redis (fakeredis): what stands in when Redis is unreachable."""
-    import fakeredis
+def in_process_redis(*, needed_by: str = "the in-process broker") -> redis.Redis:
+    """A client of this process's in-process Redis (fakeredis): what stands in when Redis is unreachable.
 
-    return fakeredis.FakeRedis(server=_fallback_server())
+    fakeredis comes with the `sandbox` extra: without it, ExtraMissing (naming `needed_by`).
+    """
+    try:
+        import fakeredis  # optional (the sandbox extra): imported here so a bare install runs without it
+    except ModuleNotFoundError as missing:
+        raise ExtraMissing(needed_by) from missing
+    global _FALLBACK_SERVER
+    with _FALLBACK_LOCK:  # threads of one process may reach here together
+        if _FALLBACK_SERVER is None:
+            _FALLBACK_SERVER = fakeredis.FakeServer()
+        server = _FALLBACK_SERVER
+    return fakeredis.FakeRedis(server=server)
 
 
 _FALLBACK_SERVER: fakeredis.FakeServer | None = None
 _FALLBACK_LOCK = threading.Lock()
-
-
-def _fallback_server() -> fakeredis.FakeServer:
-    global _FALLBACK_SERVER
-    with _FALLBACK_LOCK:  # web threads may reach here together (the sign-in throttle's fallback)
-        if _FALLBACK_SERVER is None:
-            import fakeredis
-
-            _FALLBACK_SERVER = fakeredis.FakeServer()
-        return _FALLBACK_SERVER
 
 
 def _safe_url(url: str) -> str:

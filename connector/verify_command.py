@@ -24,15 +24,16 @@ from connector.config import Settings
 from connector.crm.file import FileSegmentSource
 from connector.db import upgrade_database
 from connector.errors import ConfigError, InputError, NotFoundError
-from connector.models import RUNNABLE_STATES, Sync, SyncStatus, utcnow
+from connector.models import Sync, SyncStatus, utcnow
 from connector.pipeline.drive import DriveStopped, drive_until_settled, private_queue, stop_on_signals
+from connector.pipeline.jobs import schedule_step
 from connector.pipeline.normalize import Normalized, normalize
 from connector.pipeline.parameters import parse_cli_parameter, validate_country, validate_parameters
-from connector.pipeline.runner import schedule_step
 from connector.pipeline.syncs import SyncStateError, create_sync, ensure_connection, retry_sync
 from connector.progress import SyncProgress
 from connector.results import iter_verdicts, write_csv, write_json
 from connector.runtime import Runtime, build_runtime
+from connector.states import RUNNABLE_STATES
 
 EXIT_FAILED = 1
 EXIT_AWAITING_APPROVAL = 3

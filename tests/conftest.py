@@ -133,9 +133,23 @@ def runtime(
 
 def with_settings(runtime: Runtime, **changes: object) -> Runtime:
     """The same runtime with some settings changed (and made current)."""
-    changed = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **changes))
+    changed = dataclasses.replace(runtime, settings=settings_with(runtime.settings, **changes))
     set_runtime(changed)
     return changed
+
+
+def settings_with(settings: Settings, **changes: object) -> Settings:
+    """`settings` with some changed. A name that is no field of Settings is a variable of a CRM's
+    section, written in lower case (hubspot_portal_id=... sets HUBSPOT_PORTAL_ID; None unsets it)."""
+    own = {f.name for f in dataclasses.fields(Settings)}
+    env = dict(settings.env)
+    for name, value in changes.items():
+        if name in own:
+            continue
+        env.pop(name.upper(), None)
+        if value is not None:
+            env[name.upper()] = str(value)
+    return dataclasses.replace(settings, env=env, **{k: v for k, v in changes.items() if k in own})
 
 
 @pytest.fixture
@@ -150,3 +164,67 @@ def web(runtime: Runtime) -> Iterator[SandboxServer]:
     server = serve_in_thread(create_app(runtime=get_runtime()))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def hubspot_specs_dir() -> Path:
+    """HubSpot's OpenAPI specs, beside the repository (../shared/specs/hubspot): pass it to the HubSpot
+    sandbox (`create_app(specs_dir=...)`) so it checks every request against them."""
+    return Path(__file__).resolve().parents[2] / "shared" / "specs" / "hubspot"
+
+
+# ---- CRM sandboxes, for the tests that run a CRM end to end ---------------------------------------
+
+HUBSPOT_TOKEN = "pat-test-hubspot-token"
+HUBSPOT_SECRET = "hubspot-app-secret-e2e"
+HUBSPOT_PORTAL = "777"
+SALESFORCE_SESSION = "00Dsandbox!session-token"
+SALESFORCE_ORG_ID = "00D5g000004ABCDEAV"  # the 18-character form; the first 15 characters are the other
+SALESFORCE_WEBHOOK_TOKEN = "flow-callout-token-e2e"
+
+
+@pytest.fixture
+def hubspot_sandbox(hubspot_specs_dir: Path) -> Iterator[SandboxServer]:
+    """A HubSpot portal of the test's own (HUBSPOT_TOKEN), checking every request against HubSpot's
+    specs; its exports and imports finish 0.2 s after they start."""
+    from connector.sandbox.hubspot import create_app
+
+    server = serve_in_thread(
+        create_app(
+            access_token=HUBSPOT_TOKEN, export_delay=0.2, import_delay=0.2, specs_dir=hubspot_specs_dir
+        )
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hubspot_runtime(runtime: Runtime, hubspot_sandbox: SandboxServer) -> Runtime:
+    """The test runtime connected to `hubspot_sandbox`, with the app's webhook secret and portal."""
+    return with_settings(
+        runtime, hubspot_base_url=hubspot_sandbox.url, hubspot_access_token=HUBSPOT_TOKEN,
+        hubspot_client_secret=HUBSPOT_SECRET, hubspot_portal_id=HUBSPOT_PORTAL,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def salesforce_sandbox() -> Iterator[SandboxServer]:
+    """A Salesforce org of the test's own (SALESFORCE_ORG_ID, session SALESFORCE_SESSION); its Bulk API
+    2.0 jobs finish 0.2 s after they start."""
+    from connector.sandbox.salesforce import create_app
+
+    app = create_app(access_token=SALESFORCE_SESSION, bulk_delay=0.2, org_id=SALESFORCE_ORG_ID)
+    server = serve_in_thread(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sf_runtime(runtime: Runtime, salesforce_sandbox: SandboxServer) -> Runtime:
+    """The test runtime connected to `salesforce_sandbox`, taking its webhooks (org and Flow token);
+    coalesced contacts become a sync at the next flush."""
+    return with_settings(
+        runtime, salesforce_instance_url=salesforce_sandbox.url, salesforce_access_token=SALESFORCE_SESSION,
+        salesforce_org_id=SALESFORCE_ORG_ID[:15], salesforce_webhook_token=SALESFORCE_WEBHOOK_TOKEN,
+        coalesce_window_seconds=0,
+    )  # fmt: skip

@@ -1,27 +1,76 @@
-"""The connector's real processes for tests: the Procfile's `web` (gunicorn) and `cron` (rq cron).
+"""The connector's real processes for tests: `connector worker`, and the Procfile's `web` (gunicorn)
+and `cron` (rq cron).
 
-They are started from the Procfile's own command lines, so a test exercises exactly what a
-deployment runs. The `worker` helpers (worker_env, start_worker, kill) stay in
-tests/test_crash_safety.py, where other tests import them from.
+`web` and `cron` are started from the Procfile's own command lines, so a test exercises exactly what
+a deployment runs. Every process gets a session of its own, so `kill` takes its children with it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from connector.crm.hubspot.settings import HubSpotSettings
 from connector.runtime import Runtime
-from tests.test_crash_safety import kill, worker_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROCFILE = PROJECT_ROOT / "Procfile"
+
+
+def worker_env(runtime: Runtime, **extra: str) -> dict[str, str]:
+    """The environment of a `connector worker` for the test runtime (its database, Redis and queue)."""
+    settings = runtime.settings
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "CONNECTOR_QUEUE": settings.queue_name,
+        "CONNECTOR_DATA_DIR": str(settings.data_dir),
+        "APEXVERIFY_BASE_URL": settings.apexverify_base_url,
+        "APEXVERIFY_API_KEY": settings.apexverify_api_key or "",
+        "CONNECTOR_POLL_INITIAL_SECONDS": "0.2",
+        "CONNECTOR_POLL_MAX_SECONDS": "1",
+        "CONNECTOR_STEP_LEASE_SECONDS": str(settings.step_lease_seconds),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the process and its whole process group (it leads one: start_new_session)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def procfile_command(name: str) -> str:
@@ -47,13 +96,14 @@ def connector_env(runtime: Runtime, **extra: str) -> dict[str, str]:
     webhook secrets, admin token, coalescing), so every process of a test sees one configuration.
     """
     settings = runtime.settings
+    hubspot = settings.section(HubSpotSettings)
     optional = {
         "ADMIN_TOKEN": settings.admin_token,
-        "HUBSPOT_BASE_URL": settings.hubspot_base_url,
-        "HUBSPOT_ACCESS_TOKEN": settings.hubspot_access_token,
-        "HUBSPOT_CLIENT_SECRET": settings.hubspot_client_secret,
-        "HUBSPOT_PORTAL_ID": settings.hubspot_portal_id,
-        "HUBSPOT_RATE_LIMIT_PER_10S": str(settings.hubspot_rate_limit_per_10s),
+        "HUBSPOT_BASE_URL": hubspot.base_url,
+        "HUBSPOT_ACCESS_TOKEN": hubspot.access_token,
+        "HUBSPOT_CLIENT_SECRET": hubspot.client_secret,
+        "HUBSPOT_PORTAL_ID": hubspot.portal_id,
+        "HUBSPOT_RATE_LIMIT_PER_10S": str(hubspot.rate_limit_per_10s),
         "COALESCE_MAX_CONTACTS": str(settings.coalesce_max_contacts),
         "COALESCE_WINDOW_SECONDS": str(settings.coalesce_window_seconds),
         "CONNECTOR_DEFAULT_COUNTRY": settings.default_country,

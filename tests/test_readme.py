@@ -8,7 +8,8 @@ import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from connector.config import Settings
+from connector.config import Settings, read_section
+from connector.crm.registry import CRMS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -41,6 +42,8 @@ def section(text: str, heading: str) -> str:
 def test_every_setting_read_from_the_environment_is_documented() -> None:
     env = RecordingEnv()
     Settings.from_env(env)
+    for crm in CRMS.values():  # each CRM's own variables
+        read_section(crm.settings, env)
     documented = set(
         re.findall(r"`([A-Z][A-Z0-9_]+)`", section(README.read_text(encoding="utf-8"), "Configuration"))
     )
@@ -59,3 +62,16 @@ def test_references_to_sections_above_or_below_point_the_right_way() -> None:
     for n, name, direction in references:
         assert name in headings, f"line {n + 1}: no section {name!r}"
         assert (headings[name] < n) == (direction == "above"), f"line {n + 1}: {name} is not {direction}"
+
+
+def test_ci_runs_the_readmes_test_command_then_the_long_tier_then_mypy() -> None:
+    commands = [
+        line
+        for line in section(README.read_text(encoding="utf-8"), "Set up").splitlines()
+        if line.startswith("python3 -m venv ") and line.endswith(".venv/bin/pytest")
+    ]
+    assert len(commands) == 1  # set-up command 2: the fast tier
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    steps = [line for line in ci if line and not line.startswith("#")]
+    at = steps.index(commands[0])
+    assert steps[at + 1 :] == [".venv/bin/pytest -m slow", ".venv/bin/mypy"]

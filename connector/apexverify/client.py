@@ -42,6 +42,7 @@ from connector.config import Settings
 from connector.errors import TransientError
 from connector.outbound import PinnedSession
 from connector.ratelimit import RateLimiter
+from connector.retry import Tries, backoff, retry_after_seconds, retrying
 
 log = logging.getLogger("connector.apexverify")
 
@@ -225,20 +226,19 @@ class ApexVerifyClient:
         request_args: Callable[[], dict[str, Any]] = dict,
     ) -> T:
         """Run `call` with retries; `consume` turns a final (non-retryable) answer into a result."""
-        failure: _RetryableFailure | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            if failure is not None:
-                self._sleep(failure.wait)
-            if self.limiter is not None:
-                self.limiter.acquire()
-            try:
-                return self._attempt(call, attempt, consume, request_args)
-            except _RetryableFailure as exc:
-                failure = exc
-                if not exc.may_resend:
-                    break
-        assert failure is not None
-        message = f"{failure.message} (attempt {attempt} of {self.max_attempts})"
+        return retrying(
+            lambda attempt: self._attempt(call, attempt, consume, request_args),
+            self._retry,
+            retry_on=_RetryableFailure,
+            sleep=self._sleep,
+            before=self.limiter.acquire if self.limiter is not None else None,
+        )
+
+    def _retry(self, failure: _RetryableFailure, tries: Tries) -> float:
+        """The wait before the next attempt; TransientError once attempts are spent or a resend is unsafe."""
+        if failure.may_resend and tries.failed < self.max_attempts:
+            return failure.wait
+        message = f"{failure.message} (attempt {tries.failed} of {self.max_attempts})"
         raise TransientError(failure.code, message, retry_after=failure.wait)
 
     def _attempt(
@@ -303,7 +303,7 @@ class ApexVerifyClient:
 
     def _backoff(self, attempt: int) -> float:
         """1, 2, 4, ... seconds capped at backoff_cap, with jitter so workers do not retry in step."""
-        ceiling = min(self.backoff_cap, 2.0 ** (attempt - 1))
+        ceiling = backoff(attempt, self.backoff_cap)
         return random.uniform(ceiling / 2, ceiling)
 
     def _record(self, call: _Call, attempt: int, http_status: int | None, started: float) -> None:
@@ -400,10 +400,9 @@ def _retry_after_seconds(response: requests.Response) -> float | None:
     raw = response.headers.get("Retry-After")
     if not raw:
         return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    seconds = retry_after_seconds(raw)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):

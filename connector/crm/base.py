@@ -1,16 +1,24 @@
-"""The small protocol every contact source and flag writer keeps.
+"""The small protocol every contact source and flag writer keeps, and what a CRM declares.
 
 A source yields the records of a segment, streamed; a writer puts verdict flags back onto
-records and reports, per record, whether the CRM took them.
+records and reports, per record, whether the CRM took them. A `Crm` bundles a CRM's settings,
+segment kinds, webhook reader and the factories of its sources and writers: the rest of the
+connector reaches a CRM only through it (crm/registry.py holds the table).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connector.config import Settings
+
+if TYPE_CHECKING:  # for annotations only: importing redis costs 150 ms, which every CLI command would pay
+    from redis import Redis
 
 
 @dataclass(frozen=True)
@@ -87,3 +95,104 @@ class FlagWriter(Protocol):
     def write(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
         """Write the flags (consuming `updates` once, lazily); return the records the CRM refused."""
         ...
+
+
+# How a CRM client waits between retries and polls: a step passes StepContext.sleep to keep its lease.
+Sleep = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class CrmContext:
+    """What a CRM's sources, readers and writers are built from, for one sync."""
+
+    settings: Settings
+    redis: Redis
+    sleep: Sleep
+    work_dir: Path  # the sync's own folder: bulk exports and imports are kept there
+    field_names: dict[str, str] | None = None  # the connection's renamed flag fields, if any
+
+
+@dataclass(frozen=True)
+class SegmentKind:
+    """One kind of segment a CRM can read whole (a list, a campaign, a query)."""
+
+    name: str  # the `kind` of segments and sync sources: "<crm>_list"
+    ref_help: str  # what `ref` holds, for help texts: "list id"
+    # The ref checked (raises InputError), and its canonical form: two refs naming the same
+    # segment must give the same string, since one sync per segment is kept by it.
+    check_ref: Callable[[str], str] = str.strip
+    same_ref: Callable[[str], str] = str
+
+
+class Lookup(Protocol):
+    """Headers or query arguments: `get` by name (case-insensitive for headers), None when absent."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A webhook delivery as the web layer received it; `url` is the public URL it was sent to."""
+
+    method: str
+    url: str
+    mimetype: str
+    body: bytes
+    headers: Lookup
+    args: Lookup
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class SegmentTrigger:
+    """A delivery asking for a whole segment to be verified."""
+
+    source: Mapping[str, str | None]  # the sync's source: {"kind": ..., "ref": ..., ...}
+    type: str
+    name: str
+
+
+ContactsByType = list[tuple[str, IncomingContact]]
+
+
+@dataclass
+class WebhookDelivery:
+    """What an authenticated delivery brought, and how to answer it."""
+
+    # (dedupe key, contacts it brought): a redelivery under a key already seen adds nothing.
+    keyed: list[tuple[str, ContactsByType]] = field(default_factory=list)
+    unkeyed: ContactsByType = field(default_factory=list)
+    segment: SegmentTrigger | None = None
+    # The answer's body and media type for `accepted` new items; None: JSON {"accepted": n}.
+    answer: Callable[[int], tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class Crm:
+    """Everything the rest of the connector knows of one CRM (registered in crm/registry.py)."""
+
+    name: str  # the `crm` of connections, segments and syncs, and the webhook path /webhooks/<name>
+    label: str  # the CRM's name for people, as its maker spells it
+    # Its environment variables (a frozen dataclass read with `Settings.section`).
+    settings: type
+    # The account the environment configures (portal id, org id); None when not set.
+    account_id: Callable[[Settings], str | None]
+    segment_kinds: tuple[SegmentKind, ...]
+    # The segment's object checked (raises InputError): None where the CRM has one kind of record.
+    check_object: Callable[[object], str | None]
+    # The record types its contacts come in, for writers that must know ("Contact", "Lead").
+    objects: tuple[str, ...]
+    segment_source: Callable[[CrmContext, Mapping[str, Any], str], SegmentSource]
+    record_reader: Callable[[CrmContext], RecordReader]
+    # (context, type, expected updates, objects written) → writer; bulk above settings.crm_bulk_threshold.
+    flag_writer: Callable[[CrmContext, str, int, tuple[str, ...]], FlagWriter]
+    # Authenticates and reads a delivery to /webhooks/<name> (raises WebhookRefused / InputError /
+    # ConfigError); None: the CRM sends no webhooks.
+    read_webhook: Callable[[Settings, WebhookRequest], WebhookDelivery] | None = None
+    # The OpenAPI operation of its webhook path (its 200 answer included), and the error statuses
+    # it may answer with (each documented with the common error body).
+    webhook_openapi: Mapping[str, Any] = field(default_factory=dict)
+    webhook_errors: tuple[int, ...] = (400, 401, 403, 413, 503)
+    # A value a delivery claims is a hint (anyone with the token could send it, and redeliveries
+    # arrive out of order): read each buffered record's current value by id before verifying.
+    read_back_buffered: bool = False

@@ -1,4 +1,5 @@
-"""What the CRM bulk paths share: resumable job markers, polling with a lease-sized budget, UTC times."""
+"""What the CRM bulk paths share: when they are used, resumable job markers, polling with a
+lease-sized budget, UTC times."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from connector.config import Settings
 from connector.errors import TransientError
 
 T = TypeVar("T")
+
+# Above this many records a segment is read, and flags are written, with the CRM's bulk jobs
+# (exports/imports, Bulk API 2.0) instead of REST calls; syncs pass settings.crm_bulk_threshold.
+DEFAULT_BULK_THRESHOLD = 10_000
 
 
 class PollingApi(Protocol):

@@ -24,7 +24,7 @@ from connector.crm.base import IncomingContact, RecordReader, SourceRecord
 from connector.errors import ConnectorError
 from connector.metrics import count
 from connector.models import CoalescedContact, Connection, Sync, utcnow
-from connector.pipeline.runner import schedule_step
+from connector.pipeline.jobs import schedule_step
 from connector.pipeline.syncs import add_sync
 from connector.runtime import Runtime, get_runtime
 
@@ -37,7 +37,7 @@ def buffer_contacts(
 ) -> int:
     """Add contacts to the buffer; a contact already waiting keeps the newest value. Returns how many.
 
-    "Newest" is by `occurred_at`, not by arrival: HubSpot may deliver an older change after a newer
+    "Newest" is by `occurred_at`, not by arrival: a CRM may deliver an older change after a newer
     one. A contact that says nothing of its time (a workflow webhook, an outbound message) counts as
     observed when it arrived, and that time is stored, so a later comparison sees it. A contact
     without a value (a creation event) never replaces one: it only says "read the record", and the

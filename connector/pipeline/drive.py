@@ -40,10 +40,8 @@ from sqlalchemy import update
 from connector.models import Sync, SyncStatus
 from connector.pipeline.reconcile import reconcile
 from connector.runtime import Runtime, set_runtime
+from connector.states import RUNNABLE_STATES
 
-SETTLED = frozenset(
-    {SyncStatus.COMPLETED, SyncStatus.FAILED, SyncStatus.CANCELLED, SyncStatus.AWAITING_APPROVAL}
-)
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
 _STOP_SIGNALS = {
@@ -122,7 +120,7 @@ def drive_until_settled(
             sync = load_sync(runtime, sync_id)
             if on_tick is not None:
                 on_tick(sync)
-            if SyncStatus(sync.status) in SETTLED:
+            if SyncStatus(sync.status) not in RUNNABLE_STATES:  # settled: no step job will move it on
                 return sync
             paused_since = (paused_since or time.monotonic()) if sync.pause_reason else None
             remaining = _remaining(paused_since, max_wait)

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from connector.crm.base import IncomingContact
+from connector.crm.registry import crm_named
 from connector.db import dialect_insert
 from connector.models import Connection, Sync, WebhookEvent
 from connector.pipeline.coalesce import buffer_contacts, note_buffered
@@ -24,11 +25,10 @@ KeyedContacts = tuple[str, list[tuple[str, IncomingContact]]]
 
 
 def crm_connection(runtime: Runtime, crm: str) -> Connection:
-    """The connection row of the one HubSpot portal / Salesforce org the environment configures."""
+    """The connection row of the one account (portal, org) of `crm` the environment configures."""
     settings = runtime.settings
-    external_id = {"hubspot": settings.hubspot_portal_id, "salesforce": settings.salesforce_org_id}[
-        crm
-    ] or "default"
+    found = crm_named(crm)
+    external_id = (found.account_id(settings) if found else None) or "default"
     with runtime.session() as session:
         connection = ensure_connection(session, crm, external_id, f"{crm} {external_id}")
         if "default_country" not in (connection.settings or {}):

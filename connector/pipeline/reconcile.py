@@ -16,9 +16,10 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from connector.models import RUNNABLE_STATES, Sync, utcnow
-from connector.pipeline.runner import schedule_step
+from connector.models import Sync, utcnow
+from connector.pipeline.jobs import schedule_step
 from connector.runtime import Runtime, get_runtime
+from connector.states import RUNNABLE_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ def reconcile(
     """
     runtime = runtime or get_runtime()
     now = utcnow()
-    query = select(Sync.id, Sync.job_id, Sync.lease_until).where(
-        Sync.status.in_([str(s) for s in RUNNABLE_STATES])
-    )
+    query = select(Sync.id, Sync.job_id, Sync.lease_until).where(Sync.status.in_(RUNNABLE_VALUES))
     if sync_ids is not None:  # a CLI run reconciles its own sync, never one a killed run left behind
         query = query.where(Sync.id.in_(list(sync_ids)))
     with runtime.session() as session:

@@ -20,12 +20,10 @@ N is DATA_RETENTION_DAYS (7).
   older than W can never let a value skip verification, so it would only be a copy of personal
   data. `record_verifications` rows go by the same rule on `written_at`: a record's flags are
   never newer than when they were written, so the record is verified again anyway.
-- `webhook_events` (delivery keys, kept to ignore redeliveries) go after 7 days, past the CRMs'
-  redelivery windows: HubSpot app webhooks retry up to 10 times over about 24 hours, HubSpot
-  workflow webhook actions retry 5xx answers over 3 days, Salesforce outbound messages are
-  dropped from its queue after 24 hours.
+- `webhook_events` (delivery keys, kept to ignore redeliveries) go after 7 days, past every
+  CRM's redelivery window (the longest, 3 days; each CRM's webhook module gives its own).
 - Stray files: the directory of a sync already purged (or gone) is removed, say one a killed step
-  wrote after the purge; files older than N days in data_dir/hubspot, where exports were
+  wrote after the purge; files older than N days in data_dir/<crm>, where exports were
   downloaded before they moved into the sync's own directory, are deleted.
 """
 
@@ -37,16 +35,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from connector.crm.registry import CRMS
 from connector.db import affected_rows
 from connector.models import (
-    UNSETTLED_STATES,
     CoalescedContact,
     Connection,
     RecordVerification,
     Segment,
     Sync,
     SyncContact,
-    SyncStatus,
     SyncValue,
     VerifiedValue,
     WebhookEvent,
@@ -55,13 +52,11 @@ from connector.models import (
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.syncs import SyncStateError, cancel_sync
 from connector.runtime import Runtime, get_runtime
+from connector.states import ENDED_VALUES, UNSETTLED_VALUES
 
 log = logging.getLogger(__name__)
-ENDED = [str(s) for s in (SyncStatus.COMPLETED, SyncStatus.CANCELLED, SyncStatus.FAILED)]
-UNSETTLED = sorted(str(s) for s in UNSETTLED_STATES)
 DEFAULT_REVERIFY_AFTER_DAYS = 30
 WEBHOOK_REDELIVERY_DAYS = 7
-LEGACY_WORK_DIRS = ("hubspot",)
 
 
 def purge_expired_data(runtime: Runtime | None = None) -> list[int]:
@@ -73,7 +68,7 @@ def purge_expired_data(runtime: Runtime | None = None) -> list[int]:
     with runtime.session() as session:
         ended = session.scalars(
             select(Sync.id).where(
-                Sync.status.in_(ENDED),
+                Sync.status.in_(ENDED_VALUES),
                 Sync.updated_at < cutoff,
                 Sync.data_purged_at.is_(None),
             )
@@ -112,7 +107,7 @@ def _cancel_abandoned_syncs(runtime: Runtime, cutoff: datetime) -> list[int]:
     days = runtime.settings.data_retention_days
     with runtime.session() as session:
         stale = session.scalars(
-            select(Sync.id).where(Sync.status.in_(UNSETTLED), Sync.updated_at < cutoff)
+            select(Sync.id).where(Sync.status.in_(UNSETTLED_VALUES), Sync.updated_at < cutoff)
         ).all()
     cancelled = []
     for sync_id in stale:
@@ -129,7 +124,9 @@ def reverify_window_days(session: Session) -> int:
     segments = session.scalar(
         select(func.max(Segment.reverify_after_days)).where(Segment.deleted_at.is_(None))
     )
-    unsettled = session.scalar(select(func.max(Sync.reverify_after_days)).where(Sync.status.in_(UNSETTLED)))
+    unsettled = session.scalar(
+        select(func.max(Sync.reverify_after_days)).where(Sync.status.in_(UNSETTLED_VALUES))
+    )
     connections = [
         int((settings or {}).get("reverify_after_days", DEFAULT_REVERIFY_AFTER_DAYS))
         for settings in session.scalars(select(Connection.settings))
@@ -168,7 +165,7 @@ def _remove_stray_files(runtime: Runtime, cutoff: datetime) -> int:
     for sync_id in on_disk - keep:
         remove_sync_files(runtime, sync_id)
     removed = len(on_disk - keep)
-    for name in LEGACY_WORK_DIRS:
+    for name in CRMS:
         for path in (data_dir / name).rglob("*") if (data_dir / name).is_dir() else ():
             if path.is_file() and path.stat().st_mtime < cutoff.timestamp():
                 path.unlink(missing_ok=True)

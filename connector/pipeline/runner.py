@@ -4,19 +4,18 @@ A job carries only the sync id and its own job id. The sync row names the one jo
 run its next step (`job_id`), and that job must take the row's lease first, so a duplicated,
 stale or re-enqueued job does nothing. Every outcome is committed before the next job is
 enqueued; if the process dies in between, the reconciler notices the missing job.
+
+Jobs are scheduled by connector.pipeline.jobs, which enqueues `run_sync_step` by its dotted name
+(`STEP_JOB`): code that starts or resumes a sync does not import this module or the steps.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import uuid
 from datetime import timedelta
 
-import redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -26,58 +25,14 @@ from connector.metrics import observe_step
 from connector.models import Sync, SyncStatus, utcnow
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
+from connector.pipeline.jobs import schedule_step
 from connector.pipeline.polling import documented_gap, verification_poll_delay
 from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
 from connector.pipeline.steps import STEPS
 from connector.runtime import Runtime, get_runtime
+from connector.states import RUNNABLE_STATES
 
 log = logging.getLogger(__name__)
-
-
-def schedule_step(runtime: Runtime, sync_id: int, delay: float = 0.0) -> str:
-    """Make a new job the sync's only runner and enqueue it (after the commit that names it)."""
-    job_id = f"sync-{sync_id}-{uuid.uuid4().hex[:12]}"
-    with runtime.session() as session:
-        replaced = session.scalar(select(Sync.job_id).where(Sync.id == sync_id).with_for_update())
-        session.execute(update(Sync).where(Sync.id == sync_id).values(job_id=job_id, lease_until=None))
-    enqueue_step(runtime, sync_id, job_id, delay)
-    if replaced is not None:
-        _discard_waiting_job(runtime, replaced)
-    return job_id
-
-
-def _discard_waiting_job(runtime: Runtime, job_id: str) -> None:
-    """A superseded job would only wake up to do nothing; drop it if it is still waiting."""
-    try:
-        job = Job.fetch(job_id, connection=runtime.redis)
-        if job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-            job.delete()
-    except (NoSuchJobError, redis.exceptions.RedisError):
-        pass
-
-
-def enqueue_step(runtime: Runtime, sync_id: int, job_id: str, delay: float = 0.0) -> None:
-    """Enqueue, or leave it to the reconciler when Redis is away: the sync row already says what to run."""
-    try:
-        _enqueue(runtime, sync_id, job_id, delay)
-    except redis.exceptions.RedisError as error:
-        log.warning("step_not_enqueued", extra={"sync_id": sync_id, "error": type(error).__name__})
-
-
-def _enqueue(runtime: Runtime, sync_id: int, job_id: str, delay: float) -> None:
-    queue = runtime.queue()
-    options = {
-        "job_id": job_id,
-        "job_timeout": max(runtime.settings.step_lease_seconds * 12, 3600),
-        "result_ttl": 600,
-        "failure_ttl": 7 * 24 * 3600,
-        "description": f"sync {sync_id} step",
-        "meta": {"sync_id": sync_id},  # for the worker's job_done log line
-    }
-    if delay > 0:
-        queue.enqueue_in(timedelta(seconds=delay), run_sync_step, sync_id, job_id, **options)
-    else:
-        queue.enqueue(run_sync_step, sync_id, job_id, **options)
 
 
 def run_sync_step(sync_id: int, job_id: str) -> str:
@@ -173,7 +128,7 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
                 delay = verification_poll_delay(session, runtime.settings, sync)
         sync.lease_until = None
         sync.job_id = None
-        runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in STEPS)
+        runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in RUNNABLE_STATES)
     if runnable:
         schedule_step(runtime, sync_id, delay)
     elif getattr(result, "to", None) == SyncStatus.COMPLETED:

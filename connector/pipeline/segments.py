@@ -7,16 +7,18 @@ from datetime import datetime
 from typing import Any
 
 from croniter import CroniterBadDateError, croniter
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from connector.crm.base import SegmentKind
+from connector.crm.registry import segment_kinds
 from connector.errors import InputError, NotFoundError
-from connector.models import UNSETTLED_STATES, Segment, Sync, utcnow
+from connector.models import Segment, Sync, utcnow
 from connector.pipeline.intake import crm_connection
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.syncs import create_sync
 from connector.runtime import Runtime
+from connector.states import UNSETTLED_VALUES
 
-KINDS = {"hubspot_list": "hubspot", "salesforce_campaign": "salesforce", "salesforce_soql": "salesforce"}
 FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
           "max_net_cost", "name", "target_country"}  # fmt: skip
 # A schedule must fire within this many years (a five-field cron that fires at all does: 29 February
@@ -32,17 +34,18 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
     if unknown:
         raise InputError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
     merged = {**(current or {}), **data}
+    kinds = segment_kinds()
     kind = merged.get("kind")
-    if kind not in KINDS:
-        raise InputError("invalid_kind", f"kind must be one of {', '.join(KINDS)}")
-    crm = merged.get("crm", KINDS[kind])
-    if crm != KINDS[kind]:
-        raise InputError("invalid_crm", f"a {kind} segment belongs to crm {KINDS[kind]}")
+    if kind not in kinds:
+        raise InputError("invalid_kind", f"kind must be one of {', '.join(kinds)}")
+    crm, segment_kind = kinds[kind]
+    if merged.get("crm", crm.name) != crm.name:
+        raise InputError("invalid_crm", f"a {kind} segment belongs to crm {crm.name}")
     return {
-        "crm": crm,
+        "crm": crm.name,
         "kind": kind,
-        "ref": _ref(merged.get("ref"), kind),
-        "object": _object(merged.get("object"), crm),
+        "ref": _ref(merged.get("ref"), segment_kind),
+        "object": crm.check_object(merged.get("object")),
         "type": validate_type(merged.get("type", "email")),
         "parameters": _parameters(merged.get("parameters")),
         "schedule": _schedule(merged.get("schedule")),
@@ -55,12 +58,10 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
     }
 
 
-def _ref(raw: Any, kind: str) -> str:
+def _ref(raw: Any, kind: SegmentKind) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise InputError("invalid_ref", "ref must be a non-empty string")
-    if kind == "salesforce_soql" and ";" in raw:
-        raise InputError("invalid_ref", "a SOQL WHERE clause cannot contain ';'")
-    return raw.strip()
+    return kind.check_ref(raw).strip()
 
 
 def _parameters(raw: Any) -> dict[str, Any]:
@@ -69,16 +70,6 @@ def _parameters(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError("invalid_parameters", "parameters must be an object of ApexVerify parameters")
     return validate_parameters(raw)
-
-
-def _object(raw: Any, crm: str) -> str | None:
-    if crm == "hubspot":
-        if raw not in (None, "contact", "Contact"):
-            raise InputError("invalid_object", "HubSpot segments are contacts; leave object out")
-        return None
-    if raw not in ("Contact", "Lead"):
-        raise InputError("invalid_object", "object must be Contact or Lead for Salesforce segments")
-    return raw
 
 
 def _schedule(raw: Any) -> str | None:
@@ -181,9 +172,7 @@ def sync_segment(
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         running = session.scalars(
-            select(Sync).where(
-                Sync.segment_id == segment_id, Sync.status.in_([str(s) for s in UNSETTLED_STATES])
-            )
+            select(Sync).where(Sync.segment_id == segment_id, Sync.status.in_(UNSETTLED_VALUES))
         ).first()
         if running is not None:
             return running
@@ -191,7 +180,7 @@ def sync_segment(
     country = segment.target_country or connection_settings.get(
         "default_country", runtime.settings.default_country
     )
-    return create_sync(
+    sync = create_sync(
         runtime,
         connection_id=segment.connection_id,
         crm=segment.crm,
@@ -206,3 +195,16 @@ def sync_segment(
         max_net_cost=segment.max_net_cost,
         idempotency_key=idempotency_key,
     )
+    return sync if sync.segment_id is not None else _adopt(runtime, sync, segment.id)
+
+
+def _adopt(runtime: Runtime, sync: Sync, segment_id: int) -> Sync:
+    """The segment's source was already being synced without it (a webhook's list trigger won the
+    race): that sync reads the segment's contacts, so it becomes the segment's running sync."""
+    with runtime.session() as session:
+        session.execute(
+            update(Sync).where(Sync.id == sync.id, Sync.segment_id.is_(None)).values(segment_id=segment_id)
+        )
+        adopted = session.get(Sync, sync.id)
+        assert adopted is not None
+        return adopted

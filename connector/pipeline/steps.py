@@ -26,7 +26,6 @@ from connector.apexverify import (
 )
 from connector.chaos import chaos_point
 from connector.crm.base import FlagUpdate, Verdict, WriteFailure
-from connector.crm.registry import source_for, writer_for
 from connector.db import affected_rows, copy_rows
 from connector.metrics import call_outcome, count
 from connector.models import (
@@ -46,8 +45,10 @@ from connector.pipeline.record_history import (
     remember_written_values,
     reverify_changed_values,
 )
+from connector.pipeline.sources import source_for, writer_for
 from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
 from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_row
+from connector.states import check_steps
 
 CHUNK = 5000
 RESULT_CHUNK = 20_000
@@ -621,6 +622,7 @@ def _fail_orphans(session: Session, sync_id: int) -> None:
     )
 
 
+# One function for each runnable state of connector.states.PIPELINE, checked below at import.
 STEPS: dict[SyncStatus, Callable[[StepContext], StepResult]] = {
     SyncStatus.PENDING: start,
     SyncStatus.EXPORTING: export_segment,
@@ -633,3 +635,4 @@ STEPS: dict[SyncStatus, Callable[[StepContext], StepResult]] = {
     SyncStatus.FETCHING_RESULTS: fetch_results,
     SyncStatus.WRITING_BACK: write_back_flags,
 }
+check_steps(STEPS)

@@ -16,23 +16,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.apexverify import BatchStatus
+from connector.crm.registry import segment_kinds
 from connector.db import dialect_insert
 from connector.errors import ConnectorError, NotFoundError
-from connector.models import (
-    RUNNABLE_STATES,
-    TERMINAL_STATES,
-    UNSETTLED_STATES,
-    Connection,
-    Sync,
-    SyncStatus,
-    SyncTransition,
-    utcnow,
-)
+from connector.models import Connection, Sync, SyncStatus, SyncTransition, utcnow
 from connector.pipeline.batchfiles import write_batch_files
+from connector.pipeline.jobs import schedule_step
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
-from connector.pipeline.runner import schedule_step
 from connector.pipeline.state import transition
 from connector.runtime import Runtime
+from connector.states import RUNNABLE_STATES, TERMINAL_STATES, UNSETTLED_VALUES
 
 
 class SyncStateError(ConnectorError):
@@ -113,17 +106,16 @@ def _existing(session: Session, idempotency_key: str | None, key: str | None) ->
 def source_key(connection_id: int, source: dict[str, Any], type_: str) -> str | None:
     """What makes two syncs read the same contacts: connection, segment kind and ref, object, type.
 
-    None for sources no other sync shares (a file, coalesced webhook contacts). A Salesforce id
-    counts in its 15-character form (the 18-character one only adds a case-safe suffix); a ref
-    too long for the index (a long SOQL clause) counts by its SHA-256.
+    None for sources no other sync shares (a file, coalesced webhook contacts). A ref counts in
+    its segment kind's canonical form (`SegmentKind.same_ref`); one too long for the index (a long
+    query) counts by its SHA-256.
     """
     ref = source.get("ref")
     if not ref:
         return None
-    ref = str(ref)
     kind = str(source.get("kind"))
-    if kind == "salesforce_campaign" and len(ref) == 18:
-        ref = ref[:15]
+    found = segment_kinds().get(kind)
+    ref = found[1].same_ref(str(ref)) if found else str(ref)
     head = f"{connection_id}|{kind}|{source.get('object') or ''}|{type_}|"
     if len(head) + len(ref) > 200:
         ref = "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
@@ -135,7 +127,7 @@ def unsettled_sync(session: Session, key: str | None) -> Sync | None:
     if key is None:
         return None
     return session.scalars(
-        select(Sync).where(Sync.source_key == key, Sync.status.in_([str(s) for s in UNSETTLED_STATES]))
+        select(Sync).where(Sync.source_key == key, Sync.status.in_(UNSETTLED_VALUES))
     ).first()
 
 

@@ -32,7 +32,7 @@ from connector.sandbox.hubspot_api import api, sandbox_state
 from connector.sandbox.hubspot_control import control
 from connector.sandbox.hubspot_errors import HubSpotError, error_body, rate_limit_body
 from connector.sandbox.hubspot_state import SandboxConfig, SandboxState
-from connector.sandbox.openapi_check import OpenApiChecker, load_checker
+from connector.sandbox.openapi_check import SPECS_DIR_ENV, OpenApiChecker, load_checker
 from connector.sandbox.server import serve_forever
 
 API_PREFIX = "/crm/"
@@ -55,7 +55,12 @@ def create_app(
     export_zip: bool = False,
     specs_dir: Path | None = None,
 ) -> Flask:
-    """The sandbox app. `access_token` defaults to HUBSPOT_ACCESS_TOKEN (read now, not per request)."""
+    """The sandbox app. `access_token` defaults to HUBSPOT_ACCESS_TOKEN (read now, not per request).
+
+    `specs_dir` holds HubSpot's OpenAPI specs (`../shared/specs/hubspot` beside the repository), which
+    `validate_requests` and `validate_responses` check against; default HUBSPOT_SPECS_DIR, and with
+    neither nothing is checked.
+    """
     config = SandboxConfig(
         rate_limit_per_10s=rate_limit_per_10s,
         daily_limit=daily_limit,
@@ -222,6 +227,12 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 @click.option(
     "--generate", "generate_count", default=0, type=int, help="Generate this many contacts (one list)."
 )
+@click.option(
+    "--specs-dir",
+    envvar=SPECS_DIR_ENV,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help=f"HubSpot's OpenAPI specs, to check requests against (default: ${SPECS_DIR_ENV}; none: no checks).",
+)
 def command(
     host: str,
     port: int,
@@ -232,6 +243,7 @@ def command(
     validate: bool,
     export_zip: bool,
     generate_count: int,
+    specs_dir: Path | None,
 ) -> None:
     """Serve the HubSpot sandbox (token: HUBSPOT_ACCESS_TOKEN, any when unset)."""
     app = create_app(
@@ -241,7 +253,12 @@ def command(
         import_delay=import_delay,
         validate_requests=validate,
         export_zip=export_zip,
+        specs_dir=specs_dir,
     )
+    if validate and app.extensions["hubspot_openapi"] is None:
+        click.echo(
+            f"requests are not checked against HubSpot's OpenAPI specs: give --specs-dir or {SPECS_DIR_ENV}"
+        )
     if generate_count:
         with app.test_client() as client:
             answer = client.post("/_sandbox/seed", json={"generate": {"contacts": generate_count}}).get_json()

@@ -10,7 +10,9 @@ query parameters the operation does not declare are refused, which catches typos
 `jsonschema` (Draft 7, close enough to OpenAPI 3.0's dialect; the specs use no `nullable`), and
 `$ref`s resolve inside the spec document they come from.
 
-The specs live in `shared/specs/hubspot/` beside the repository; `HUBSPOT_SPECS_DIR` overrides it.
+The specs are not part of the package: their directory is passed in (`load_checker(directory)`, the
+HubSpot sandbox's `create_app(specs_dir=...)`, `connector sandbox hubspot --specs-dir`) or named by
+`HUBSPOT_SPECS_DIR`. With neither, nothing is checked.
 """
 
 from __future__ import annotations
@@ -38,12 +40,10 @@ MAX_PROBLEMS = 10
 MAX_MESSAGE_CHARS = 300
 
 
-def default_specs_dir() -> Path:
-    override = os.environ.get(SPECS_DIR_ENV)
-    if override:
-        return Path(override)
-    # connector/sandbox/openapi_check.py -> the repository's parent holds shared/
-    return Path(__file__).resolve().parents[3] / "shared" / "specs" / "hubspot"
+def specs_dir_from_env() -> Path | None:
+    """The directory HUBSPOT_SPECS_DIR names, if it is set."""
+    named = os.environ.get(SPECS_DIR_ENV)
+    return Path(named) if named else None
 
 
 @dataclass(frozen=True)
@@ -387,9 +387,13 @@ def _convert(raw: str, schema_type: str | None) -> Any:
 
 
 def load_checker(directory: Path | None = None) -> OpenApiChecker | None:
-    """The checker for the specs in `directory` (default: `default_specs_dir()`), or None with one
-    warning when the specs are not there, which turns validation off."""
-    directory = directory or default_specs_dir()
+    """The checker for the specs in `directory` (default: `specs_dir_from_env()`), or None, which
+    turns validation off: quietly when no directory was given, with one warning when the specs are
+    not in the one given."""
+    directory = directory or specs_dir_from_env()
+    if directory is None:
+        log.info("no HubSpot OpenAPI specs given (%s unset): request validation is off", SPECS_DIR_ENV)
+        return None
     try:
         return OpenApiChecker.from_directory(directory)
     except FileNotFoundError:

@@ -36,7 +36,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from connector.sandbox.salesforce_api import api, supported_version
-from connector.sandbox.salesforce_bulk import bulk
+from connector.sandbox.salesforce_bulk import advance_jobs, bulk
 from connector.sandbox.salesforce_control import control
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id, to_18
 from connector.sandbox.salesforce_state import (
@@ -122,7 +122,7 @@ def _admit_request() -> None:
         if not state.admit():
             raise SalesforceError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         fault = state.faults.take(route)
-        state.advance_jobs()
+        advance_jobs(state)
     if fault:
         raise SalesforceError(*FAULT_ANSWERS[fault])
 

@@ -16,39 +16,34 @@ delay sees the same thing a poller would.
 from __future__ import annotations
 
 import base64
-import csv
 import io
-import itertools
 import time
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.sandbox.salesforce_api import bound_query
-from connector.sandbox.salesforce_schema import coerce_csv, json_datetime
-from connector.sandbox.salesforce_soql import BoundQuery
-from connector.sandbox.salesforce_state import (
-    SalesforceError,
-    SandboxState,
-    not_found,
-    sandbox_state,
-    utc_now,
+from connector.sandbox.salesforce_jobs import (
+    DELIMITERS,
+    LINE_ENDINGS,
+    ROWS_PER_CHUNK,
+    CsvFormat,
+    IngestJob,
+    QueryJob,
+    drain,
 )
+from connector.sandbox.salesforce_schema import coerce_csv
+from connector.sandbox.salesforce_soql import BoundQuery
+from connector.sandbox.salesforce_state import SalesforceError, SandboxState, not_found, sandbox_state
 from connector.sandbox.salesforce_writes import apply, plan_update
 
 bulk = Blueprint("salesforce_bulk", __name__, url_prefix="/services/data/v<version>/jobs")
 
-DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
-LINE_ENDINGS = {"LF": "\n", "CRLF": "\r\n"}
 RESULT_KINDS = {"successfulResults", "failedResults", "unprocessedrecords"}
 UPLOAD_CHUNK = 1 << 16
-ROWS_PER_CHUNK = 1000
 DEFAULT_MAX_RECORDS = 100_000
 CSV_TYPE = "text/csv; charset=UTF-8"
 FINISHED = ("JobComplete", "Failed", "Aborted")
@@ -58,210 +53,75 @@ ONE_UPLOAD = (
 )
 
 
-@dataclass
-class CsvFormat:
-    column_delimiter: str = "COMMA"
-    line_ending: str = "LF"
-
-    def reader(self, lines: Iterator[str]) -> Iterator[list[str]]:
-        return csv.reader(lines, delimiter=DELIMITERS[self.column_delimiter])
-
-    def writer(self, buffer: io.StringIO) -> Any:
-        return csv.writer(
-            buffer,
-            delimiter=DELIMITERS[self.column_delimiter],
-            lineterminator=LINE_ENDINGS[self.line_ending],
-            quoting=csv.QUOTE_ALL,
-        )
-
-    @classmethod
-    def from_body(cls, body: dict[str, Any]) -> CsvFormat:
-        found = cls(str(body.get("columnDelimiter") or "COMMA"), str(body.get("lineEnding") or "LF"))
-        if found.column_delimiter not in DELIMITERS or found.line_ending not in LINE_ENDINGS:
-            raise SalesforceError(400, "INVALIDJOB", "Invalid columnDelimiter or lineEnding")
-        if (body.get("contentType") or "CSV") != "CSV":
-            raise SalesforceError(400, "INVALIDJOB", "The only supported contentType is CSV")
-        return found
+def _requested_format(body: dict[str, Any]) -> CsvFormat:
+    """The CSV format a job-creating request asks for; 400 INVALIDJOB when Salesforce would refuse it."""
+    found = CsvFormat(str(body.get("columnDelimiter") or "COMMA"), str(body.get("lineEnding") or "LF"))
+    if found.column_delimiter not in DELIMITERS or found.line_ending not in LINE_ENDINGS:
+        raise SalesforceError(400, "INVALIDJOB", "Invalid columnDelimiter or lineEnding")
+    if (body.get("contentType") or "CSV") != "CSV":
+        raise SalesforceError(400, "INVALIDJOB", "The only supported contentType is CSV")
+    return found
 
 
-@dataclass
-class Job:
-    job_id: str
-    version: str
-    csv_format: CsvFormat
-    created: datetime = field(default_factory=utc_now)
-    state: str = "Open"
-    error_message: str | None = None
-    started: float | None = None  # monotonic time processing was asked for
-    modified: datetime = field(default_factory=utc_now)
-
-    def move(self, state: str) -> None:
-        self.state, self.modified = state, utc_now()
-
-    def due(self, now: float, delay: float) -> bool:
-        """True when the job's delay is over and it should be processed; InProgress half-way there."""
-        if self.state not in ("UploadComplete", "InProgress") or self.started is None:
-            return False
-        elapsed = now - self.started
-        if elapsed < delay and elapsed >= delay / 2 and self.state != "InProgress":
-            self.move("InProgress")
-        return elapsed >= delay
-
-    def base_info(self) -> dict[str, Any]:
-        info = {
-            "id": self.job_id,
-            "createdById": "005Dn0000000001IAA",
-            "createdDate": json_datetime(self.created),
-            "systemModstamp": json_datetime(self.modified),
-            "state": self.state,
-            "concurrencyMode": "Parallel",
-            "contentType": "CSV",
-            "apiVersion": float(self.version),
-            "lineEnding": self.csv_format.line_ending,
-            "columnDelimiter": self.csv_format.column_delimiter,
-        }
-        if self.error_message:
-            info["errorMessage"] = self.error_message
-        return info
+def advance_jobs(state: SandboxState) -> None:
+    """Move on every job whose delay is over (called under the state's lock on each API request)."""
+    now = time.monotonic()
+    for ingest in state.ingest_jobs.values():
+        if ingest.due(now, state.config.bulk_delay):
+            _process_ingest(state, ingest)
+    for query in state.query_jobs.values():
+        if query.due(now, state.config.bulk_delay):
+            assert query.query is not None
+            query.serials = query.query.run(state.store, include_deleted=query.operation == "queryAll")
+            query.move("JobComplete")
 
 
-@dataclass
-class IngestJob(Job):
-    object_name: str = ""
-    upload: Path | None = None
-    header: list[str] = field(default_factory=list)
-    # Per processed row: (sf__Id, error) — error None for a success.
-    outcomes: list[tuple[str, str | None]] = field(default_factory=list)
-    failed: int = 0
+def _process_ingest(state: SandboxState, job: IngestJob) -> None:
+    assert job.upload is not None
+    with job.upload.open(newline="", encoding="utf-8") as lines:
+        rows = job.csv_format.reader(lines)
+        job.header = next(rows, [])
+        columns = _ingest_columns(state, job)
+        if columns is None:
+            return
+        for row in rows:
+            _process_row(state, job, columns, row)
+    job.move("JobComplete")
 
-    def info(self) -> dict[str, Any]:
-        info = {"operation": "update", "object": self.object_name, **self.base_info(), "jobType": "V2Ingest"}
-        info["contentUrl"] = f"services/data/v{self.version}/jobs/ingest/{self.job_id}/batches"
-        info.update(
-            numberRecordsProcessed=len(self.outcomes),
-            numberRecordsFailed=self.failed,
-            retries=0,
-            totalProcessingTime=0,
-            apiActiveProcessingTime=0,
-            apexProcessingTime=0,
-        )
-        return info
 
-    def advance(self, now: float, state: SandboxState) -> None:
-        if self.due(now, state.config.bulk_delay):
-            self.process(state)
-
-    def process(self, state: SandboxState) -> None:
-        assert self.upload is not None
-        with self.upload.open(newline="", encoding="utf-8") as lines:
-            rows = self.csv_format.reader(lines)
-            self.header = next(rows, [])
-            columns = self._columns(state)
-            if columns is None:
-                return
-            for row in rows:
-                self._process_row(state, columns, row)
-        self.move("JobComplete")
-
-    def _columns(self, state: SandboxState) -> list[str] | None:
-        """Canonical field names of the header; None (job Failed) when one is unknown or Id is missing."""
-        schema = state.schema.object(self.object_name)
-        assert schema is not None
-        columns = []
-        for name in self.header:
-            found = schema.field(name.strip())
-            if found is None:
-                self.error_message = f"InvalidBatch : Field name not found : {name}"
-                self.move("Failed")
-                return None
-            columns.append(found.name)
-        if "Id" not in columns:
-            self.error_message = "InvalidBatch : Field name not found : Id"
-            self.move("Failed")
+def _ingest_columns(state: SandboxState, job: IngestJob) -> list[str] | None:
+    """Canonical field names of the header; None (job Failed) when one is unknown or Id is missing."""
+    schema = state.schema.object(job.object_name)
+    assert schema is not None
+    columns = []
+    for name in job.header:
+        found = schema.field(name.strip())
+        if found is None:
+            job.error_message = f"InvalidBatch : Field name not found : {name}"
+            job.move("Failed")
             return None
-        return columns
-
-    def _process_row(self, state: SandboxState, columns: list[str], row: list[str]) -> None:
-        if len(row) != len(columns):
-            self.outcomes.append(
-                ("", "INVALID_FIELD:Row has a different number of columns than the header:--")
-            )
-            self.failed += 1
-            return
-        cells = dict(zip(columns, row, strict=True))
-        raw_id = cells.pop("Id").strip()
-        plan = plan_update(state, self.object_name, raw_id, cells, coerce_csv)
-        if plan.ok:
-            apply(state, plan)
-            self.outcomes.append((plan.record_id or "", None))
-            return
-        self.outcomes.append((plan.record_id or "", " ".join(error.to_bulk() for error in plan.errors)))
-        self.failed += 1
-
-    def results(self, kind: str) -> Iterator[str]:
-        """One of the result files, streamed: the uploaded rows joined with their outcomes."""
-        prefix = {"successfulResults": ["sf__Id", "sf__Created"], "failedResults": ["sf__Id", "sf__Error"]}
-        buffer = io.StringIO()
-        writer = self.csv_format.writer(buffer)
-        if self.upload is None:
-            writer.writerow(prefix.get(kind, []))
-            yield _drain(buffer)
-            return
-        with self.upload.open(newline="", encoding="utf-8") as lines:
-            rows = self.csv_format.reader(lines)
-            writer.writerow([*prefix.get(kind, []), *next(rows, [])])
-            for count, (row, outcome) in enumerate(itertools.zip_longest(rows, list(self.outcomes))):
-                if row is not None:
-                    self._write_result(writer, kind, row, outcome)
-                if count % ROWS_PER_CHUNK == 0:
-                    yield _drain(buffer)
-        yield _drain(buffer)
-
-    @staticmethod
-    def _write_result(writer: Any, kind: str, row: list[str], outcome: tuple[str, str | None] | None) -> None:
-        if kind == "unprocessedrecords":
-            if outcome is None:
-                writer.writerow(row)
-            return
-        if outcome is None:
-            return
-        record_id, error = outcome
-        if kind == "successfulResults" and error is None:
-            writer.writerow([record_id, "false", *row])
-        elif kind == "failedResults" and error is not None:
-            writer.writerow([record_id, error, *row])
+        columns.append(found.name)
+    if "Id" not in columns:
+        job.error_message = "InvalidBatch : Field name not found : Id"
+        job.move("Failed")
+        return None
+    return columns
 
 
-@dataclass
-class QueryJob(Job):
-    operation: str = "query"
-    query: BoundQuery | None = None
-    serials: array[int] | None = None
-    state: str = "UploadComplete"
-
-    def info(self) -> dict[str, Any]:
-        assert self.query is not None
-        info = {"operation": self.operation, "object": self.query.object_name, **self.base_info()}
-        info.update(
-            jobType="V2Query",
-            numberRecordsProcessed=0 if self.serials is None else len(self.serials),
-            retries=0,
-            totalProcessingTime=0,
-        )
-        return info
-
-    def advance(self, now: float, state: SandboxState) -> None:
-        if self.due(now, state.config.bulk_delay):
-            assert self.query is not None
-            self.serials = self.query.run(state.store, include_deleted=self.operation == "queryAll")
-            self.move("JobComplete")
-
-
-def _drain(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
+def _process_row(state: SandboxState, job: IngestJob, columns: list[str], row: list[str]) -> None:
+    if len(row) != len(columns):
+        job.outcomes.append(("", "INVALID_FIELD:Row has a different number of columns than the header:--"))
+        job.failed += 1
+        return
+    cells = dict(zip(columns, row, strict=True))
+    raw_id = cells.pop("Id").strip()
+    plan = plan_update(state, job.object_name, raw_id, cells, coerce_csv)
+    if plan.ok:
+        apply(state, plan)
+        job.outcomes.append((plan.record_id or "", None))
+        return
+    job.outcomes.append((plan.record_id or "", " ".join(error.to_bulk() for error in plan.errors)))
+    job.failed += 1
 
 
 def _json_object() -> dict[str, Any]:
@@ -286,7 +146,7 @@ def create_ingest_job(version: str) -> ResponseReturnValue:
             )
         if body.get("operation") != "update":
             raise SalesforceError(400, "INVALIDJOB", "The sandbox supports the update operation only")
-        job = IngestJob(state.new_id("Job"), version, CsvFormat.from_body(body), object_name=schema.name)
+        job = IngestJob(state.new_id("Job"), version, _requested_format(body), object_name=schema.name)
         state.ingest_jobs[job.job_id] = job
         return jsonify(job.info())
 
@@ -392,7 +252,7 @@ def create_query_job(version: str) -> ResponseReturnValue:
         if query.is_count:
             raise SalesforceError(400, "INVALIDJOB", "Aggregate queries are not supported by Bulk API 2.0")
         job = QueryJob(
-            state.new_id("Job"), version, CsvFormat.from_body(body), operation=operation, query=query
+            state.new_id("Job"), version, _requested_format(body), operation=operation, query=query
         )
         job.started = time.monotonic()
         state.query_jobs[job.job_id] = job
@@ -497,5 +357,5 @@ def _query_rows(
         with state.lock:
             for serial in serials[start : start + ROWS_PER_CHUNK]:
                 writer.writerow(query.csv_row(state.store.view(serial, query.needed)))
-        yield _drain(buffer)
-    yield _drain(buffer)
+        yield drain(buffer)
+    yield drain(buffer)

@@ -39,8 +39,8 @@ from flask.typing import ResponseReturnValue
 
 from connector.sandbox.salesforce_ids import object_for_id, to_18
 from connector.sandbox.salesforce_records import GenerateKnobs
-from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json
-from connector.sandbox.salesforce_state import SandboxState, sandbox_state, utc_now
+from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json, utc_now
+from connector.sandbox.salesforce_state import SandboxState, sandbox_state
 
 control = Blueprint("salesforce_control", __name__, url_prefix="/_sandbox")
 

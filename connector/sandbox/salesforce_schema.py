@@ -211,6 +211,10 @@ class FieldValueError(Exception):
 UNCHANGED = object()  # a Bulk API CSV cell left empty: the field keeps its value
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def parse_datetime(text: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(text.strip())

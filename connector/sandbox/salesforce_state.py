@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import current_app
 
 from connector.sandbox.faults import FaultPlan
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id
+from connector.sandbox.salesforce_jobs import IngestJob, QueryJob
 from connector.sandbox.salesforce_records import RecordStore
 from connector.sandbox.salesforce_schema import Schema
 from connector.sandbox.salesforce_soql import BoundQuery
-
-if TYPE_CHECKING:
-    from connector.sandbox.salesforce_bulk import IngestJob, QueryJob
 
 FAULT_KINDS = ("http_500", "http_503", "request_limit", "concurrent_limit")
 MAX_OPEN_CURSORS = 100  # oldest query cursors are dropped beyond this, as Salesforce expires them
@@ -171,15 +167,6 @@ class SandboxState:
             self.cursors.popitem(last=False)
         return cursor_id
 
-    # ---- bulk jobs ----
-
-    def advance_jobs(self) -> None:
-        now = time.monotonic()
-        for ingest in self.ingest_jobs.values():
-            ingest.advance(now, self)
-        for query in self.query_jobs.values():
-            query.advance(now, self)
-
     def summary(self) -> dict[str, Any]:
         return {
             "requests": dict(self.request_counts),
@@ -201,7 +188,3 @@ class SandboxState:
 
 def sandbox_state() -> SandboxState:
     return current_app.extensions["salesforce_sandbox"]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

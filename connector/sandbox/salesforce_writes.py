@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, to_18
-from connector.sandbox.salesforce_schema import UNCHANGED, Field, FieldValueError
-from connector.sandbox.salesforce_state import SandboxState, utc_now
+from connector.sandbox.salesforce_schema import UNCHANGED, Field, FieldValueError, utc_now
+from connector.sandbox.salesforce_state import SandboxState
 
 VALIDATION_RULE_MESSAGE = "This record is locked by a validation rule (ApexVerify sandbox)."
 ROLLED_BACK = (

@@ -6,13 +6,22 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from connector.config import Settings
+from connector.crm.registry import check_settings
 from connector.errors import ConnectorError
 from connector.logs import configure_logging
 from connector.runtime import Runtime, build_runtime, set_runtime
+from connector.web.admin import admin
+from connector.web.context import current_runtime
+from connector.web.errors import register_error_handlers
+from connector.web.health import health
+from connector.web.openapi import openapi
+from connector.web.ops import init_ops_page
+from connector.web.webhooks import webhooks
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     settings = settings or (runtime.settings if runtime else Settings.from_env())
+    check_settings(settings)  # a malformed CRM variable stops the app at start, not mid-request
     configure_logging(settings.log_level, settings.secrets())
     runtime = runtime or build_runtime(settings)
     set_runtime(runtime)
@@ -28,13 +37,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["connector"] = runtime
 
-    from connector.web.admin import admin
-    from connector.web.errors import register_error_handlers
-    from connector.web.health import health
-    from connector.web.openapi import openapi
-    from connector.web.ops import init_ops_page
-    from connector.web.webhooks import webhooks
-
     register_error_handlers(app)
     app.register_blueprint(health)
     app.register_blueprint(webhooks)
@@ -42,12 +44,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.register_blueprint(openapi)
     init_ops_page(app, runtime.settings)  # the HTML ops page: its blueprint, session cookie and secret key
     return app
-
-
-def current_runtime() -> Runtime:
-    from flask import current_app
-
-    return current_app.extensions["connector"]
 
 
 __all__ = ["ConnectorError", "create_app", "current_runtime"]

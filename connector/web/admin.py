@@ -26,8 +26,9 @@ from connector.pipeline.segments import (
 )
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.results import iter_verdicts, json_chunks, write_xlsx
-from connector.web import current_runtime
+from connector.states import RESULT_STATES
 from connector.web.admin_auth import TooManyAttempts, token_accepted
+from connector.web.context import current_runtime
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_LIMIT = 500
@@ -109,9 +110,6 @@ def approve(sync_id: int) -> ResponseReturnValue:
 @admin.get("/syncs/<int(max=9223372036854775807):sync_id>/results")
 def results(sync_id: int) -> ResponseReturnValue:
     return results_response(sync_id, request.args.get("format", "json"))
-
-
-RESULT_STATES = frozenset({SyncStatus.WRITING_BACK, SyncStatus.COMPLETED})
 
 
 def results_response(sync_id: int, fmt: str) -> Response:

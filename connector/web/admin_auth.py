@@ -11,7 +11,7 @@ Why it is shaped this way:
   addresses (a botnet) cannot guess freely either. While it is spent, operators wait too: a minute
   of lock-out is the price of a bounded number of guesses.
 - The counts live in Redis, shared by every web process. When Redis fails they are kept in this
-  process's in-process Redis instead: losing Redis never turns the throttle off.
+  process's memory instead (`ratelimit.window`): losing Redis never turns the throttle off.
 - A token shorter than 16 characters turns the admin off (503): no throttle makes one that short
   safe to expose.
 """
@@ -24,15 +24,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import redis
 from flask import request
 
 from connector.config import Settings
 from connector.errors import ConfigError, ConnectorError
-from connector.ratelimit import RateLimiter
-from connector.runtime import Runtime, in_process_redis
+from connector.ratelimit import RateLimiter, window
+from connector.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ def token_accepted(runtime: Runtime, given: str) -> bool:
     """
     expected = configured_admin_token(runtime.settings)
     address = client_address()
-    wait = _with_counts(runtime, lambda redis_: max(lim.wait_time() for lim in _budgets(redis_, address)))
+    wait = _with_budgets(runtime, address, lambda budgets: max(b.wait_time() for b in budgets))
     if wait:
         raise TooManyAttempts(wait)
     if given and hmac.compare_digest(given.encode(), expected.encode()):
         return True
-    _with_counts(runtime, lambda redis_: [lim.try_acquire() for lim in _budgets(redis_, address)])
+    _with_budgets(runtime, address, lambda budgets: [b.try_acquire() for b in budgets])
     return False
 
 
@@ -89,28 +89,32 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def _budgets(connection: redis.Redis, address: str) -> list[RateLimiter]:
-    """The failures left to this address, and to all addresses together."""
-    return [
-        RateLimiter(connection, f"admin-auth:{address}", FAILED_AUTH_PER_MINUTE, WINDOW_SECONDS),
-        RateLimiter(connection, "admin-auth-all", FAILED_AUTH_PER_MINUTE_ALL, WINDOW_SECONDS),
-    ]
+class Budget(Protocol):
+    def wait_time(self) -> float: ...
+
+    def try_acquire(self) -> float: ...
 
 
-def _with_counts(runtime: Runtime, action: Callable[[redis.Redis], T]) -> T:
-    """`action` on the shared Redis; on this process's in-process Redis when that one fails.
+# (key, failures allowed per window): this address's, and all addresses' together.
+def _budget_keys(address: str) -> list[tuple[str, int]]:
+    return [(f"admin-auth:{address}", FAILED_AUTH_PER_MINUTE), ("admin-auth-all", FAILED_AUTH_PER_MINUTE_ALL)]
+
+
+def _with_budgets(runtime: Runtime, address: str, action: Callable[[list[Budget]], T]) -> T:
+    """`action` on the budgets in the shared Redis; on this process's own when Redis fails.
 
     After a failure the shared Redis is left alone for REDIS_RETRY_SECONDS: a client's own retries
     and timeouts would otherwise hold up every sign-in while Redis is down.
     """
+    keys = _budget_keys(address)
     if time.monotonic() >= _redis_down_until.get(runtime.redis, 0.0):
         try:
-            return action(runtime.redis)
+            return action([RateLimiter(runtime.redis, key, limit, WINDOW_SECONDS) for key, limit in keys])
         except redis.exceptions.RedisError as error:
             with _redis_down_lock:
                 _redis_down_until[runtime.redis] = time.monotonic() + REDIS_RETRY_SECONDS
             log.warning("admin_auth_throttle_in_process", extra={"reason": type(error).__name__})
-    return action(in_process_redis())
+    return action([window(key, limit, WINDOW_SECONDS) for key, limit in keys])
 
 
 _redis_down_until: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()

@@ -1,7 +1,7 @@
 """gunicorn's own log lines without webhook secrets (the Procfile's `web` uses this logger class).
 
-Salesforce outbound messages carry the connection's webhook secret in the URL (`?token=`), because
-Salesforce cannot add a header to them. gunicorn's access log is off by default, but an operator can
+Some CRMs' webhooks carry the connection's webhook secret in the URL (`?token=`), because the CRM
+cannot add a header to them. gunicorn's access log is off by default, but an operator can
 turn it on (`--access-logfile`, `GUNICORN_CMD_ARGS`, a config file), and its default format prints
 the request line with its query string; its error log prints the URI of a request that failed. This
 logger redacts, whatever the configured format: every `token` query parameter (a wrong token may be

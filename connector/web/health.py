@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from connector.metrics import ConnectorCollector
 from connector.runtime import Runtime
-from connector.web import current_runtime
+from connector.web.context import current_runtime
 
 health = Blueprint("health", __name__)
 

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from connector.crm.registry import CRMS, record_objects, segment_kinds
 from connector.models import SyncStatus
 
 openapi = Blueprint("openapi", __name__)
@@ -73,11 +74,11 @@ SYNC = {
         "source": {"type": "object"},
     },
 }
-SEGMENT_FIELDS = {
-    "crm": {"type": "string", "enum": ["hubspot", "salesforce"]},
-    "kind": {"type": "string", "enum": ["hubspot_list", "salesforce_campaign", "salesforce_soql"]},
+SEGMENT_FIELDS: dict[str, dict[str, Any]] = {
+    "crm": {"type": "string"},  # enums from the CRM registry: see segment_fields()
+    "kind": {"type": "string"},
     "ref": {"type": "string"},
-    "object": {"type": "string", "enum": ["Contact", "Lead"], "nullable": True},
+    "object": {"type": "string", "nullable": True},
     "type": {"type": "string", "enum": ["email", "phone"]},
     "parameters": {"type": "object"},
     "schedule": NULLABLE_STRING,
@@ -124,9 +125,9 @@ def document() -> dict[str, Any]:
                 "Segment": {
                     "type": "object",
                     "required": ["id"],
-                    "properties": {"id": {"type": "integer"}, **SEGMENT_FIELDS},
+                    "properties": {"id": {"type": "integer"}, **segment_fields()},
                 },
-                "SegmentInput": {"type": "object", "properties": SEGMENT_FIELDS},
+                "SegmentInput": {"type": "object", "properties": segment_fields()},
             },
         },
         "paths": {
@@ -148,56 +149,7 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "text exposition format"}},
                 }
             },
-            "/webhooks/hubspot": {
-                "post": {
-                    "summary": "HubSpot events, workflow webhooks, segment triggers (signed v3)",
-                    "requestBody": {"content": {"application/json": {"schema": {}}}},
-                    "responses": {
-                        "200": _json(
-                            {"type": "object", "properties": {"accepted": {"type": "integer"}}}, "stored"
-                        ),
-                        "400": ERROR,
-                        "401": ERROR,
-                        "403": ERROR,
-                        "413": ERROR,
-                        "503": ERROR,
-                    },
-                }
-            },
-            "/webhooks/salesforce": {
-                "post": {
-                    "summary": "Salesforce outbound messages (text/xml) and Flow callouts (application/json)",
-                    "parameters": [
-                        {
-                            "name": "token",
-                            "in": "query",
-                            "description": "the connection's webhook secret (outbound messages)",
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "X-Connector-Token",
-                            "in": "header",
-                            "description": "the connection's webhook secret (Flow callouts)",
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "requestBody": {
-                        "content": {
-                            "text/xml": {"schema": {"type": "string"}},
-                            "application/json": {"schema": {}},
-                        }
-                    },
-                    "responses": {
-                        "200": {"description": "SOAP Ack, or {accepted}"},
-                        "400": ERROR,
-                        "401": ERROR,
-                        "403": ERROR,
-                        "413": ERROR,
-                        "415": ERROR,
-                        "503": ERROR,
-                    },
-                }
-            },
+            **webhook_paths(),
             "/admin/syncs": {
                 "get": _admin(
                     "list syncs, newest first",
@@ -325,3 +277,29 @@ def document() -> dict[str, Any]:
 @openapi.get("/openapi.json")
 def openapi_json() -> ResponseReturnValue:
     return jsonify(document())
+
+
+def segment_fields() -> dict[str, Any]:
+    """A segment's fields, with the CRMs, kinds and objects the registry holds now."""
+    enums: dict[str, list[str]] = {
+        "crm": list(CRMS),
+        "kind": list(segment_kinds()),
+        "object": record_objects(),
+    }
+    return {
+        name: {**schema, "enum": enums[name]} if name in enums else schema
+        for name, schema in SEGMENT_FIELDS.items()
+    }
+
+
+def webhook_paths() -> dict[str, Any]:
+    """/webhooks/<crm> for every CRM that sends webhooks, as its entry in the registry describes it."""
+    paths: dict[str, Any] = {}
+    for crm in CRMS.values():
+        if crm.read_webhook is None:
+            continue
+        operation = dict(crm.webhook_openapi)
+        errors = {str(status): ERROR for status in crm.webhook_errors}
+        operation["responses"] = {**operation.get("responses", {}), **errors}
+        paths[f"/webhooks/{crm.name}"] = {"post": operation}
+    return paths

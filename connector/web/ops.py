@@ -38,12 +38,11 @@ from wtforms import ValidationError
 
 from connector.config import Settings
 from connector.errors import ConnectorError
-from connector.models import RUNNABLE_STATES, TERMINAL_STATES, Sync, SyncStatus
+from connector.models import Sync, SyncStatus
 from connector.pipeline.segments import list_segments, segment_json, sync_segment
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
-from connector.web import current_runtime
+from connector.states import RESULT_STATES, RUNNABLE_STATES, TERMINAL_STATES
 from connector.web.admin import (
-    RESULT_STATES,
     get_sync,
     page_of_syncs,
     results_response,
@@ -51,6 +50,7 @@ from connector.web.admin import (
     sync_json,
 )
 from connector.web.admin_auth import TooManyAttempts, configured_admin_token, token_accepted
+from connector.web.context import current_runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,9 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
     """Marks the session cookie Secure when the browser reached us over HTTPS, directly or via a proxy.
 
     Not werkzeug's ProxyFix (create_app installs it for the client address only): its X-Forwarded-Proto
-    handling would rewrite request.url for the whole app, and the HubSpot webhook signature check
-    reads it (PUBLIC_BASE_URL is its documented knob); only this flag needs the original scheme.
-    A forged X-Forwarded-Proto can only make the sender's own cookie Secure, so trusting it here
-    is harmless.
+    handling would rewrite request.url for the whole app, and webhook signature checks read it
+    (PUBLIC_BASE_URL is their documented knob); only this flag needs the original scheme. A forged
+    X-Forwarded-Proto can only make the sender's own cookie Secure, so trusting it here is harmless.
     """
 
     def get_cookie_secure(self, app: Flask) -> bool:

@@ -18,20 +18,18 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 from urllib.parse import urljoin
 
 import urllib3
 
 from connector.crm.base import WriteFailure
-from connector.crm.jobs import JobMarker, poll_until
+from connector.crm.hubspot.settings import HubSpotSettings
+from connector.crm.jobs import JobMarker, PollingApi, poll_until
 from connector.errors import ConnectorError, TransientError
 from connector.outbound import redirect_refused, same_origin
-
-if TYPE_CHECKING:
-    from connector.crm.hubspot.api import HubSpotApi
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +46,25 @@ IMPORT_ERRORS_PAGE = 500
 MAX_FAILURE_MESSAGE = 1000
 
 
+class BulkApi(PollingApi, Protocol):
+    """What the bulk paths use of HubSpotApi (api.py): its door, the client's APIs, the token."""
+
+    own: HubSpotSettings
+    properties: Any
+    exports: Any
+    imports: Any
+    import_errors: Any
+
+    def call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def bearer_header(self) -> dict[str, str]: ...
+
+
 # ---- exports ---------------------------------------------------------------------------------
 
 
 def export_list_rows(
-    api: HubSpotApi, list_id: str, properties: list[str], *, work_dir: Path
+    api: BulkApi, list_id: str, properties: list[str], *, work_dir: Path
 ) -> Iterator[dict[str, str]]:
     """Every member of the list as {"hs_object_id": id, property: value...}, from one export file."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +82,7 @@ def export_list_rows(
         path.unlink(missing_ok=True)
 
 
-def _existing_properties(api: HubSpotApi, names: list[str]) -> dict[str, str]:
+def _existing_properties(api: BulkApi, names: list[str]) -> dict[str, str]:
     """{name: label} of the wanted properties that exist (HubSpot refuses to export unknown ones)."""
     known = {p.name: p.label for p in api.call(api.properties.get_all, "contacts").results}
     missing = [name for name in names if name not in known]
@@ -79,7 +91,7 @@ def _existing_properties(api: HubSpotApi, names: list[str]) -> dict[str, str]:
     return {name: known[name] for name in names if name in known}
 
 
-def _start_export(api: HubSpotApi, list_id: str, properties: list[str], marker: JobMarker) -> str:
+def _start_export(api: BulkApi, list_id: str, properties: list[str], marker: JobMarker) -> str:
     request = {
         "exportType": "LIST",
         "listId": list_id,
@@ -101,7 +113,7 @@ def _start_export(api: HubSpotApi, list_id: str, properties: list[str], marker: 
     return str(task.id)
 
 
-def _await_export(api: HubSpotApi, task_id: str, marker: JobMarker) -> str:
+def _await_export(api: BulkApi, task_id: str, marker: JobMarker) -> str:
     status = poll_until(
         api,
         lambda: api.call(api.exports.get_status, task_id),
@@ -117,14 +129,14 @@ def _await_export(api: HubSpotApi, task_id: str, marker: JobMarker) -> str:
     return str(status.result)
 
 
-def _download(api: HubSpotApi, url: str, path: Path) -> None:
+def _download(api: BulkApi, url: str, path: Path) -> None:
     """The export file, streamed to disk.
 
     HubSpot's link is pre-signed and on another host than the API: it is fetched without the token
     (following redirects, as nothing secret travels). A link on HUBSPOT_BASE_URL itself gets the
     token, like every call there, and then a redirect is refused, not followed.
     """
-    with_token = same_origin(url, api.settings.hubspot_base_url)
+    with_token = same_origin(url, api.own.base_url)
     partial = path.with_suffix(".part")
     http = urllib3.PoolManager(
         retries=urllib3.Retry(
@@ -155,9 +167,9 @@ def _download(api: HubSpotApi, url: str, path: Path) -> None:
     partial.replace(path)
 
 
-def _refuse_failed_download(api: HubSpotApi, response: urllib3.BaseHTTPResponse, with_token: bool) -> None:
+def _refuse_failed_download(api: BulkApi, response: urllib3.BaseHTTPResponse, with_token: bool) -> None:
     if with_token and response.get_redirect_location():
-        location = urljoin(api.settings.hubspot_base_url + "/", response.get_redirect_location() or "")
+        location = urljoin(api.own.base_url + "/", response.get_redirect_location() or "")
         raise redirect_refused("HubSpot", response.status, location, "HUBSPOT_BASE_URL")
     if response.status != 200:
         raise TransientError(
@@ -214,7 +226,7 @@ def _read_export(path: Path, labels: dict[str, str]) -> Iterator[dict[str, str]]
 
 
 def import_flag_rows(
-    api: HubSpotApi, columns: list[str], rows: Iterable[tuple[str, list[str]]], *, work_dir: Path
+    api: BulkApi, columns: list[str], rows: Iterable[tuple[str, list[str]]], *, work_dir: Path
 ) -> list[WriteFailure]:
     """Write (record id, values for `columns`) rows with one UPDATE import; returns the refused records."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +278,7 @@ def _write_import_file(
     return final
 
 
-def _start_import(api: HubSpotApi, csv_path: Path, columns: list[str], marker: JobMarker) -> str:
+def _start_import(api: BulkApi, csv_path: Path, columns: list[str], marker: JobMarker) -> str:
     id_mapping = {
         "columnObjectTypeId": CONTACT_TYPE_ID,
         "columnName": RECORD_ID_COLUMN,
@@ -293,7 +305,7 @@ def _start_import(api: HubSpotApi, csv_path: Path, columns: list[str], marker: J
     return str(answer.id)
 
 
-def _iter_import_errors(api: HubSpotApi, import_id: str) -> Iterator[Any]:
+def _iter_import_errors(api: BulkApi, import_id: str) -> Iterator[Any]:
     after: str | None = None
     while True:
         paging = {"after": after} if after else {}
@@ -311,7 +323,7 @@ def _iter_import_errors(api: HubSpotApi, import_id: str) -> Iterator[Any]:
             return
 
 
-def _import_failures(api: HubSpotApi, import_id: str, csv_path: Path) -> list[WriteFailure]:
+def _import_failures(api: BulkApi, import_id: str, csv_path: Path) -> list[WriteFailure]:
     """One WriteFailure per refused record, its errors' messages joined."""
     failures: dict[str, WriteFailure] = {}
     by_line: dict[int, list[tuple[str, str]]] = {}

@@ -1,6 +1,10 @@
 """What a HubSpot webhook delivery says: its v3 signature, and the contacts or segment it names.
 
-Pure functions over bytes and parsed JSON; the HTTP glue is in connector/web/webhooks.py.
+Pure functions over bytes and parsed JSON; the HTTP glue is in connector/web/webhooks.py, which
+calls `read_webhook` for deliveries to /webhooks/hubspot.
+
+Redeliveries: app webhooks retry up to 10 times over about 24 hours; workflow webhook actions
+retry 5xx answers over 3 days (pipeline/retention.py keeps delivery keys 7 days).
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from connector.crm.base import IncomingContact
-from connector.errors import InputError, WebhookRefused
+from connector.config import Settings
+from connector.crm.base import IncomingContact, SegmentTrigger, WebhookDelivery, WebhookRequest
+from connector.crm.hubspot.settings import HubSpotSettings
+from connector.crm.json_body import parse_json
+from connector.errors import ConfigError, InputError, WebhookRefused
 
 MAX_SIGNATURE_AGE_MS = 5 * 60 * 1000
 VERIFIED_PROPERTIES = {"email": "email", "phone": "phone"}
@@ -175,3 +182,27 @@ def _segment_type(raw: Any) -> str:
     if raw not in ("email", "phone"):
         raise InputError("invalid_type", "type must be 'email' or 'phone'")
     return raw
+
+
+def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery:
+    """A signed (v3) delivery: app events, a workflow's contact, or a list to verify."""
+    own = settings.section(HubSpotSettings)
+    if not own.client_secret:
+        raise ConfigError("hubspot_not_configured", "HUBSPOT_CLIENT_SECRET is not set")
+    check_signature(
+        secret=own.client_secret,
+        method=request.method,
+        uri=request.url,
+        body=request.body,
+        timestamp=request.headers.get("X-HubSpot-Request-Timestamp"),
+        signature=request.headers.get("X-HubSpot-Signature-v3"),
+        now_ms=request.now_ms,
+    )
+    delivery = read_delivery(parse_json(request.body), own.portal_id)
+    segment = None
+    if delivery.segment is not None:
+        list_id, type_ = delivery.segment
+        name = f"HubSpot list {list_id} ({type_})"
+        segment = SegmentTrigger(source={"kind": "hubspot_list", "ref": list_id}, type=type_, name=name)
+    unkeyed = [(type_, contact) for type_, contacts in delivery.contacts.items() for contact in contacts]
+    return WebhookDelivery(keyed=delivery.event_keys, unkeyed=unkeyed, segment=segment)

@@ -18,16 +18,13 @@ import csv
 import hashlib
 import itertools
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from connector.crm.base import WriteFailure
-from connector.crm.jobs import JobMarker, poll_until
+from connector.crm.jobs import JobMarker, PollingApi, poll_until
 from connector.errors import ConnectorError
-
-if TYPE_CHECKING:
-    from connector.crm.salesforce.api import SalesforceApi
 
 QUERY_PAGE_RECORDS = 50_000
 QUERY_REUSE_SECONDS = 3600.0  # a marker older than this names results too stale to read again
@@ -37,10 +34,22 @@ HASH_BLOCK_BYTES = 1 << 20
 CSV_FORMAT = {"contentType": "CSV", "columnDelimiter": "COMMA", "lineEnding": "LF"}
 
 
+class BulkApi(PollingApi, Protocol):
+    """What the bulk paths use of SalesforceApi (api.py): JSON requests, CSV files up and down."""
+
+    def rest(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+    def upload(self, path: str, source: Path) -> None: ...
+
+    def download(
+        self, path: str, target: Path, params: dict[str, Any] | None = None
+    ) -> Mapping[str, str]: ...
+
+
 # ---- jobs --------------------------------------------------------------------------------------
 
 
-def _job_info(api: SalesforceApi, kind: str, job_id: str) -> dict[str, Any] | None:
+def _job_info(api: BulkApi, kind: str, job_id: str) -> dict[str, Any] | None:
     """The job's info; None when Salesforce no longer knows it (deleted after 7 days)."""
     try:
         return api.rest("GET", f"jobs/{kind}/{job_id}")
@@ -50,7 +59,7 @@ def _job_info(api: SalesforceApi, kind: str, job_id: str) -> dict[str, Any] | No
         raise
 
 
-def _await_job(api: SalesforceApi, kind: str, job_id: str, marker: JobMarker) -> dict[str, Any]:
+def _await_job(api: BulkApi, kind: str, job_id: str, marker: JobMarker) -> dict[str, Any]:
     info = poll_until(
         api,
         lambda: api.rest("GET", f"jobs/{kind}/{job_id}"),
@@ -77,7 +86,7 @@ def _read_csv(path: Path) -> Iterator[dict[str, str]]:
 
 
 def query_rows(
-    api: SalesforceApi, soql: str, *, work_dir: Path, page_records: int = QUERY_PAGE_RECORDS
+    api: BulkApi, soql: str, *, work_dir: Path, page_records: int = QUERY_PAGE_RECORDS
 ) -> Iterator[dict[str, str]]:
     """Every row of `soql` as {column: cell} (relationship columns as "Contact.Email"; null is "")."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +98,7 @@ def query_rows(
     marker.clear()
 
 
-def _resumable_query(api: SalesforceApi, marker: JobMarker) -> str | None:
+def _resumable_query(api: BulkApi, marker: JobMarker) -> str | None:
     job_id = marker.load()
     if job_id is None:
         return None
@@ -100,15 +109,13 @@ def _resumable_query(api: SalesforceApi, marker: JobMarker) -> str | None:
     return None
 
 
-def _start_query(api: SalesforceApi, soql: str, marker: JobMarker) -> str:
+def _start_query(api: BulkApi, soql: str, marker: JobMarker) -> str:
     info = api.rest("POST", "jobs/query", json={"operation": "query", "query": soql, **CSV_FORMAT})
     marker.save(str(info["id"]))
     return str(info["id"])
 
 
-def _result_pages(
-    api: SalesforceApi, job_id: str, work_dir: Path, page_records: int
-) -> Iterator[dict[str, str]]:
+def _result_pages(api: BulkApi, job_id: str, work_dir: Path, page_records: int) -> Iterator[dict[str, str]]:
     """One page on disk at a time: downloaded, read row by row, deleted, then the next (Sforce-Locator)."""
     locator: str | None = None
     for page in itertools.count():
@@ -136,7 +143,7 @@ class IngestRow(NamedTuple):
 
 
 def write_flag_rows(
-    api: SalesforceApi, columns: list[str], rows: Iterable[IngestRow], *, work_dir: Path
+    api: BulkApi, columns: list[str], rows: Iterable[IngestRow], *, work_dir: Path
 ) -> list[WriteFailure]:
     """Update every row's record (Id + `columns`) with one ingest job per object; returns the refused ones."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +184,7 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _ingest(api: SalesforceApi, object_name: str, csv_path: Path, work_dir: Path) -> list[WriteFailure]:
+def _ingest(api: BulkApi, object_name: str, csv_path: Path, work_dir: Path) -> list[WriteFailure]:
     marker = JobMarker(csv_path.with_suffix(".json"))
     job_id = _resumable_ingest(api, marker) or _start_ingest(api, object_name, csv_path, marker)
     info = _await_job(api, "ingest", job_id, marker)
@@ -187,7 +194,7 @@ def _ingest(api: SalesforceApi, object_name: str, csv_path: Path, work_dir: Path
     return failures
 
 
-def _resumable_ingest(api: SalesforceApi, marker: JobMarker) -> str | None:
+def _resumable_ingest(api: BulkApi, marker: JobMarker) -> str | None:
     job_id = marker.load()
     if job_id is None:
         return None
@@ -202,7 +209,7 @@ def _resumable_ingest(api: SalesforceApi, marker: JobMarker) -> str | None:
     return None
 
 
-def _start_ingest(api: SalesforceApi, object_name: str, csv_path: Path, marker: JobMarker) -> str:
+def _start_ingest(api: BulkApi, object_name: str, csv_path: Path, marker: JobMarker) -> str:
     info = api.rest("POST", "jobs/ingest", json={"object": object_name, "operation": "update", **CSV_FORMAT})
     job_id = str(info["id"])
     marker.save(job_id)
@@ -211,7 +218,7 @@ def _start_ingest(api: SalesforceApi, object_name: str, csv_path: Path, marker: 
     return job_id
 
 
-def _failed_results(api: SalesforceApi, job_id: str, work_dir: Path) -> list[WriteFailure]:
+def _failed_results(api: BulkApi, job_id: str, work_dir: Path) -> list[WriteFailure]:
     path = work_dir / f"ingest-{job_id}-failed-{uuid.uuid4().hex[:8]}.csv"
     try:
         api.download(f"jobs/ingest/{job_id}/failedResults", path)

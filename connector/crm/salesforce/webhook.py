@@ -2,11 +2,15 @@
 
 XML is parsed with defusedxml and DTDs are refused outright, so external entities and entity
 expansion ("billion laughs") never get a chance to run.
+
+Redeliveries: an outbound message is retried for up to 24 hours, then dropped from the org's
+queue (pipeline/retention.py keeps delivery keys 7 days).
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -14,8 +18,11 @@ from xml.etree.ElementTree import Element
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
-from connector.crm.base import IncomingContact
-from connector.errors import InputError, WebhookRefused
+from connector.config import Settings
+from connector.crm.base import IncomingContact, SegmentTrigger, WebhookDelivery, WebhookRequest
+from connector.crm.json_body import parse_json
+from connector.crm.salesforce.settings import SalesforceSettings
+from connector.errors import ConfigError, InputError, UnsupportedMediaType, WebhookRefused
 
 OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
 SOAP_ENV_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -160,3 +167,49 @@ def _object_type(record: dict[str, Any], record_id: str) -> str | None:
     if isinstance(attributes, dict) and attributes.get("type") in OBJECTS:
         return attributes["type"]
     return ID_PREFIXES.get(record_id[:3])
+
+
+def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery:
+    """An outbound message (`?token=`, text/xml) or a Flow callout (`X-Connector-Token`, JSON)."""
+    org_id, token = webhook_secrets(settings.section(SalesforceSettings))
+    if request.mimetype in ("text/xml", "application/xml", "application/soap+xml"):
+        # Salesforce cannot add headers to an outbound message: its secret rides in the endpoint URL.
+        check_token(request.args.get("token"), token, carried_by="?token=")
+        return _generic(read_outbound_message(request.body, org_id), answer=_ack)
+    if request.mimetype == "application/json":
+        check_token(request.headers.get("X-Connector-Token"), token, carried_by="X-Connector-Token")
+        return _generic(read_flow_callout(parse_json(request.body)), answer=None)
+    raise UnsupportedMediaType("send text/xml (outbound message) or application/json")
+
+
+def webhook_secrets(settings: SalesforceSettings) -> tuple[str, str]:
+    """The org and webhook secret of the env connection: without both, no delivery can be trusted."""
+    missing = [
+        name
+        for name, value in (
+            ("SALESFORCE_ORG_ID", settings.org_id),
+            ("SALESFORCE_WEBHOOK_TOKEN", settings.webhook_token),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError("salesforce_not_configured", f"{' and '.join(missing)} must be set for webhooks")
+    return str(settings.org_id), str(settings.webhook_token)
+
+
+def _ack(accepted: int) -> tuple[str, str]:
+    return ACK, "text/xml"
+
+
+def _generic(
+    delivery: SalesforceDelivery, answer: Callable[[int], tuple[str, str]] | None
+) -> WebhookDelivery:
+    segment = None
+    if delivery.campaign is not None:
+        campaign_id, type_, sobject = delivery.campaign
+        segment = SegmentTrigger(
+            source={"kind": "salesforce_campaign", "ref": campaign_id, "object": sobject},
+            type=type_,
+            name=f"Salesforce campaign {campaign_id} ({type_})",
+        )
+    return WebhookDelivery(keyed=delivery.keyed, unkeyed=delivery.unkeyed, segment=segment, answer=answer)
