@@ -1,7 +1,8 @@
 """The HubSpot v3 endpoints of the sandbox (contacts, lists, properties, exports, imports).
 
 Auth, rate limits, injected faults and spec validation happen before these views run
-(connector/sandbox/hubspot.py); the views do what HubSpot does with a request it accepted.
+(connector/sandbox/hubspot.py); the views do what HubSpot does with a request it accepted, on the
+portal its token addresses (`sandbox_state()`, see connector/sandbox/hubspot_accounts.py).
 Route parameters keep the specs' camelCase names so that route names equal the specs' path
 templates (the sandbox counts requests per route under those names).
 """
@@ -14,8 +15,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request, stream_with_context, url_for
+from flask import Blueprint, Response, g, request, stream_with_context, url_for
 
+from connector.sandbox.hubspot_accounts import account_query, sandbox_state
 from connector.sandbox.hubspot_contacts import ALWAYS_RETURNED, DEFAULT_READ_PROPERTIES
 from connector.sandbox.hubspot_errors import (
     HubSpotError,
@@ -41,10 +43,6 @@ BATCH_LIMIT = 100
 RECORD_ERRORS_EVERY = 100  # an import that takes a record_errors fault refuses every 100th row
 MEMBERSHIPS_LIMIT = 250
 EXPORT_CHUNK_ROWS = 1000
-
-
-def sandbox_state() -> SandboxState:
-    return current_app.extensions["hubspot_sandbox"]
 
 
 def _json_body() -> dict[str, Any]:
@@ -466,8 +464,10 @@ def export_status(taskId: str) -> dict:
 
 
 def _export_file_url(state: SandboxState, task: ExportTask) -> str:
-    """The pre-signed link: on this sandbox, or on the configured stand-in for HubSpot's file host."""
+    """The pre-signed link: on this sandbox, or on the configured stand-in for HubSpot's file host
+    (with `?account=` when the export is another portal's than the default one)."""
     path = url_for("hubspot_api.download_export", token=task.download_token, file_name=task.file_name)
+    path += account_query()
     return (state.config.export_file_origin or request.host_url).rstrip("/") + path
 
 

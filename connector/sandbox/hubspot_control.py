@@ -1,5 +1,8 @@
 """The HubSpot sandbox's control endpoints under /_sandbox/ (JSON, no auth): seed, inspect, configure.
 
+Each takes `?account=<portal id>` and acts on that portal (absent: the default portal; a portal
+not seen before is created empty; not a number: 400). The OAuth settings are the sandbox's own.
+
 - POST /_sandbox/seed: {"contacts": [{"id"?: str, "properties": {...}}],
   "lists": [{"listId"?: str, "name": str, "contactIds": [...]}],
   "generate": {"contacts": n, "list_name", "duplicate_every", "malformed_every",
@@ -19,7 +22,18 @@
   way. `record_errors` is a partial failure, as when contacts are merged or deleted while a sync
   runs: a batch update answers 207 with its first input refused (OBJECT_NOT_FOUND, not written); an
   import refuses every 100th row (INVALID_OBJECT_ID, not written). Other requests are unaffected.
-- POST /_sandbox/reset: back to the state the sandbox started in.
+- POST /_sandbox/reset: the portal back to the state the sandbox started in (its OAuth tokens
+  stay valid).
+- POST /_sandbox/oauth: {"next_account": "<portal id>"} the portal the next consents are for
+  (sticky; default: the default portal); {"deny_next": true} the next consent redirects back with
+  error=access_denied (once); {"token_ttl_seconds": n} (n > 0) the lifetime of access tokens
+  issued from now on (default 1800); {"expire_tokens": true} every access token issued so far for
+  the portal expires now; {"revoke_refresh_tokens": true} every refresh token of the portal is refused from
+  now on. All optional -> {"next_account", "deny_next", "token_ttl_seconds"} (the settings now),
+  plus "expired_tokens" / "revoked_refresh_tokens": how many tokens that did.
+- GET /_sandbox/oauth: the portal's counts {"code_grants", "refreshes", "revoked" (refresh
+  tokens deleted through the API), "refused_refreshes" (refreshes refused: revoked token),
+  "expired_rejections" (API requests refused: access token expired)}.
 """
 
 from __future__ import annotations
@@ -30,8 +44,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from connector.sandbox.hubspot_api import sandbox_state
+from connector.sandbox.hubspot_accounts import current_account, portal_key, sandbox_state
 from connector.sandbox.hubspot_contacts import IdRange
+from connector.sandbox.hubspot_oauth import oauth_authority
 from connector.sandbox.hubspot_properties import iso_now
 from connector.sandbox.hubspot_state import SandboxState
 
@@ -169,3 +184,44 @@ def reset() -> ResponseReturnValue:
     with state.lock:
         state.reset()
     return jsonify({"reset": True})
+
+
+OAUTH_SETTINGS = ("next_account", "deny_next", "token_ttl_seconds")
+OAUTH_FLAGS = ("deny_next", "expire_tokens", "revoke_refresh_tokens")
+
+
+@control.get("/oauth")
+def oauth_counts() -> ResponseReturnValue:
+    return jsonify(oauth_authority().counts(current_account()))
+
+
+@control.post("/oauth")
+def configure_oauth() -> ResponseReturnValue:
+    body = _body()
+    authority = oauth_authority()
+    answer = authority.configure(_oauth_settings(body))
+    if body.get("expire_tokens"):
+        answer["expired_tokens"] = authority.expire_all(current_account())
+    if body.get("revoke_refresh_tokens"):
+        answer["revoked_refresh_tokens"] = authority.revoke_all(current_account())
+    return jsonify(answer)
+
+
+def _oauth_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """The OAuth settings `body` changes, checked (ControlError says what is wrong)."""
+    known = sorted({*OAUTH_SETTINGS, *OAUTH_FLAGS})
+    if set(body) - set(known):
+        raise ControlError(f"unknown OAuth controls {sorted(set(body) - set(known))}; known: {known}")
+    flags = [name for name in OAUTH_FLAGS if not isinstance(body.get(name, False), bool)]
+    if flags:
+        raise ControlError(f"{flags[0]} must be true or false")
+    ttl = body.get("token_ttl_seconds", 1)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise ControlError("token_ttl_seconds must be a positive number")
+    changes = {name: body[name] for name in OAUTH_SETTINGS if name in body}
+    if "next_account" in changes:
+        try:
+            changes["next_account"] = portal_key(changes["next_account"])
+        except ValueError as exc:
+            raise ControlError(f"next_account: {exc}") from None
+    return changes

@@ -1,4 +1,5 @@
-"""Everything the HubSpot sandbox remembers, in memory behind one lock (the server is threaded)."""
+"""Everything one portal of the HubSpot sandbox remembers, in memory behind one lock (the server is
+threaded). The sandbox keeps one SandboxState per portal (connector/sandbox/hubspot_accounts.py)."""
 
 from __future__ import annotations
 
@@ -136,6 +137,10 @@ class SandboxState:
         self.lock = threading.Lock()
         self._initial_config = replace(config)
         self.reset()
+
+    def sibling(self, portal_id: int) -> SandboxState:
+        """Another portal, empty, with the settings this one started with (the env token is this one's)."""
+        return SandboxState(replace(self._initial_config, portal_id=portal_id, access_token=None))
 
     def reset(self) -> None:
         self.config = replace(self._initial_config)

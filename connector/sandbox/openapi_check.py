@@ -6,9 +6,11 @@ request HubSpot's published contract does not allow fails loudly in tests instea
 What is checked: the method and path (matched against the path templates, literal segments
 winning over `{params}` as OpenAPI prescribes), path and query parameters (required, type, enum;
 query parameters the operation does not declare are refused, which catches typos), and the body
-(content type, JSON against its schema; multipart field names). Schemas are checked with
-`jsonschema` (Draft 7, close enough to OpenAPI 3.0's dialect; the specs use no `nullable`), and
-`$ref`s resolve inside the spec document they come from.
+(content type, JSON against its schema; multipart field names; a form-urlencoded body's fields,
+each given once, as strings against its schema). Schemas are checked with `jsonschema` (Draft 7,
+close enough to OpenAPI 3.0's dialect; the specs use no `nullable`), and `$ref`s resolve inside
+the spec document they come from. All the specs in the directory are loaded, OAuth's
+(oauth.v1.json) with the CRM's.
 
 The specs are not part of the package: their directory is passed in (`load_checker(directory)`, the
 HubSpot sandbox's `create_app(specs_dir=...)`, `connector sandbox hubspot --specs-dir`) or named by
@@ -21,11 +23,12 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -285,7 +288,19 @@ class OpenApiChecker:
             return [Problem("body", m) for m in self._schema_errors(spec, schema_pointer, document)]
         if media_type == "multipart/form-data":
             return self._check_form_fields(content[media_type].get("schema", {}), form_fields)
+        if media_type == "application/x-www-form-urlencoded":
+            return self._check_urlencoded(spec, schema_pointer, body)
         return []
+
+    def _check_urlencoded(self, spec: str, schema_pointer: str, body: bytes) -> list[Problem]:
+        """A form body: each field once; the fields, as strings, against the schema."""
+        try:
+            pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError) as exc:
+            return [Problem("body", f"invalid form body: {exc}")]
+        repeated = [name for name, times in Counter(name for name, _ in pairs).items() if times > 1]
+        problems = [Problem("body", f"form field {name!r} given more than once") for name in repeated]
+        return problems + [Problem("body", m) for m in self._schema_errors(spec, schema_pointer, dict(pairs))]
 
     @staticmethod
     def _check_form_fields(schema: dict[str, Any], form_fields: Collection[str]) -> list[Problem]:

@@ -1,44 +1,47 @@
 """A local Salesforce: the REST query, describe, sObject Collections and Bulk API 2.0 endpoints the
-connector uses, with Salesforce's auth, API allocation and error answers.
+connector uses, with Salesforce's auth, OAuth flows, API allocation and error answers, for several
+orgs (salesforce_orgs.py).
 
 `connector sandbox salesforce --port 8103` serves it; tests use `create_app()` with
 `serve_in_thread`. Every request under /services/data/vXX.X/ goes through, in order:
 
-1. counting (per "<METHOD> <route>", route = the URL rule, e.g. GET /services/data/v{version}/query);
-2. auth: `Authorization: Bearer <session id>`, the session id being SALESFORCE_ACCESS_TOKEN at
-   create time (any non-empty one when unset) or one issued by POST /services/oauth2/token, and
-   not expired (POST /_sandbox/config {"expire_token": true}); else 401 INVALID_SESSION_ID;
-3. the API version (31.0 to 64.0); else 404 NOT_FOUND;
-4. the daily API allocation: each request counts; once it is used up, 403 REQUEST_LIMIT_EXCEEDED.
-   Every answer carries `Sforce-Limit-Info: api-usage=N/M`;
-5. injected faults (POST /_sandbox/faults);
-6. the endpoint (salesforce_api.py: REST; salesforce_bulk.py: Bulk API 2.0).
+1. the org: the one an OAuth access token was issued for; for any other session id, the default
+   org (SALESFORCE_ORG_ID, else 00DDn0000000001). Every route then uses that org's state only;
+2. counting (per "<METHOD> <route>" in that org, route = the URL rule, e.g.
+   GET /services/data/v{version}/query);
+3. auth: `Authorization: Bearer <session id>`. For the default org, the session id is
+   SALESFORCE_ACCESS_TOKEN at create time (any non-empty one when unset) or one issued by the
+   client-credentials grant, not expired (POST /_sandbox/config {"expire_token": true}). An OAuth
+   access token must be neither expired (token_ttl_seconds, or POST /_sandbox/oauth
+   {"expire_tokens": true}) nor revoked. Else 401 INVALID_SESSION_ID "Session expired or invalid";
+4. the API version (31.0 to 64.0); else 404 NOT_FOUND;
+5. the org's daily API allocation: each request counts; once it is used up, 403
+   REQUEST_LIMIT_EXCEEDED. Every answer carries `Sforce-Limit-Info: api-usage=N/M`;
+6. injected faults (POST /_sandbox/faults);
+7. the endpoint (salesforce_api.py: REST; salesforce_bulk.py: Bulk API 2.0).
 
-POST /services/oauth2/token does the OAuth client-credentials flow: client_id and client_secret
-(form fields or HTTP Basic) are checked against SALESFORCE_CLIENT_ID / SALESFORCE_CLIENT_SECRET
-when those are set. GET /services/data/ (the versions list) needs no auth, as on Salesforce.
-The control endpoints are described in connector/sandbox/salesforce_control.py.
+/services/oauth2/ (authorize, token, revoke: salesforce_oauth.py) is counted in the org the request
+concerns. GET /services/data/ (the versions list) needs no auth, as on Salesforce. The control
+endpoints under /_sandbox/ act on the org `?account=<org id>` names (the default org when absent);
+they are described in connector/sandbox/salesforce_control.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import re
-import secrets
-import time
 
 import click
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from connector.sandbox.salesforce_api import api, supported_version
 from connector.sandbox.salesforce_bulk import advance_jobs, bulk
 from connector.sandbox.salesforce_control import control
-from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id, to_18
+from connector.sandbox.salesforce_ids import to_18
+from connector.sandbox.salesforce_oauth import oauth, requested_org
+from connector.sandbox.salesforce_orgs import OrgDirectory, Session, org_directory
 from connector.sandbox.salesforce_state import (
     SalesforceError,
     SandboxConfig,
@@ -49,7 +52,8 @@ from connector.sandbox.salesforce_state import (
 from connector.sandbox.server import serve_forever
 
 API_PREFIX = "/services/data"
-TOKEN_PATH = "/services/oauth2/token"
+OAUTH_PREFIX = "/services/oauth2/"
+CONTROL_PREFIX = "/_sandbox/"
 RULE_VARIABLE = re.compile(r"<(?:[^:>]+:)?([^>]+)>")
 FAULT_ANSWERS = {
     "http_500": (
@@ -88,11 +92,11 @@ def create_app(
     app.url_map.strict_slashes = False  # simple-salesforce asks for query/ and limits/ with the slash
     assert isinstance(app.json, DefaultJSONProvider)  # Flask's own
     app.json.sort_keys = False  # keep Salesforce's field order
-    app.extensions["salesforce_sandbox"] = SandboxState(config)
+    app.extensions["salesforce_sandbox"] = OrgDirectory(config)
     app.register_blueprint(api)
     app.register_blueprint(bulk)
     app.register_blueprint(control)
-    app.add_url_rule(TOKEN_PATH, "oauth_token", _issue_token, methods=["POST"])
+    app.register_blueprint(oauth)
     app.before_request(_admit_request)
     app.after_request(_add_limit_info)
     app.register_error_handler(SalesforceError, _salesforce_error)
@@ -106,15 +110,17 @@ def _route_name() -> str:
 
 
 def _admit_request() -> None:
-    if not request.path.startswith((API_PREFIX, TOKEN_PATH)):
+    session = _choose_org()
+    if not request.path.startswith((API_PREFIX, OAUTH_PREFIX)):
         return
-    state = sandbox_state()
+    state = session.state
     route = _route_name()
     with state.lock:
         state.request_counts[route] += 1
-    if request.path.rstrip("/") in (API_PREFIX, TOKEN_PATH):
+    if not _needs_session():
         return
-    _check_session(state)
+    if not session.good:
+        raise SalesforceError(401, "INVALID_SESSION_ID", "Session expired or invalid")
     version = (request.view_args or {}).get("version")
     if version is not None and not supported_version(version):
         raise not_found()
@@ -127,12 +133,37 @@ def _admit_request() -> None:
         raise SalesforceError(*FAULT_ANSWERS[fault])
 
 
-def _check_session(state: SandboxState) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    with state.lock:
-        good = scheme.lower() in ("bearer", "oauth") and state.tokens.accepts(token.strip())
-    if not good:
-        raise SalesforceError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+def _needs_session() -> bool:
+    """Every API request but the versions list (GET /services/data/) needs a session."""
+    return request.path.startswith(API_PREFIX) and request.path.rstrip("/") != API_PREFIX
+
+
+def _choose_org() -> Session:
+    """Find the org the request addresses; `sandbox_state()` answers it from here on."""
+    directory = org_directory()
+    g.salesforce_org = directory.default
+    session = _session(directory)
+    g.salesforce_org = session.state
+    return session
+
+
+def _session(directory: OrgDirectory) -> Session:
+    if _needs_session():
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return directory.session(token.strip() if scheme.lower() in ("bearer", "oauth") else "")
+    if request.path.startswith(OAUTH_PREFIX):
+        return Session(requested_org(directory))
+    if request.path.startswith(CONTROL_PREFIX):
+        return Session(_account_state(directory))
+    return Session(directory.default)
+
+
+def _account_state(directory: OrgDirectory) -> SandboxState:
+    """The org a control request's `?account=` names (15 or 18 characters); 400 when it names none."""
+    try:
+        return directory.account(request.args.get("account"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _add_limit_info(response: Response) -> Response:
@@ -141,47 +172,6 @@ def _add_limit_info(response: Response) -> Response:
         with state.lock:
             response.headers["Sforce-Limit-Info"] = state.limit_info()
     return response
-
-
-def _issue_token() -> Response | tuple[Response, int]:
-    """OAuth 2.0 client credentials: a new session id for the client, with the instance URL."""
-    form = request.form
-    if form.get("grant_type") != "client_credentials":
-        return _oauth_error("unsupported_grant_type", "grant type not supported")
-    client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
-    if request.authorization is not None and request.authorization.type == "basic":
-        client_id = request.authorization.username or client_id
-        client_secret = request.authorization.password or client_secret
-    state = sandbox_state()
-    with state.lock:
-        expected_id, expected_secret = state.config.client_id, state.config.client_secret
-        org_id = state.config.org_id
-        if not client_id or (expected_id is not None and not hmac.compare_digest(client_id, expected_id)):
-            return _oauth_error("invalid_client_id", "client identifier invalid")
-        if not client_secret or (
-            expected_secret is not None and not hmac.compare_digest(client_secret, expected_secret)
-        ):
-            return _oauth_error("invalid_client", "invalid client credentials")
-        token = f"{org_id[:15]}!{secrets.token_urlsafe(48)}"
-        state.tokens.issued.add(token)
-    instance_url = request.host_url.rstrip("/")
-    identity = f"{instance_url}/id/{org_id}/{make_id(KEY_PREFIXES['User'], 1)}"
-    issued_at = str(int(time.time() * 1000))
-    signature = hmac.new(client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
-    return jsonify(
-        {
-            "access_token": token,
-            "instance_url": instance_url,
-            "id": identity,
-            "token_type": "Bearer",
-            "issued_at": issued_at,
-            "signature": base64.b64encode(signature).decode(),
-        }
-    )
-
-
-def _oauth_error(code: str, description: str) -> tuple[Response, int]:
-    return jsonify({"error": code, "error_description": description}), 400
 
 
 def _salesforce_error(exc: SalesforceError) -> tuple[Response, int]:

@@ -1,5 +1,9 @@
 """The Salesforce sandbox's control endpoints under /_sandbox/ (JSON, no auth): seed, inspect, configure.
 
+Every one takes `?account=<org id>` (15 or 18 characters, key prefix 00D; 400 otherwise) and acts on
+that org, created empty when first named; without it, on the default org (SALESFORCE_ORG_ID, else
+00DDn0000000001). API requests reach an org through their session id (salesforce_orgs.py).
+
 - POST /_sandbox/seed: {"contacts": [{"Id"?, "Email", "Phone", "FirstName", "LastName", ...}],
   "leads": [{..., "IsConverted": bool}], "campaigns": [{"Id"?, "Name", "members":
   [{"ContactId" | "LeadId", "Status"?}]}], "deleted_ids": [...], "validation_rule_ids": [...],
@@ -26,7 +30,23 @@
   "request_limit" | "concurrent_limit", "count": n}: the next n matching API requests fail that way
   (`request_limit`: 403 REQUEST_LIMIT_EXCEEDED for the daily allocation; `concurrent_limit`: the same
   errorCode for the concurrent long-running request limit, "ConcurrentPerOrgLongTxn Limit exceeded.").
-- POST /_sandbox/reset: back to the state the sandbox started in.
+- POST /_sandbox/reset: the org back to the state it started in (its OAuth tokens stay good);
+  with {"all": true}, the whole sandbox: the default org only, reset, no OAuth code or token, the
+  OAuth settings back to their defaults.
+- POST /_sandbox/oauth: {"next_account": "<org id>" | null, "deny_next": true, "token_ttl_seconds": n,
+  "expire_tokens": true, "revoke_refresh_tokens": true} (any subset). `next_account`: the org every
+  consent (GET /services/oauth2/authorize) is for from now on (null: the default org); `deny_next`:
+  the next consent redirects back with error=access_denied (once); `token_ttl_seconds`: the lifetime
+  of OAuth access tokens issued from now on (7200 unless set); `expire_tokens`: every OAuth access
+  token of the ?account= org expires now (API requests with it: 401 INVALID_SESSION_ID);
+  `revoke_refresh_tokens`: every refresh token of the ?account= org is refused from now on.
+  -> {"next_account", "deny_next", "token_ttl_seconds", "expired_tokens": n, "revoked_refresh_tokens": n}.
+  Neither touches the configured or client-credentials sessions of the default org (POST
+  /_sandbox/config {"expire_token": true} expires those).
+- GET /_sandbox/oauth: counts for the ?account= org: {"code_grants", "refreshes", "revoked" (POST
+  /services/oauth2/revoke calls that revoked a token), "refused_refreshes" (refresh grants refused
+  for a known refresh token), "expired_rejections" (API requests refused because their OAuth access
+  token had expired)}.
 """
 
 from __future__ import annotations
@@ -38,6 +58,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.sandbox.salesforce_ids import object_for_id, to_18
+from connector.sandbox.salesforce_orgs import org_directory
 from connector.sandbox.salesforce_records import GenerateKnobs
 from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json, utc_now
 from connector.sandbox.salesforce_state import SandboxState, sandbox_state
@@ -338,7 +359,32 @@ def add_fault() -> ResponseReturnValue:
 
 @control.post("/reset")
 def reset() -> ResponseReturnValue:
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and body.get("all") is True:
+        org_directory().reset_all()
+        return jsonify({"reset": True, "all": True})
     state = sandbox_state()
     with state.lock:
         state.reset()
     return jsonify({"reset": True})
+
+
+# ---- OAuth ----
+
+
+@control.post("/oauth")
+def configure_oauth() -> ResponseReturnValue:
+    body = _body()
+    directory = org_directory()
+    with directory.lock:
+        try:
+            return jsonify(directory.oauth.configure(sandbox_state().config.org_id, body))
+        except (ValueError, TypeError) as exc:
+            raise ControlError(str(exc)) from None
+
+
+@control.get("/oauth")
+def oauth_counts() -> ResponseReturnValue:
+    directory = org_directory()
+    with directory.lock:
+        return jsonify(directory.oauth.counts_of(sandbox_state().config.org_id))

@@ -5,7 +5,9 @@ record's own part) plus a 3-character suffix that makes it case-insensitive: eac
 encodes, for one 5-character chunk of the 15, which of its characters are upper-case letters.
 
 The sandbox builds ids as `prefix + "Dn000" + 7 base-62 digits of a serial`, so an id it issued
-maps back to the serial that indexes its storage without any lookup table.
+maps back to the serial that indexes its storage without any lookup table. Each org of the sandbox
+takes its serials from a range of its own (`ORG_SERIAL_SPAN` wide), so ids never repeat across orgs,
+as on Salesforce.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 SUFFIX_ALPHABET = string.ascii_uppercase + "012345"
 SANDBOX_MARK = "Dn000"  # pod and reserved characters of every id the sandbox issues
 SERIAL_DIGITS = 7
+MAX_ORGS = 64
+ORG_SERIAL_SPAN = 62**SERIAL_DIGITS // MAX_ORGS  # serials of org n: n * span + 1 ...
 
 
 # Upper-case letters to "1", every other id character to "0": read backwards, a 15-bit number whose
@@ -62,6 +66,17 @@ def to_18(value: object) -> str | None:
     id18 = value[:15] + case_suffix(value[:15])
     # Salesforce accepts an 18-character id whatever the suffix's case, never with a wrong suffix.
     return id18 if len(value) == 15 or value[15:].upper() == id18[15:] else None
+
+
+def to_org_id(value: object) -> str:
+    """The 18-character form of an org id (15 or 18 characters, key prefix 00D); ValueError saying why not."""
+    id18 = to_18(value)
+    if id18 is not None and object_for_id(id18) == "Organization":
+        return id18
+    hint = ""
+    if isinstance(value, str) and len(value) == 18 and to_18(value[:15]):
+        hint = f"; the case suffix is wrong: {value[:15]} is {to_18(value[:15])} in 18 characters"
+    raise ValueError(f"{value!r} is not an org id (15 or 18 characters, key prefix 00D{hint})")
 
 
 PAIR_VALUES = {pair: value for value, pair in enumerate(DIGIT_PAIRS)}

@@ -238,12 +238,12 @@ class GeneratedCampaign:
 class RecordStore:
     """Every record of every object, addressed by serial (guarded by the state's lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_serial: int = 1) -> None:
         self._seeded: dict[int, tuple[str, dict[str, Any]]] = {}
         self._seeded_by_object: dict[str, list[int]] = {}
         self._serial_by_id: dict[str, int] = {}
         self._campaigns: list[GeneratedCampaign] = []
-        self._next_serial = 1
+        self._next_serial = first_serial  # each org has a range of its own (salesforce_ids.py)
         self.deleted: set[int] = set()
         self.validation_rule: set[int] = set()
 

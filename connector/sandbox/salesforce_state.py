@@ -1,4 +1,7 @@
-"""Everything the Salesforce sandbox remembers, in memory behind one lock (the server is threaded)."""
+"""Everything one org of the Salesforce sandbox remembers, in memory behind one lock (the server is
+threaded). The sandbox holds several orgs (salesforce_orgs.py); `sandbox_state()` is the one a
+request addresses, chosen before it runs (salesforce.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import current_app
+from flask import g
 
 from connector.sandbox.faults import FaultPlan
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id
@@ -67,7 +70,8 @@ class SandboxConfig:
 
 
 class TokenBook:
-    """Which bearer tokens are good: the configured one (or any), those issued by OAuth, none expired."""
+    """The default org's own sessions: the configured one (or any), those the client-credentials grant
+    issued, none expired. OAuth web-server flow tokens are kept apart (salesforce_tokens.py)."""
 
     def __init__(self, configured: str | None) -> None:
         self.configured = configured
@@ -104,16 +108,18 @@ class QueryCursor:
 
 
 class SandboxState:
-    def __init__(self, config: SandboxConfig) -> None:
+    def __init__(self, config: SandboxConfig, id_base: int = 0) -> None:
         self.lock = threading.Lock()
         self._initial = config
+        self.id_base = id_base  # this org's records, jobs and cursors take serials after it
+        self.user_id = make_id(KEY_PREFIXES["User"], id_base + 1)  # the user OAuth sessions act as
         self._uploads: tempfile.TemporaryDirectory[str] | None = None
         self.reset()
 
     def reset(self) -> None:
         self.config = SandboxConfig(**vars(self._initial))
         self.schema = Schema()
-        self.store = RecordStore()
+        self.store = RecordStore(first_serial=self.id_base + 1)
         self.tokens = TokenBook(self.config.access_token)
         self.faults = FaultPlan(FAULT_KINDS)
         self.request_counts: Counter[str] = Counter()
@@ -133,7 +139,7 @@ class SandboxState:
     def new_id(self, kind: str) -> str:
         """A fresh id for a job, cursor or other non-record thing (`kind` names its key prefix)."""
         self._serials[kind] += 1
-        return make_id(KEY_PREFIXES[kind], self._serials[kind])
+        return make_id(KEY_PREFIXES[kind], self.id_base + self._serials[kind])
 
     def upload_path(self, job_id: str) -> Path:
         assert self._uploads is not None
@@ -187,4 +193,6 @@ class SandboxState:
 
 
 def sandbox_state() -> SandboxState:
-    return current_app.extensions["salesforce_sandbox"]
+    """The state of the org the current request addresses (its session's, or ?account= for controls)."""
+    state: SandboxState = g.salesforce_org
+    return state
