@@ -248,6 +248,9 @@ def segments() -> None:
 @click.option("--max-net-cost", type=float)
 @click.option("--name")
 @click.option("--target-country", help="ISO2 region for phones (default: the connection's).")
+@click.option(
+    "--connection-id", type=int, help="The connection it syncs through (needed when the CRM has several)."
+)
 def segments_add(**options: object) -> None:
     """Create a segment."""
     from connector.pipeline.parameters import parse_cli_parameter
@@ -294,6 +297,31 @@ def segments_sync(segment_id: int) -> None:
 
     sync = sync_segment(_runtime(), segment_id, "cli")
     click.echo(f"sync {sync.id}: {sync.status}")
+
+
+@main.group()
+def keys() -> None:
+    """CONNECTOR_SECRET_KEY: the Fernet keys that encrypt stored OAuth tokens."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key. To rotate: put it first in CONNECTOR_SECRET_KEY (comma-separated, the old key
+    after it), run `connector keys rotate`, then drop the old key."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored token under the first key of CONNECTOR_SECRET_KEY."""
+    from connector.pipeline.connections import rotate_keys
+    from connector.secretbox import require_secret_box
+
+    require_secret_box(_settings())  # unset or malformed: one line and exit 2, before any connection
+    done = rotate_keys(_runtime())
+    click.echo(f"{done} connections re-encrypted")
 
 
 def _runtime() -> Runtime:

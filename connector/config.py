@@ -56,6 +56,8 @@ class Settings:
     data_dir: Path = Path("./var")
     admin_token: str | None = None
     public_base_url: str | None = None
+    # Fernet key(s), comma-separated: the first encrypts, all decrypt (connector/secretbox.py).
+    secret_key: str | None = field(default=None, repr=False)
     # Reverse proxies in front of the web process that append to X-Forwarded-For: the client address
     # (for the sign-in throttle) is the one the outermost of them saw. 0: the header is ignored.
     trusted_proxy_count: int = 0
@@ -98,6 +100,7 @@ class Settings:
             data_dir=Path(_str(env, "CONNECTOR_DATA_DIR", "./var") or "./var"),
             admin_token=_str(env, "ADMIN_TOKEN"),
             public_base_url=_str(env, "PUBLIC_BASE_URL"),
+            secret_key=_str(env, "CONNECTOR_SECRET_KEY"),
             trusted_proxy_count=_count(env, "TRUSTED_PROXY_COUNT", 0),
             apexverify_base_url=(_str(env, "APEXVERIFY_BASE_URL", cls.apexverify_base_url) or "").rstrip("/"),
             apexverify_api_key=_str(env, "APEXVERIFY_API_KEY"),
@@ -129,7 +132,8 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
-        own = [v for v in (self.apexverify_api_key, self.admin_token) if v]
+        keys = (self.secret_key or "").split(",")
+        own = [v.strip() for v in (self.apexverify_api_key, self.admin_token, *keys) if v and v.strip()]
         return own + [value for name, value in self.env.items() if value and is_secret_name(name)]
 
     def public_dict(self) -> dict[str, object]:

@@ -1,7 +1,9 @@
 """Structured logs that never carry a secret.
 
 Every record becomes one JSON line with the message as `event` plus its `extra` fields;
-configured secret values are replaced by `***` wherever they appear. Commands run by a person
+configured secret values are replaced by `***` wherever they appear, and so are the secrets a
+process learns as it runs (an OAuth connection's tokens, read from the database: `add_secret`).
+Commands run by a person
 (`verify`, `demo`) get the same fields as one short line (`human=True`) and write to whatever
 `sys.stderr` is at that moment, so a live view that redirects it prints them above itself.
 """
@@ -15,6 +17,18 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Secrets learnt at run time, newest last; bounded, since a long-lived worker sees every refresh.
+_LEARNT: dict[str, None] = {}
+MAX_LEARNT_SECRETS = 2000
+
+
+def add_secret(*values: str | None) -> None:
+    """Redact these values from every log line of this process from now on."""
+    for value in values:
+        if value and len(value) >= 8 and value not in _LEARNT:
+            _LEARNT[value] = None
+            if len(_LEARNT) > MAX_LEARNT_SECRETS:
+                del _LEARNT[next(iter(_LEARNT))]
 
 
 class RedactingJsonFormatter(logging.Formatter):
@@ -35,8 +49,9 @@ class RedactingJsonFormatter(logging.Formatter):
         return self.redact(json.dumps(entry, default=str))
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
+        for secret in (*self.secrets, *_LEARNT):
+            if secret in text:
+                text = text.replace(secret, "***")
         return text
 
 

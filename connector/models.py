@@ -74,19 +74,33 @@ class ContactOutcome(enum.StrEnum):
 class Connection(Base):
     """One CRM account (a portal, an org) or the local file source.
 
-    Credentials stay in the environment; this row names the account and its field mapping.
+    An `env` connection's credentials stay in the environment; an `oauth` one's tokens are kept
+    here, encrypted with CONNECTOR_SECRET_KEY (connector/secretbox.py), and its webhook secret
+    only as a SHA-256 digest (deliveries are routed by it; the secret is shown once, at install).
     """
 
     __tablename__ = "connections"
-    __table_args__ = (UniqueConstraint("crm", "external_id", name="uq_connections_crm_external_id"),)
+    __table_args__ = (
+        UniqueConstraint("crm", "external_id", name="uq_connections_crm_external_id"),
+        UniqueConstraint("webhook_secret_digest", name="uq_connections_webhook_secret_digest"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     crm: Mapped[str] = mapped_column(String(20))
     external_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(255))
     # Per-connection choices: {"default_country": "US", "field_names": {...}, "parameters": {...}}
+    # and, for an OAuth account whose CRM says so, where it lives: {"instance_url": ...}.
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    auth: Mapped[str] = mapped_column(String(10), default="env", server_default="env")
+    status: Mapped[str] = mapped_column(String(20), default="connected", server_default="connected")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Fernet token of {"access_token", "refresh_token", "expires_at"}; null for env connections
+    # and once disconnected.
+    credentials: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Segment(Base):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connector.config import Settings
+from connector.errors import ConnectorError
 
 if TYPE_CHECKING:  # for annotations only: importing redis costs 150 ms, which every CLI command would pay
     from redis import Redis
@@ -101,6 +102,33 @@ class FlagWriter(Protocol):
 Sleep = Callable[[float], None]
 
 
+class TokenSource(Protocol):
+    """The access token of an OAuth connection, kept fresh (crm/tokens.py keeps them in the database)."""
+
+    def access_token(self) -> str:
+        """A token that stays valid for a while yet: refreshed first when it is about to expire."""
+        ...
+
+    def refresh(self, refused: str) -> str:
+        """A new token after the CRM refused `refused` (401): refreshed once across all workers, or
+        the one another worker just got. Raises TransientError (the sync pauses) when the CRM
+        refuses the refresh token: the connection then needs a new install."""
+        ...
+
+
+@dataclass(frozen=True)
+class Account:
+    """The CRM account (portal, org) a sync reads and writes, and how to authenticate to it."""
+
+    connection_id: int | None = None
+    external_id: str | None = None  # portal id, org id
+    tokens: TokenSource | None = None  # None: the environment's credentials (the env connection)
+    instance_url: str | None = None  # where an OAuth-installed account lives, when the CRM says
+
+
+ENV_ACCOUNT = Account()
+
+
 @dataclass(frozen=True)
 class CrmContext:
     """What a CRM's sources, readers and writers are built from, for one sync."""
@@ -110,6 +138,44 @@ class CrmContext:
     sleep: Sleep
     work_dir: Path  # the sync's own folder: bulk exports and imports are kept there
     field_names: dict[str, str] | None = None  # the connection's renamed flag fields, if any
+    account: Account = ENV_ACCOUNT
+
+
+@dataclass(frozen=True)
+class OAuthGrant:
+    """What a CRM's token endpoint answered to a code exchange or a refresh."""
+
+    access_token: str
+    refresh_token: str | None  # None on a refresh that keeps the previous one
+    expires_at: float | None  # epoch seconds; None: the CRM does not say (a session that lasts until idle)
+    account_id: str  # portal id / org id, learnt from the CRM (never from the browser); "" on refresh
+    account_name: str | None = None
+    instance_url: str | None = None
+
+
+class RefreshRefused(ConnectorError):
+    """The CRM refused a refresh token (revoked, app uninstalled): the connection needs a new install."""
+
+
+@dataclass(frozen=True)
+class OAuthApp:
+    """How a CRM is installed by OAuth and its tokens kept fresh (crm/<name>/oauth.py).
+
+    Every call raises ConnectorError with a clear message (never a token) when the CRM refuses,
+    RefreshRefused for a refused refresh token, TransientError when the CRM did not answer.
+    """
+
+    # Why installs are off (the unset variables), or None when the app is configured.
+    missing: Callable[[Settings], str | None]
+    # (settings, redirect URI, state, PKCE code challenge or None) → the CRM's consent page URL.
+    authorize_url: Callable[[Settings, str, str, str | None], str]
+    pkce: bool
+    # (settings, code, redirect URI, PKCE verifier or None) → the grant, its account learnt from the CRM.
+    exchange_code: Callable[[Settings, str, str, str | None], OAuthGrant]
+    # (settings, refresh token) → a new access token.
+    refresh: Callable[[Settings, str], OAuthGrant]
+    # (settings, refresh token): revoke it at the CRM (disconnect).
+    revoke: Callable[[Settings, str], None]
 
 
 @dataclass(frozen=True)
@@ -130,6 +196,24 @@ class Lookup(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
+class AccountDirectory(Protocol):
+    """The connections of one CRM, for routing a webhook delivery (pipeline/intake.py keeps it)."""
+
+    def connection_of(self, account_id: str | None) -> int | None:
+        """The id of the live connection of this portal/org (forms the CRM calls equal match);
+        None when there is none, or it was disconnected. `None` as account: the env connection."""
+        ...
+
+    def connection_with_secret(self, secret: str) -> tuple[int, str] | None:
+        """(connection id, account id) of the OAuth connection whose webhook secret this is."""
+        ...
+
+    def has_secrets(self) -> bool:
+        """Whether a live connection has a webhook secret of its own: then a wrong secret is a 401,
+        not a sign that webhooks were never configured (503)."""
+        ...
+
+
 @dataclass(frozen=True)
 class WebhookRequest:
     """A webhook delivery as the web layer received it; `url` is the public URL it was sent to."""
@@ -141,6 +225,7 @@ class WebhookRequest:
     headers: Lookup
     args: Lookup
     now_ms: int
+    accounts: AccountDirectory
 
 
 @dataclass(frozen=True)
@@ -157,8 +242,9 @@ ContactsByType = list[tuple[str, IncomingContact]]
 
 @dataclass
 class WebhookDelivery:
-    """What an authenticated delivery brought, and how to answer it."""
+    """What an authenticated delivery brought for one connection, and how to answer it."""
 
+    connection_id: int
     # (dedupe key, contacts it brought): a redelivery under a key already seen adds nothing.
     keyed: list[tuple[str, ContactsByType]] = field(default_factory=list)
     unkeyed: ContactsByType = field(default_factory=list)
@@ -186,9 +272,10 @@ class Crm:
     record_reader: Callable[[CrmContext], RecordReader]
     # (context, type, expected updates, objects written) → writer; bulk above settings.crm_bulk_threshold.
     flag_writer: Callable[[CrmContext, str, int, tuple[str, ...]], FlagWriter]
-    # Authenticates and reads a delivery to /webhooks/<name> (raises WebhookRefused / InputError /
-    # ConfigError); None: the CRM sends no webhooks.
-    read_webhook: Callable[[Settings, WebhookRequest], WebhookDelivery] | None = None
+    # Authenticates and reads a delivery to /webhooks/<name>, one WebhookDelivery per connection it
+    # concerns (raises WebhookRefused — 403 for an account without a connection — InputError or
+    # ConfigError, and then nothing is stored); None: the CRM sends no webhooks.
+    read_webhook: Callable[[Settings, WebhookRequest], list[WebhookDelivery]] | None = None
     # The OpenAPI operation of its webhook path (its 200 answer included), and the error statuses
     # it may answer with (each documented with the common error body).
     webhook_openapi: Mapping[str, Any] = field(default_factory=dict)
@@ -196,3 +283,12 @@ class Crm:
     # A value a delivery claims is a hint (anyone with the token could send it, and redeliveries
     # arrive out of order): read each buffered record's current value by id before verifying.
     read_back_buffered: bool = False
+    # Installs by OAuth (GET /admin/connect/<name>); None: env credentials only.
+    oauth: OAuthApp | None = None
+    # An account id in the form two spellings of one account share (e.g. 15 of 18 characters).
+    same_account: Callable[[str], str] = str
+    # Deliveries are routed by the connection's own webhook secret (made at install, shown once);
+    # False: by an account id the delivery carries, under one app-wide signature.
+    routes_by_secret: bool = False
+    # The env connection has credentials (a token or client credentials) in the environment.
+    env_configured: Callable[[Settings], bool] = lambda settings: False

@@ -6,6 +6,9 @@ running is deferred: the next tick tries again, and if a newer due time has come
 older one is folded into it rather than run late. So is a segment whose list another trigger
 (a webhook, an operator) is syncing: the sync it is answered with is not the scheduled one.
 
+Segments whose connection was disconnected are skipped until it is installed again (a due time
+missed meanwhile then starts at the next tick).
+
 Each segment is tried on its own: a schedule that fails to compute (one stored before such
 schedules were refused, e.g. 30 February) or a database error for one segment is logged and the
 tick goes on with the others.
@@ -19,7 +22,7 @@ from datetime import datetime
 from croniter import croniter
 from sqlalchemy import select
 
-from connector.models import Segment, Sync, utcnow
+from connector.models import Connection, Segment, Sync, utcnow
 from connector.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,9 @@ def enqueue_due_segment_syncs(runtime: Runtime | None = None, now: datetime | No
     with runtime.session() as session:
         segments = session.execute(
             select(Segment.id, Segment.schedule, Segment.created_at)
+            .join(Connection, Connection.id == Segment.connection_id)
             .where(Segment.schedule.is_not(None), Segment.deleted_at.is_(None))
+            .where(Connection.status != "disconnected")
             .order_by(Segment.id)
         ).all()
     for segment_id, schedule, created_at in segments:
@@ -79,4 +84,3 @@ def _start_if_due(
     # DEBUG: every tick (20 s) repeats it for as long as the segment's earlier sync runs.
     log.debug("scheduled_sync_deferred", extra={"segment_id": segment_id, "due": due.isoformat()})
     return None
-

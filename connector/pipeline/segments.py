@@ -11,9 +11,8 @@ from sqlalchemy import select, update
 
 from connector.crm.base import SegmentKind
 from connector.crm.registry import segment_kinds
-from connector.errors import InputError, NotFoundError
-from connector.models import Segment, Sync, utcnow
-from connector.pipeline.intake import crm_connection
+from connector.errors import ConnectorError, InputError, NotFoundError
+from connector.models import Connection, Segment, Sync, utcnow
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.syncs import create_sync
 from connector.runtime import Runtime
@@ -21,6 +20,9 @@ from connector.states import UNSETTLED_VALUES
 
 FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
           "max_net_cost", "name", "target_country"}  # fmt: skip
+# Also accepted on input: the connection the segment syncs through (pipeline/connections.py picks
+# the CRM's only one when it is left out).
+INPUT_FIELDS = FIELDS | {"connection_id"}
 # A schedule must fire within this many years (a five-field cron that fires at all does: 29 February
 # skips at most eight, 2096 to 2104); croniter would otherwise search 50 years, then raise.
 SCHEDULE_HORIZON_YEARS = 8
@@ -30,7 +32,7 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
     """The segment's fields, checked; `current` holds the stored ones when patching."""
     if not isinstance(data, dict):
         raise InputError("malformed_json", "expected a JSON object")
-    unknown = set(data) - FIELDS
+    unknown = set(data) - INPUT_FIELDS
     if unknown:
         raise InputError("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
     merged = {**(current or {}), **data}
@@ -121,14 +123,17 @@ def segment_json(segment: Segment) -> dict[str, Any]:
     return {
         "id": segment.id,
         **{name: getattr(segment, name) for name in sorted(FIELDS)},
+        "connection_id": segment.connection_id,
         "created_at": segment.created_at.isoformat(),
         "updated_at": segment.updated_at.isoformat(),
     }
 
 
 def create_segment(runtime: Runtime, data: Any) -> Segment:
+    from connector.pipeline.connections import segment_connection
+
     fields = validate_segment(data)
-    connection = crm_connection(runtime, fields["crm"])
+    connection = segment_connection(runtime, fields["crm"], data.get("connection_id"))
     with runtime.session() as session:
         segment = Segment(connection_id=connection.id, **fields)
         session.add(segment)
@@ -136,11 +141,15 @@ def create_segment(runtime: Runtime, data: Any) -> Segment:
 
 
 def update_segment(runtime: Runtime, segment_id: int, data: Any) -> Segment:
+    from connector.pipeline.connections import segment_connection
+
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         fields = validate_segment(data, {name: getattr(segment, name) for name in FIELDS})
-        if fields["crm"] != segment.crm:  # moved to the other CRM: its syncs must use that CRM's connection
-            segment.connection_id = crm_connection(runtime, fields["crm"]).id
+        if "connection_id" in data:
+            segment.connection_id = segment_connection(runtime, fields["crm"], data["connection_id"]).id
+        elif fields["crm"] != segment.crm:  # moved to the other CRM: its syncs must use that CRM's connection
+            segment.connection_id = segment_connection(runtime, fields["crm"]).id
         for name, value in fields.items():
             setattr(segment, name, value)
         segment.updated_at = utcnow()
@@ -165,6 +174,10 @@ def get_segment(session: Any, segment_id: int) -> Segment:
     return segment
 
 
+class ConnectionDisconnected(ConnectorError):
+    http_status = 409
+
+
 def sync_segment(
     runtime: Runtime, segment_id: int, trigger: str, *, idempotency_key: str | None = None
 ) -> Sync:
@@ -176,7 +189,14 @@ def sync_segment(
         ).first()
         if running is not None:
             return running
-        connection_settings = crm_connection(runtime, segment.crm).settings or {}
+        connection = session.get(Connection, segment.connection_id)
+        if connection is None or connection.status == "disconnected":
+            raise ConnectionDisconnected(
+                "connection_disconnected",
+                f"segment {segment_id} syncs through connection {segment.connection_id}, which is "
+                "disconnected: install it again (or move the segment to another connection) first",
+            )
+        connection_settings = connection.settings or {}
     country = segment.target_country or connection_settings.get(
         "default_country", runtime.settings.default_country
     )

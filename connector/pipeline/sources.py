@@ -16,6 +16,7 @@ from sqlalchemy import select
 from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentSource, Sleep
 from connector.crm.file import FileSegmentSource, NullFlagWriter
 from connector.crm.registry import crm_named, crm_of_kind
+from connector.crm.tokens import account_for
 from connector.errors import ConnectorError
 from connector.models import CoalescedContact, Connection, Sync
 from connector.pipeline.coalesce import CoalescedSource
@@ -60,12 +61,18 @@ def writer_for(
 
 
 def crm_context(runtime: Runtime, sync: Sync, sleep: Sleep) -> CrmContext:
+    with runtime.session() as session:
+        connection = session.get(Connection, sync.connection_id)
+        if connection is None:
+            raise ConnectorError("unknown_connection", f"sync {sync.id} names a missing connection")
+        session.expunge(connection)
     return CrmContext(
         settings=runtime.settings,
         redis=runtime.redis,
         sleep=sleep,
         work_dir=runtime.data_dir() / "syncs" / str(sync.id),
-        field_names=_field_names(runtime, sync),
+        field_names=(connection.settings or {}).get("field_names"),
+        account=account_for(runtime, connection),
     )
 
 
@@ -80,9 +87,3 @@ def _objects(runtime: Runtime, crm: Crm, sync: Sync) -> tuple[str, ...]:
             ).all()
         return tuple(sorted(o for o in found if o in crm.objects)) or crm.objects[:1]
     return crm.objects
-
-
-def _field_names(runtime: Runtime, sync: Sync) -> dict[str, str] | None:
-    with runtime.session() as session:
-        connection = session.get(Connection, sync.connection_id)
-        return (connection.settings or {}).get("field_names") if connection else None

@@ -1,4 +1,5 @@
-"""The admin API: list and inspect syncs, retry / cancel / approve them, download their results."""
+"""The admin API: list and inspect syncs, retry / cancel / approve them, download their results;
+segments; the CRM connections (list, inspect, disconnect)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from werkzeug.wsgi import wrap_file
 
 from connector.errors import ConnectorError, InputError, NotFoundError
 from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.pipeline.connections import connection_json, disconnect, get_connection, list_connections
 from connector.pipeline.segments import (
     create_segment,
     delete_segment,
@@ -185,6 +187,7 @@ def sync_json(session: Any, sync: Sync) -> dict[str, Any]:
         "name": sync.name,
         "status": sync.status,
         "segment_id": sync.segment_id,
+        "connection_id": sync.connection_id,
         "trigger": sync.trigger,
         "crm": sync.crm,
         "type": sync.type,
@@ -296,6 +299,31 @@ def remove_segment(segment_id: int) -> ResponseReturnValue:
 @admin.post("/segments/<int(max=9223372036854775807):segment_id>/sync")
 def start_segment(segment_id: int) -> ResponseReturnValue:
     return _after_action(sync_segment(current_runtime(), segment_id, "admin").id)
+
+
+@admin.get("/connections")
+def all_connections() -> ResponseReturnValue:
+    base = webhook_base_url()
+    return jsonify({"connections": [connection_json(c, base) for c in list_connections(current_runtime())]})
+
+
+@admin.get("/connections/<int(max=9223372036854775807):connection_id>")
+def show_connection(connection_id: int) -> ResponseReturnValue:
+    return jsonify(connection_json(get_connection(current_runtime(), connection_id), webhook_base_url()))
+
+
+@admin.delete("/connections/<int(max=9223372036854775807):connection_id>")
+def remove_connection(connection_id: int) -> ResponseReturnValue:
+    """Disconnect: revoke at the CRM, forget the tokens, stop the schedules (409 for an env connection)."""
+    runtime = current_runtime()
+    get_connection(runtime, connection_id)  # 404 for the file source's row too
+    return jsonify(connection_json(disconnect(runtime, connection_id), webhook_base_url()))
+
+
+def webhook_base_url() -> str:
+    """Where CRMs reach this deployment: PUBLIC_BASE_URL, else the URL this request came to."""
+    public = current_runtime().settings.public_base_url
+    return (public or request.host_url).rstrip("/")
 
 
 def _json_body() -> Any:

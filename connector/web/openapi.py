@@ -43,6 +43,7 @@ SYNC = {
         "id",
         "status",
         "segment_id",
+        "connection_id",
         "trigger",
         "crm",
         "type",
@@ -60,6 +61,7 @@ SYNC = {
         "name": {"type": "string"},
         "status": {"type": "string", "enum": [s.value for s in SyncStatus]},
         "segment_id": {"type": "integer", "nullable": True},
+        "connection_id": {"type": "integer"},
         "trigger": {"type": "string", "enum": ["webhook", "schedule", "admin", "cli"]},
         "crm": {"type": "string"},
         "type": {"type": "string", "enum": ["email", "phone"]},
@@ -86,6 +88,32 @@ SEGMENT_FIELDS: dict[str, dict[str, Any]] = {
     "max_net_cost": {"type": "number", "nullable": True},
     "name": NULLABLE_STRING,
     "target_country": NULLABLE_STRING,
+    # Required on input when the CRM has several live connections; the only one otherwise.
+    "connection_id": {"type": "integer", "minimum": 1, "nullable": True},
+}
+CONNECTION_ID = {
+    "name": "connection_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+CONNECTION_FIELDS = ["id", "crm", "external_id", "name", "auth", "status", "last_error", "created_at",
+                     "updated_at", "webhook_url"]  # fmt: skip
+CONNECTION = {
+    "type": "object",
+    "required": CONNECTION_FIELDS,
+    "properties": {
+        "id": {"type": "integer"},
+        "crm": {"type": "string"},
+        "external_id": {"type": "string", "description": "portal id / org id"},
+        "name": {"type": "string"},
+        "auth": {"type": "string", "enum": ["env", "oauth"]},
+        "status": {"type": "string", "enum": ["connected", "needs_reauth", "disconnected"]},
+        "last_error": NULLABLE_STRING,
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "webhook_url": {"type": "string", "description": "where the CRM sends this connection's webhooks"},
+    },
 }
 
 
@@ -128,6 +156,7 @@ def document() -> dict[str, Any]:
                     "properties": {"id": {"type": "integer"}, **segment_fields()},
                 },
                 "SegmentInput": {"type": "object", "properties": segment_fields()},
+                "Connection": CONNECTION,
             },
         },
         "paths": {
@@ -266,9 +295,42 @@ def document() -> dict[str, Any]:
             "/admin/segments/{segment_id}/sync": {
                 "post": _admin(
                     "start a sync of the segment",
-                    {"202": _json(_ref("Sync"), "started, or the source's sync still unsettled")},
+                    {
+                        "202": _json(_ref("Sync"), "started, or the source's sync still unsettled"),
+                        "409": ERROR,
+                    },
                     parameters=[SEGMENT_ID],
                 )
+            },
+            "/admin/connections": {
+                "get": _admin(
+                    "list the CRM connections (portals, orgs)",
+                    {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["connections"],
+                                "properties": {"connections": {"type": "array", "items": _ref("Connection")}},
+                            },
+                            "every connection, oldest first",
+                        )
+                    },
+                )
+            },
+            "/admin/connections/{connection_id}": {
+                "get": _admin(
+                    "one connection",
+                    {"200": _json(_ref("Connection"), "the connection")},
+                    parameters=[CONNECTION_ID],
+                ),
+                "delete": _admin(
+                    "disconnect: revoke the refresh token at the CRM, forget the tokens, stop the schedules",
+                    {
+                        "200": _json(_ref("Connection"), "disconnected"),
+                        "409": _json(_ref("Error"), "an env connection: remove its environment variables"),
+                    },
+                    parameters=[CONNECTION_ID],
+                ),
             },
         },
     }

@@ -37,6 +37,7 @@ from werkzeug.exceptions import HTTPException
 from wtforms import ValidationError
 
 from connector.config import Settings
+from connector.crm.registry import crm_named
 from connector.errors import ConnectorError
 from connector.models import Sync, SyncStatus
 from connector.pipeline.segments import list_segments, segment_json, sync_segment
@@ -51,10 +52,13 @@ from connector.web.admin import (
 )
 from connector.web.admin_auth import TooManyAttempts, configured_admin_token, token_accepted
 from connector.web.context import current_runtime
+from connector.web.ops_connections import connections
 
 log = logging.getLogger(__name__)
 
 ops = Blueprint("ops", __name__, url_prefix="/admin", template_folder="templates")
+# Connections and OAuth installs (ops_connections.py): nested, so every hook and handler here applies.
+ops.register_blueprint(connections)
 SESSION_LIFETIME = timedelta(hours=12)
 PAGE_SIZE = 50
 REFRESH_SECONDS = 5
@@ -236,6 +240,7 @@ def sync_page(sync_id: int) -> ResponseReturnValue:
     return render_template(
         "ops_sync.html",
         sync=detail,
+        of_crm=crm_named(detail.get("crm")) is not None,  # a file sync's source is no connection page
         can=can,
         has_results=has_results,
         failures_shown=WRITE_FAILURES_ON_PAGE,

@@ -1,8 +1,8 @@
 """CRM webhooks: validate, store, enqueue, answer. No CRM or ApexVerify call happens here.
 
-One route for every CRM, `/webhooks/<crm>`: the CRM's `read_webhook` authenticates the delivery
-and says what it brought (contacts, a segment to verify, how to answer); storing it is the same
-for all of them.
+One route for every CRM, `/webhooks/<crm>`: the CRM's `read_webhook` authenticates the delivery,
+routes it to its connection(s) through a `ConnectionDirectory`, and says what it brought for each
+(contacts, a segment to verify, how to answer); storing it is the same for all of them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from flask import Blueprint, Request, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.config import Settings
-from connector.crm.base import Crm, WebhookRequest
+from connector.crm.base import AccountDirectory, Crm, WebhookRequest
 from connector.crm.registry import crm_named
 from connector.errors import NotFoundError
 from connector.metrics import count
-from connector.pipeline.intake import accept_contacts, crm_connection, start_segment_sync, webhook_connection
+from connector.models import Connection
+from connector.pipeline.connections import ConnectionDirectory
+from connector.pipeline.intake import accept_contacts, start_segment_sync
+from connector.runtime import Runtime
 from connector.web.context import current_runtime
 
 webhooks = Blueprint("webhooks", __name__)
@@ -41,25 +44,51 @@ def receive(name: str) -> ResponseReturnValue:
     crm = _webhook_crm(name)
     assert crm.read_webhook is not None  # _webhook_crm refuses CRMs without webhooks
     runtime = current_runtime()
-    delivery = crm.read_webhook(runtime.settings, webhook_request(runtime.settings, request))
-    accepted = accept_contacts(
-        runtime, webhook_connection(runtime, crm.name), keyed=delivery.keyed, unkeyed=delivery.unkeyed
-    )
-    if delivery.segment is not None:
-        trigger = delivery.segment
-        start_segment_sync(
+    accounts = ConnectionDirectory(runtime, crm)
+    deliveries = crm.read_webhook(runtime.settings, webhook_request(runtime.settings, request, accounts))
+    accepted = 0
+    for delivery in deliveries:
+        accepted += accept_contacts(
             runtime,
-            crm_connection(runtime, crm.name),  # fresh: a segment sync reads the connection's settings
-            source=dict(trigger.source),
-            type_=trigger.type,
-            trigger="webhook",
-            name=trigger.name,
+            _known_connection(runtime, delivery.connection_id),
+            keyed=delivery.keyed,
+            unkeyed=delivery.unkeyed,
         )
-        accepted += 1
-    if delivery.answer is None:
+        if delivery.segment is not None:
+            trigger = delivery.segment
+            start_segment_sync(
+                runtime,
+                _fresh_connection(runtime, delivery.connection_id),  # a segment sync reads its settings
+                source=dict(trigger.source),
+                type_=trigger.type,
+                trigger="webhook",
+                name=trigger.name,
+            )
+            accepted += 1
+    answer = deliveries[0].answer if deliveries else None
+    if answer is None:
         return jsonify({"accepted": accepted})
-    body, mimetype = delivery.answer(accepted)
+    body, mimetype = answer(accepted)
     return Response(body, mimetype=mimetype)
+
+
+def _known_connection(runtime: Runtime, connection_id: int) -> Connection:
+    """The connection's row, remembered by this process: buffering needs only its id and CRM, which
+    never change (whether it may take deliveries is the directory's answer, read fresh)."""
+    key = ("webhook_connection_row", connection_id)
+    if key not in runtime.memo:
+        runtime.memo[key] = _fresh_connection(runtime, connection_id)
+    found: Connection = runtime.memo[key]
+    return found
+
+
+def _fresh_connection(runtime: Runtime, connection_id: int) -> Connection:
+    with runtime.session() as session:
+        connection = session.get(Connection, connection_id)
+        if connection is None:  # the directory named it: only a CRM reader's bug gets here
+            raise NotFoundError("connection_not_found", f"connection {connection_id} does not exist")
+        session.expunge(connection)
+    return connection
 
 
 def _webhook_crm(name: str) -> Crm:
@@ -69,7 +98,7 @@ def _webhook_crm(name: str) -> Crm:
     return crm
 
 
-def webhook_request(settings: Settings, req: Request) -> WebhookRequest:
+def webhook_request(settings: Settings, req: Request, accounts: AccountDirectory) -> WebhookRequest:
     return WebhookRequest(
         method=req.method,
         url=signed_uri(settings, req),
@@ -78,6 +107,7 @@ def webhook_request(settings: Settings, req: Request) -> WebhookRequest:
         headers=req.headers,
         args=req.args,
         now_ms=int(time.time() * 1000),
+        accounts=accounts,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from connector.config import Settings
 from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentKind, SegmentSource
+from connector.crm.hubspot.oauth import OAUTH
 from connector.crm.hubspot.settings import HubSpotSettings
 from connector.crm.hubspot.webhook import read_webhook
 from connector.errors import InputError
@@ -53,7 +54,7 @@ def _flag_writer(
 def _api(context: CrmContext) -> Any:
     from connector.crm.hubspot.api import HubSpotApi  # loads the client library: see above
 
-    return HubSpotApi(context.settings, context.redis, sleep=context.sleep)
+    return HubSpotApi(context.settings, context.redis, sleep=context.sleep, account=context.account)
 
 
 def _check_object(raw: object) -> None:
@@ -63,6 +64,14 @@ def _check_object(raw: object) -> None:
 
 def _portal_id(settings: Settings) -> str | None:
     return settings.section(HubSpotSettings).portal_id
+
+
+def _same_portal(portal_id: str) -> str:
+    return portal_id.strip()
+
+
+def _env_configured(settings: Settings) -> bool:
+    return bool(settings.section(HubSpotSettings).access_token)
 
 
 CRM = Crm(
@@ -77,6 +86,9 @@ CRM = Crm(
     record_reader=_record_reader,
     flag_writer=_flag_writer,
     read_webhook=read_webhook,
+    oauth=OAUTH,
+    same_account=_same_portal,
+    env_configured=_env_configured,
     webhook_openapi={
         "summary": "HubSpot events, workflow webhooks, segment triggers (signed v3)",
         "requestBody": {"content": {"application/json": {"schema": {}}}},

@@ -3,7 +3,15 @@
 `HubSpotApi.call` takes a slot from the portal's shared rate limiter first and turns HubSpot's
 failures into the connector's: a 429 pauses every process and is retried (a DAILY one waits for
 the next UTC day), a 5xx or a broken connection is retried with backoff (connector/crm/calls.py),
-a 401 fails the sync. What is read and written through it: records.py and flags.py.
+a 401 fails the sync (after one token refresh for an OAuth portal, below). What is read and written
+through it: records.py and flags.py.
+
+An OAuth-installed portal (`Account.tokens`) is called with the token its TokenSource holds, asked
+before every request (cheap: the source keeps it, and refreshes it shortly before it expires); a 401
+(EXPIRED_AUTHENTICATION, or a token revoked meanwhile) refreshes it once and the request is sent
+again. The generated client reads `Configuration.access_token` on every request, so a new token is
+put on each API's configuration rather than building the client again. The env portal keeps
+HUBSPOT_ACCESS_TOKEN, as before.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import redis
 import urllib3
 
 from connector.config import Settings
+from connector.crm.base import ENV_ACCOUNT, Account
 from connector.crm.calls import REQUEST_TIMEOUT, Failure, no_answer, redact, unavailable_wait
 from connector.crm.hubspot.client import make_hubspot_client
 from connector.crm.hubspot.settings import HubSpotSettings
@@ -109,18 +118,24 @@ class HubSpotApi:
         redis_connection: redis.Redis,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        account: Account = ENV_ACCOUNT,
     ) -> None:
         own = settings.section(HubSpotSettings)
-        if not own.access_token:
+        self.tokens = account.tokens  # None: the env portal's HUBSPOT_ACCESS_TOKEN
+        if self.tokens is None and not own.access_token:
             raise ConfigError("hubspot_not_configured", "HUBSPOT_ACCESS_TOKEN is not set")
         self.settings = settings
         self.own = own  # the HubSpot variables of the environment
+        self.account = account
         self.sleep = sleep
         self.redis = redis_connection
-        self._token = own.access_token
+        # The token the APIs send; an OAuth portal's is set before the first request (`_use_token`).
+        self._token = own.access_token if self.tokens is None else None
+        self._earlier_tokens: list[str] = []  # refused ones, still redacted from messages
+        # One limiter per portal: each portal has HubSpot's 100 requests per 10 s of its own.
         self.limiter = RateLimiter(
             redis_connection,
-            f"hubspot:{own.portal_id or 'default'}",
+            f"hubspot:{account.external_id or own.portal_id or 'default'}",
             own.rate_limit_per_10s,
             WINDOW_SECONDS + WINDOW_MARGIN_SECONDS,
             sleep=sleep,
@@ -129,7 +144,8 @@ class HubSpotApi:
         self.calls = 0
         self.rate_limited = 0
         self.retries = 0
-        crm = make_hubspot_client(own.base_url, own.access_token).crm
+        self.token_refreshes = 0  # after a 401, by this instance
+        crm = make_hubspot_client(own.base_url, self._token).crm
         # Built once: each generated API object owns its own connection pool.
         self.contacts = crm.contacts.batch_api
         self.lists = crm.lists.lists_api
@@ -139,12 +155,21 @@ class HubSpotApi:
         self.exports = crm.exports.public_exports_api
         self.imports = crm.imports.core_api
         self.import_errors = crm.imports.public_imports_api
+        self._apis = (
+            self.contacts, self.lists, self.memberships, self.properties,
+            self.property_groups, self.exports, self.imports, self.import_errors,
+        )  # fmt: skip
 
     def call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one client operation under the rate limit, retrying what HubSpot says is temporary."""
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+
+        def attempt(_number: int) -> T:
+            self._use_token()
+            return operation(*args, **kwargs)
+
         answer = retrying(
-            lambda _attempt: operation(*args, **kwargs),
+            attempt,
             self._retry,
             retry_on=(*API_ERRORS, *CONNECTION_ERRORS),
             sleep=self.sleep,
@@ -161,7 +186,10 @@ class HubSpotApi:
         """The wait before trying again (None: the paused limiter holds the next call back), or raise."""
         failure = _failure_of(exc)
         count(self.redis, "api_calls", service="hubspot", outcome=call_outcome(failure.status or None))
-        if failure.status == 429:
+        if failure.status == 401 and self.tokens is not None and tries.again("token", 1) is not None:
+            self.renew_token()
+            wait = None
+        elif failure.status == 429:
             self._absorb_rate_limit(failure, tries.again("rate_limited", MAX_RATE_LIMIT_RETRIES))
             wait = None
         elif failure.unavailable:
@@ -203,7 +231,10 @@ class HubSpotApi:
     def _refusal(self, failure: Failure) -> ConnectorError:
         message = self._redact(failure.message)
         if failure.status == 401:
-            return ConnectorError("hubspot_unauthorized", f"HubSpot refused the access token: {message}")
+            again = " again after a refresh" if self.tokens is not None else ""
+            return ConnectorError(
+                "hubspot_unauthorized", f"HubSpot refused the access token{again}: {message}"
+            )
         if failure.status == 403:
             return ConnectorError("hubspot_forbidden", f"The HubSpot app lacks a scope: {message}")
         if 300 <= failure.status < 400:  # not followed: the client is built with NO_REDIRECTS
@@ -216,9 +247,35 @@ class HubSpotApi:
         setattr(self, name, getattr(self, name) + 1)
         setattr(PROCESS_COUNTERS, name, getattr(PROCESS_COUNTERS, name) + 1)
 
+    # -- the token
+
+    def _use_token(self) -> str:
+        """The token to send now: an OAuth portal's current one, put on every API when it changed."""
+        if self.tokens is not None:
+            token = self.tokens.access_token()
+            if token != self._token:
+                for api in self._apis:
+                    api.api_client.configuration.access_token = token
+                self._token = token
+        assert self._token is not None
+        return self._token
+
+    def renew_token(self) -> bool:
+        """After HubSpot refused the token sent: a new one (or the one another worker just got), put on
+        every API. False for the env portal, whose token cannot be renewed."""
+        if self.tokens is None or self._token is None:
+            return False
+        refused = self._token
+        self._earlier_tokens.append(refused)
+        self.tokens.refresh(refused)  # raises TransientError when the connection needs a new install
+        self.token_refreshes += 1
+        log.info("hubspot_token_renewed_after_401", extra={"connection_id": self.account.connection_id})
+        self._use_token()
+        return True
+
     def bearer_header(self) -> dict[str, str]:
         """The Authorization header the client sends, for a request made outside it (an export file)."""
-        return {"Authorization": f"Bearer {self._token}"}
+        return {"Authorization": f"Bearer {self._use_token()}"}
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._token])
+        return redact(text, [self._token, *self._earlier_tokens])

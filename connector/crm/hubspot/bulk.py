@@ -59,6 +59,8 @@ class BulkApi(PollingApi, Protocol):
 
     def bearer_header(self) -> dict[str, str]: ...
 
+    def renew_token(self) -> bool: ...
+
 
 # ---- exports ---------------------------------------------------------------------------------
 
@@ -134,7 +136,8 @@ def _download(api: BulkApi, url: str, path: Path) -> None:
 
     HubSpot's link is pre-signed and on another host than the API: it is fetched without the token
     (following redirects, as nothing secret travels). A link on HUBSPOT_BASE_URL itself gets the
-    token, like every call there, and then a redirect is refused, not followed.
+    token, like every call there, and then a redirect is refused, not followed; a 401 there renews
+    an OAuth portal's token once, as every call does.
     """
     with_token = same_origin(url, api.own.base_url)
     partial = path.with_suffix(".part")
@@ -146,10 +149,12 @@ def _download(api: BulkApi, url: str, path: Path) -> None:
             redirect=False if with_token else None,
         ),
         timeout=urllib3.Timeout(connect=10.0, read=120.0),
-        headers=api.bearer_header() if with_token else None,
     )
     try:
-        response = http.request("GET", url, preload_content=False)
+        response = http.request("GET", url, headers=_download_headers(api, with_token), preload_content=False)
+        if with_token and response.status == 401 and api.renew_token():
+            response.release_conn()
+            response = http.request("GET", url, headers=api.bearer_header(), preload_content=False)
         try:
             _refuse_failed_download(api, response, with_token)
             with partial.open("wb") as handle:
@@ -165,6 +170,10 @@ def _download(api: BulkApi, url: str, path: Path) -> None:
     finally:
         http.clear()
     partial.replace(path)
+
+
+def _download_headers(api: BulkApi, with_token: bool) -> dict[str, str] | None:
+    return api.bearer_header() if with_token else None
 
 
 def _refuse_failed_download(api: BulkApi, response: urllib3.BaseHTTPResponse, with_token: bool) -> None:

@@ -3,6 +3,13 @@
 Pure functions over bytes and parsed JSON; the HTTP glue is in connector/web/webhooks.py, which
 calls `read_webhook` for deliveries to /webhooks/hubspot.
 
+Every portal's deliveries are signed with the app's one client secret, so a delivery is routed by the
+portal it names: each app event by its `portalId` (a delivery batching events of several portals
+becomes one WebhookDelivery per connection), a workflow's or segment trigger's body by its
+`portalId` / `portal-id`, or the env connection when it names none (the AccountDirectory decides
+which portals are the env connection's). A portal with no connection is refused with 403 and nothing
+of the delivery is stored.
+
 Redeliveries: app webhooks retry up to 10 times over about 24 hours; workflow webhook actions
 retry 5xx answers over 3 days (pipeline/retention.py keeps delivery keys 7 days).
 """
@@ -17,7 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connector.config import Settings
-from connector.crm.base import IncomingContact, SegmentTrigger, WebhookDelivery, WebhookRequest
+from connector.crm.base import (
+    AccountDirectory,
+    IncomingContact,
+    SegmentTrigger,
+    WebhookDelivery,
+    WebhookRequest,
+)
 from connector.crm.hubspot.settings import HubSpotSettings
 from connector.crm.json_body import parse_json
 from connector.errors import ConfigError, InputError, WebhookRefused
@@ -84,35 +97,47 @@ class HubSpotDelivery:
         self.contacts.setdefault(type_, []).append(contact)
 
 
-def read_delivery(body: Any, portal_id: str | None) -> HubSpotDelivery:
-    """Classify a delivery: app events, a workflow's contact, or a segment trigger."""
+def read_delivery(body: Any) -> list[tuple[str | None, HubSpotDelivery]]:
+    """Classify a delivery (app events, a workflow's contact, or a segment trigger), by the portal
+    each part names (None: it names none)."""
     if isinstance(body, list):
-        return _read_events(body, portal_id)
+        return _read_events(body)
     if not isinstance(body, dict):
         raise InputError("unreadable_body", "expected a JSON array of events or a JSON object")
-    _check_portal(body.get("portalId", body.get("portal-id")), portal_id)
+    portal = _portal(body.get("portalId", body.get("portal-id")))
     if "listId" in body:
-        return HubSpotDelivery(segment=(_list_id(body["listId"]), _segment_type(body.get("type", "email"))))
+        segment = (_list_id(body["listId"]), _segment_type(body.get("type", "email")))
+        return [(portal, HubSpotDelivery(segment=segment))]
     if "vid" in body and isinstance(body.get("properties"), dict):
-        return _read_legacy_workflow(body)
+        return [(portal, _read_legacy_workflow(body))]
     if "hs_object_id" in body or "objectId" in body:
-        return _read_flat_workflow(body)
+        return [(portal, _read_flat_workflow(body))]
     raise InputError("unreadable_body", "no listId, vid or hs_object_id in the body")
 
 
-def _read_events(events: list[Any], portal_id: str | None) -> HubSpotDelivery:
-    delivery = HubSpotDelivery()
+def _read_events(events: list[Any]) -> list[tuple[str | None, HubSpotDelivery]]:
+    by_portal: dict[str | None, HubSpotDelivery] = {}
     for event in events:
         if not isinstance(event, dict) or "subscriptionType" not in event or "objectId" not in event:
             raise InputError("unreadable_event", "every event needs subscriptionType and objectId")
-        _check_portal(event.get("portalId"), portal_id)
+        delivery = by_portal.setdefault(_portal(event.get("portalId")), HubSpotDelivery())
         brought = [(type_, contact) for type_, contact in _event_contacts(event)]
         if not brought:
             delivery.ignored += 1
             continue
         key = f"{event.get('eventId')}:{event['objectId']}:{event.get('occurredAt')}"
         delivery.event_keys.append((key, brought))
-    return delivery
+    return list(by_portal.items())
+
+
+def _portal(raw: Any) -> str | None:
+    """The portal id a delivery names; None when it names none."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise InputError("invalid_portal_id", "portalId must be a HubSpot portal id")
+    text = str(raw).strip()
+    return text or None
 
 
 def _event_contacts(event: dict[str, Any]) -> list[tuple[str, IncomingContact]]:
@@ -166,11 +191,6 @@ def _read_flat_workflow(body: dict[str, Any]) -> HubSpotDelivery:
     return delivery
 
 
-def _check_portal(sent: Any, expected: str | None) -> None:
-    if expected and sent is not None and str(sent) != str(expected):
-        raise WebhookRefused("portal_mismatch", f"delivery from portal {sent} refused", http_status=403)
-
-
 def _list_id(raw: Any) -> str:
     text = str(raw).strip()
     if not text or len(text) > 64:
@@ -184,8 +204,9 @@ def _segment_type(raw: Any) -> str:
     return raw
 
 
-def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery:
-    """A signed (v3) delivery: app events, a workflow's contact, or a list to verify."""
+def read_webhook(settings: Settings, request: WebhookRequest) -> list[WebhookDelivery]:
+    """A signed (v3) delivery: app events, a workflow's contact, or a list to verify; one
+    WebhookDelivery per connection the portals it names belong to."""
     own = settings.section(HubSpotSettings)
     if not own.client_secret:
         raise ConfigError("hubspot_not_configured", "HUBSPOT_CLIENT_SECRET is not set")
@@ -198,11 +219,34 @@ def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery
         signature=request.headers.get("X-HubSpot-Signature-v3"),
         now_ms=request.now_ms,
     )
-    delivery = read_delivery(parse_json(request.body), own.portal_id)
-    segment = None
-    if delivery.segment is not None:
-        list_id, type_ = delivery.segment
-        name = f"HubSpot list {list_id} ({type_})"
-        segment = SegmentTrigger(source={"kind": "hubspot_list", "ref": list_id}, type=type_, name=name)
-    unkeyed = [(type_, contact) for type_, contacts in delivery.contacts.items() for contact in contacts]
-    return WebhookDelivery(keyed=delivery.event_keys, unkeyed=unkeyed, segment=segment)
+    parts = read_delivery(parse_json(request.body))
+    # Every part is routed before anything is returned: one unknown portal refuses the whole delivery.
+    routed = [(connection_of(request.accounts, portal), delivery) for portal, delivery in parts]
+    merged: dict[int, WebhookDelivery] = {}
+    for connection_id, delivery in routed:
+        target = merged.setdefault(connection_id, WebhookDelivery(connection_id=connection_id))
+        target.keyed.extend(delivery.event_keys)
+        target.unkeyed.extend(
+            (type_, contact) for type_, contacts in delivery.contacts.items() for contact in contacts
+        )
+        if delivery.segment is not None:
+            list_id, type_ = delivery.segment
+            name = f"HubSpot list {list_id} ({type_})"
+            target.segment = SegmentTrigger(
+                source={"kind": "hubspot_list", "ref": list_id}, type=type_, name=name
+            )
+    return list(merged.values())
+
+
+def connection_of(accounts: AccountDirectory, portal: str | None) -> int:
+    """The connection a portal's deliveries belong to (the directory decides, the env connection's
+    portal included); 403 for a portal without one."""
+    found = accounts.connection_of(portal)
+    if found is None:
+        shown = portal if portal is not None and len(portal) <= 20 else "?"
+        raise WebhookRefused(
+            "portal_mismatch",
+            f"delivery from portal {shown} refused: no connection of that portal",
+            http_status=403,
+        )
+    return found

@@ -12,6 +12,7 @@ from typing import Any
 
 from connector.config import Settings
 from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentKind, SegmentSource
+from connector.crm.salesforce.oauth import OAUTH
 from connector.crm.salesforce.settings import SalesforceSettings
 from connector.crm.salesforce.webhook import OBJECTS, read_webhook
 from connector.errors import InputError
@@ -55,7 +56,7 @@ def _flag_writer(
 def _api(context: CrmContext) -> Any:
     from connector.crm.salesforce.api import SalesforceApi  # loads simple-salesforce
 
-    return SalesforceApi(context.settings, sleep=context.sleep)
+    return SalesforceApi(context.settings, sleep=context.sleep, account=context.account)
 
 
 def _check_object(raw: object) -> str:
@@ -79,6 +80,16 @@ def _org_id(settings: Settings) -> str | None:
     return settings.section(SalesforceSettings).org_id
 
 
+def _same_org(org_id: str) -> str:
+    """An org id in its 15-character form: the 18-character one only adds a case-safe suffix."""
+    return org_id.strip()[:15]
+
+
+def _env_configured(settings: Settings) -> bool:
+    own = settings.section(SalesforceSettings)
+    return bool(own.instance_url and (own.access_token or (own.client_id and own.client_secret)))
+
+
 CRM = Crm(
     name="salesforce",
     label="Salesforce",
@@ -95,6 +106,10 @@ CRM = Crm(
     flag_writer=_flag_writer,
     read_webhook=read_webhook,
     read_back_buffered=True,
+    oauth=OAUTH,
+    same_account=_same_org,
+    routes_by_secret=True,
+    env_configured=_env_configured,
     webhook_openapi={
         "summary": "Salesforce outbound messages (text/xml) and Flow callouts (application/json)",
         "parameters": [

@@ -6,6 +6,13 @@ next UTC day, not a failure), refreshes an expired session once through client c
 retries 5xx answers and broken connections with backoff (connector/crm/calls.py), and turns every
 other refusal into a ConnectorError named after Salesforce's errorCode. What is read and written
 through it: records.py and flags.py.
+
+An OAuth-installed org (`Account.tokens`) lives at the connection's own instance URL and is called
+with the session its TokenSource holds, asked before every request; INVALID_SESSION_ID (a 401)
+refreshes it once through the source (one refresh per connection across every worker) and the
+request is sent again with a client built on the new session — REST, queries and the Bulk API 2.0
+uploads and downloads alike, since all of them go through `call`. The env org keeps
+SALESFORCE_ACCESS_TOKEN or client credentials, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.util import Usage, call_salesforce
 
 from connector.config import Settings
+from connector.crm.base import ENV_ACCOUNT, Account
 from connector.crm.calls import (
     MAX_UNAVAILABLE_RETRIES,
     REQUEST_TIMEOUT,
@@ -84,26 +92,40 @@ class SalesforceApi:
         *,
         sleep: Callable[[float], None] = time.sleep,
         daily_reserve_ratio: float = DEFAULT_RESERVE_RATIO,
+        account: Account = ENV_ACCOUNT,
     ) -> None:
         own = settings.section(SalesforceSettings)
-        if not own.instance_url:
-            raise ConfigError("salesforce_not_configured", "SALESFORCE_INSTANCE_URL is not set")
-        self.can_refresh = bool(own.client_id and own.client_secret)
-        if not own.access_token and not self.can_refresh:
-            raise ConfigError(
-                "salesforce_not_configured",
-                "set SALESFORCE_ACCESS_TOKEN or SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET",
-            )
+        self.tokens = account.tokens  # None: the env org's session or client credentials
+        if self.tokens is not None:
+            if not account.instance_url:
+                raise ConfigError(
+                    "salesforce_not_configured",
+                    f"connection {account.connection_id} has no instance URL: install it again",
+                )
+            instance_url = account.instance_url
+            self.can_refresh = True
+        else:
+            if not own.instance_url:
+                raise ConfigError("salesforce_not_configured", "SALESFORCE_INSTANCE_URL is not set")
+            instance_url = own.instance_url
+            self.can_refresh = bool(own.client_id and own.client_secret)
+            if not own.access_token and not self.can_refresh:
+                raise ConfigError(
+                    "salesforce_not_configured",
+                    "set SALESFORCE_ACCESS_TOKEN or SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET",
+                )
         self.settings = settings
         self.own = own  # the Salesforce variables of the environment
+        self.account = account
         self.sleep = sleep
         self.daily_reserve_ratio = daily_reserve_ratio
-        self.instance_url = own.instance_url.rstrip("/")
+        self.instance_url = instance_url.rstrip("/")
         # The latest `Sforce-Limit-Info: api-usage=N/M` Salesforce sent; None until the first answer.
         self.api_usage: Usage | None = None
         self.calls = 0
         self.refreshes = 0
-        self._token = own.access_token
+        self._token = own.access_token if self.tokens is None else None
+        self._earlier_tokens: list[str] = []  # refused sessions, still redacted from messages
         self._sf: Salesforce | None = None
 
     # -- the door
@@ -132,7 +154,7 @@ class SalesforceApi:
         if failure.status == 401:
             if not self.can_refresh or tries.again("session", 1) is None:
                 raise self._unauthorized(f"Salesforce answered {failure.code}")
-            self._drop_session()
+            self._renew_session()
             return None
         if failure.code == "REQUEST_LIMIT_EXCEEDED":
             raise self._limit_exceeded(failure)
@@ -185,11 +207,12 @@ class SalesforceApi:
         return wait
 
     def _unauthorized(self, reason: str) -> ConnectorError:
-        how = (
-            "fetching a new one with client credentials failed"
-            if self.can_refresh
-            else "no client credentials"
-        )
+        if self.tokens is not None:
+            how = "a refreshed session was refused too"
+        elif self.can_refresh:
+            how = "fetching a new one with client credentials failed"
+        else:
+            how = "no client credentials"
         return ConnectorError(
             "salesforce_unauthorized",
             f"Salesforce refused the session ({self._redact(reason)}; {how}): check the credentials",
@@ -198,6 +221,11 @@ class SalesforceApi:
     # -- the session
 
     def _client(self) -> Salesforce:
+        if self.tokens is not None:
+            token = self.tokens.access_token()  # the connection's session, as the database holds it
+            if token != self._token:
+                self._drop_session()
+                self._token = token
         if self._sf is None:
             if self._token is None:
                 self._token = fetch_client_credentials_token(
@@ -213,8 +241,21 @@ class SalesforceApi:
             self._sf.session.hooks["response"].append(self._observe)
         return self._sf
 
+    def _renew_session(self) -> None:
+        """After Salesforce refused the session: the next attempt uses a new one. An OAuth org's comes
+        from its TokenSource (refreshed once across workers; TransientError when the connection needs a
+        new install); the env org's is fetched again with client credentials."""
+        refused = self._token
+        if refused:
+            self._earlier_tokens.append(refused)
+        self._drop_session()
+        if self.tokens is not None:
+            self.tokens.refresh(refused or "")
+            self.refreshes += 1
+            log.info("salesforce_session_renewed", extra={"connection_id": self.account.connection_id})
+
     def _drop_session(self) -> None:
-        """Forget the refused session id; the next attempt fetches a new one with client credentials."""
+        """Forget the current session id; the next attempt takes or fetches another."""
         if self._sf is not None:
             self._sf.session.close()
         self._sf = None
@@ -226,7 +267,9 @@ class SalesforceApi:
             self.api_usage = Usage(used=int(found.group(1)), total=int(found.group(2)))
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._token, self.own.access_token, self.own.client_secret])
+        return redact(
+            text, [self._token, *self._earlier_tokens, self.own.access_token, self.own.client_secret]
+        )
 
     # -- requests, each one through `call`
 

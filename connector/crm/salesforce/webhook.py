@@ -5,6 +5,13 @@ expansion ("billion laughs") never get a chance to run.
 
 Redeliveries: an outbound message is retried for up to 24 hours, then dropped from the org's
 queue (pipeline/retention.py keeps delivery keys 7 days).
+
+Routing: every connection has a webhook secret of its own, carried as `?token=` (outbound messages,
+which cannot add headers) or `X-Connector-Token` (Flow callouts). The env connection's is
+SALESFORCE_WEBHOOK_TOKEN (compared in constant time); an OAuth connection's is looked up in the
+AccountDirectory (by its digest). No match: 401; an outbound message from another org than the
+connection's: 403. When neither SALESFORCE_ORG_ID and SALESFORCE_WEBHOOK_TOKEN are both set nor the
+secret is an OAuth connection's, the endpoint answers 503 (not configured), as before.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
 from connector.config import Settings
-from connector.crm.base import IncomingContact, SegmentTrigger, WebhookDelivery, WebhookRequest
+from connector.crm.base import (
+    AccountDirectory,
+    IncomingContact,
+    SegmentTrigger,
+    WebhookDelivery,
+    WebhookRequest,
+)
 from connector.crm.json_body import parse_json
 from connector.crm.salesforce.settings import SalesforceSettings
 from connector.errors import ConfigError, InputError, UnsupportedMediaType, WebhookRefused
@@ -119,15 +132,6 @@ def _local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def check_token(sent: str | None, expected: str, *, carried_by: str) -> None:
-    """Raise 401 unless `sent` is the connection's webhook secret (compared in constant time).
-
-    The message names only where the token travels (`?token=` or `X-Connector-Token`), never a value.
-    """
-    if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
-        raise WebhookRefused("token_invalid", f"{carried_by} is missing or wrong")
-
-
 def read_flow_callout(body: Any) -> SalesforceDelivery:
     if not isinstance(body, dict):
         raise InputError("unreadable_body", "expected a JSON object with campaignId or records")
@@ -169,21 +173,46 @@ def _object_type(record: dict[str, Any], record_id: str) -> str | None:
     return ID_PREFIXES.get(record_id[:3])
 
 
-def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery:
-    """An outbound message (`?token=`, text/xml) or a Flow callout (`X-Connector-Token`, JSON)."""
-    org_id, token = webhook_secrets(settings.section(SalesforceSettings))
+def read_webhook(settings: Settings, request: WebhookRequest) -> list[WebhookDelivery]:
+    """An outbound message (`?token=`, text/xml) or a Flow callout (`X-Connector-Token`, JSON), for
+    the connection whose secret it carries."""
+    own = settings.section(SalesforceSettings)
     if request.mimetype in ("text/xml", "application/xml", "application/soap+xml"):
         # Salesforce cannot add headers to an outbound message: its secret rides in the endpoint URL.
-        check_token(request.args.get("token"), token, carried_by="?token=")
-        return _generic(read_outbound_message(request.body, org_id), answer=_ack)
+        connection_id, org_id = route(own, request.accounts, request.args.get("token"), carried_by="?token=")
+        delivery = read_outbound_message(request.body, org_id)
+        return [_generic(connection_id, delivery, answer=_ack)]
     if request.mimetype == "application/json":
-        check_token(request.headers.get("X-Connector-Token"), token, carried_by="X-Connector-Token")
-        return _generic(read_flow_callout(parse_json(request.body)), answer=None)
+        sent = request.headers.get("X-Connector-Token")
+        connection_id, _org = route(own, request.accounts, sent, carried_by="X-Connector-Token")
+        return [_generic(connection_id, read_flow_callout(parse_json(request.body)), answer=None)]
     raise UnsupportedMediaType("send text/xml (outbound message) or application/json")
 
 
+def route(
+    own: SalesforceSettings, accounts: AccountDirectory, sent: str | None, *, carried_by: str
+) -> tuple[int, str]:
+    """(connection id, org id) of the connection whose webhook secret `sent` is.
+
+    The env connection's secret first (constant time), then the OAuth connections'. The message of a
+    refusal names only where the secret travels, never a value."""
+    env_ready = bool(own.org_id and own.webhook_token)
+    if sent and own.webhook_token and hmac.compare_digest(sent.encode(), own.webhook_token.encode()):
+        org_id, _token = webhook_secrets(own)  # 503 when SALESFORCE_ORG_ID is missing
+        env_connection = accounts.connection_of(org_id)
+        if env_connection is None:
+            raise WebhookRefused("org_mismatch", f"org {org_id} has no connection", http_status=403)
+        return env_connection, org_id
+    found = accounts.connection_with_secret(sent) if sent else None
+    if found is not None:
+        return found
+    if not env_ready and not accounts.has_secrets():
+        webhook_secrets(own)  # names what is unset: without it and no OAuth connection, nothing is trusted
+    raise WebhookRefused("token_invalid", f"{carried_by} is missing or wrong")
+
+
 def webhook_secrets(settings: SalesforceSettings) -> tuple[str, str]:
-    """The org and webhook secret of the env connection: without both, no delivery can be trusted."""
+    """The org and webhook secret of the env connection: without both, its deliveries cannot be trusted."""
     missing = [
         name
         for name, value in (
@@ -202,7 +231,7 @@ def _ack(accepted: int) -> tuple[str, str]:
 
 
 def _generic(
-    delivery: SalesforceDelivery, answer: Callable[[int], tuple[str, str]] | None
+    connection_id: int, delivery: SalesforceDelivery, answer: Callable[[int], tuple[str, str]] | None
 ) -> WebhookDelivery:
     segment = None
     if delivery.campaign is not None:
@@ -212,4 +241,10 @@ def _generic(
             type=type_,
             name=f"Salesforce campaign {campaign_id} ({type_})",
         )
-    return WebhookDelivery(keyed=delivery.keyed, unkeyed=delivery.unkeyed, segment=segment, answer=answer)
+    return WebhookDelivery(
+        connection_id=connection_id,
+        keyed=delivery.keyed,
+        unkeyed=delivery.unkeyed,
+        segment=segment,
+        answer=answer,
+    )

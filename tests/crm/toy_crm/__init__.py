@@ -74,21 +74,24 @@ class ToyFlagWriter:
         return failures
 
 
-def read_webhook(settings: Settings, request: WebhookRequest) -> WebhookDelivery:
+def read_webhook(settings: Settings, request: WebhookRequest) -> list[WebhookDelivery]:
     token = settings.section(ToySettings).webhook_token
     if not token:
         raise ConfigError("toy_not_configured", "TOY_WEBHOOK_TOKEN is not set")
     sent = request.headers.get("X-Toy-Token") or ""
     if not hmac.compare_digest(sent.encode(), token.encode()):
         raise WebhookRefused("token_invalid", "X-Toy-Token is missing or wrong")
+    # One account, the environment's: every delivery is its connection's.
+    connection_id = request.accounts.connection_of(None)
+    if connection_id is None:
+        raise WebhookRefused("account_unknown", "the toy account has no connection", http_status=403)
     body = json.loads(request.body)
     if "list" in body:
         name = str(body["list"])
-        return WebhookDelivery(
-            segment=SegmentTrigger({"kind": "toy_list", "ref": name}, "email", f"Toy list {name}")
-        )
+        trigger = SegmentTrigger({"kind": "toy_list", "ref": name}, "email", f"Toy list {name}")
+        return [WebhookDelivery(connection_id=connection_id, segment=trigger)]
     contacts = [("email", IncomingContact(str(r["id"]), r.get("email"))) for r in body.get("records", [])]
-    return WebhookDelivery(unkeyed=contacts)
+    return [WebhookDelivery(connection_id=connection_id, unkeyed=contacts)]
 
 
 def _check_object(raw: object) -> None:
