@@ -520,6 +520,8 @@ def test_two_portals_and_two_orgs_installed_in_chromium_sync_route_and_leak_noth
         page.goto(f"{base}/admin/ops/connections")
         seen.page(page, "connections after disconnect")
         api.call("GET", "/admin/connections")
+        for path in ("/metrics", "/openapi.json"):  # what a scraper or a client generator reads
+            seen.api.append((path, requests.get(f"{base}{path}", timeout=10).text))
         context.close()
     finally:
         for worker in workers:
