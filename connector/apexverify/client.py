@@ -1,6 +1,8 @@
 """HTTP client for the ApexVerify batch API (see apexverify-api.md).
 
-Every call takes a slot from the shared rate limiter, then retries what is worth retrying:
+Every call takes a slot from the shared rate limiter (shared fairly between connections when the
+client knows whose sync it calls for: connector.ratelimit.FairShareLimiter), then retries what is
+worth retrying:
 429 (waiting as long as Retry-After says, and pausing the shared limiter so every process backs
 off), 5xx, connection errors and timeouts, with capped exponential backoff and jitter. When the
 attempts run out the call raises `TransientError`, so the sync pauses instead of failing.
@@ -41,7 +43,7 @@ from connector.apexverify.outcomes import ApexVerifyError, BatchDetails, BatchSt
 from connector.config import Settings
 from connector.errors import TransientError
 from connector.outbound import PinnedSession
-from connector.ratelimit import RateLimiter
+from connector.ratelimit import FairShareLimiter, RateLimiter
 from connector.retry import Tries, backoff, retry_after_seconds, retrying
 
 log = logging.getLogger("connector.apexverify")
@@ -89,7 +91,7 @@ class ApexVerifyClient:
         base_url: str,
         api_key: str | None,
         *,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | FairShareLimiter | None = None,
         timeout: float = 60.0,
         max_attempts: int = 5,
         backoff_cap: float = 60.0,
@@ -118,12 +120,18 @@ class ApexVerifyClient:
         redis_connection: redis.Redis | None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        connection_id: int | None = None,
     ) -> ApexVerifyClient:
-        limiter = None
-        if redis_connection is not None:
-            limiter = RateLimiter(
-                redis_connection, "apexverify", settings.apexverify_rate_limit_per_minute, 60
+        """The client of the deployment's ApexVerify account; with `connection_id` (the sync's
+        connection), its calls take that connection's fair share of the per-minute limit."""
+        limiter: RateLimiter | FairShareLimiter | None = None
+        per_minute = settings.apexverify_rate_limit_per_minute
+        if redis_connection is not None and connection_id is not None:
+            limiter = FairShareLimiter(
+                redis_connection, "apexverify", per_minute, 60, share_of=str(connection_id)
             )
+        elif redis_connection is not None:
+            limiter = RateLimiter(redis_connection, "apexverify", per_minute, 60)
         return cls(
             settings.apexverify_base_url,
             settings.apexverify_api_key,

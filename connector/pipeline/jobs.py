@@ -27,9 +27,13 @@ log = logging.getLogger("connector.pipeline.runner")
 STEP_JOB = "connector.pipeline.runner.run_sync_step"
 
 
+def new_job_id(sync_id: int) -> str:
+    return f"sync-{sync_id}-{uuid.uuid4().hex[:12]}"
+
+
 def schedule_step(runtime: Runtime, sync_id: int, delay: float = 0.0) -> str:
     """Make a new job the sync's only runner and enqueue it (after the commit that names it)."""
-    job_id = f"sync-{sync_id}-{uuid.uuid4().hex[:12]}"
+    job_id = new_job_id(sync_id)
     with runtime.session() as session:
         replaced = session.scalar(select(Sync.job_id).where(Sync.id == sync_id).with_for_update())
         session.execute(update(Sync).where(Sync.id == sync_id).values(job_id=job_id, lease_until=None))

@@ -7,6 +7,10 @@ enqueued; if the process dies in between, the reconciler notices the missing job
 
 Jobs are scheduled by connector.pipeline.jobs, which enqueues `run_sync_step` by its dotted name
 (`STEP_JOB`): code that starts or resumes a sync does not import this module or the steps.
+
+Claiming the lease also takes the connection's share of the workers (connector.pipeline.fair_share):
+a step over it hands the sync to a new job a moment later instead of running, so one connection's
+syncs cannot occupy every worker while another connection's wait.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import random
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -25,7 +29,8 @@ from connector.metrics import observe_step
 from connector.models import Sync, SyncStatus, utcnow
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
-from connector.pipeline.jobs import schedule_step
+from connector.pipeline.fair_share import LOCAL_CRM, defer_delay, has_room, live_workers
+from connector.pipeline.jobs import enqueue_step, new_job_id, schedule_step
 from connector.pipeline.polling import documented_gap, verification_poll_delay
 from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
 from connector.pipeline.steps import STEPS
@@ -35,10 +40,17 @@ from connector.states import RUNNABLE_STATES
 log = logging.getLogger(__name__)
 
 
-def run_sync_step(sync_id: int, job_id: str) -> str:
-    """RQ entry point: run the current step of sync `sync_id` if this job still owns it."""
+def run_sync_step(sync_id: int, job_id: str) -> str | None:
+    """RQ entry point: run the current step of sync `sync_id` if this job still owns it.
+
+    Returns None when the step was deferred (its connection had its share of the workers): the
+    worker then logs the job at DEBUG only, as a deferral may come back every few seconds.
+    """
     runtime = get_runtime()
-    if not _claim(runtime, sync_id, job_id):
+    claim = _claim(runtime, sync_id, job_id)
+    if claim == _DEFERRED:
+        return None
+    if claim != _CLAIMED:
         log.info("step_job_superseded", extra={"sync_id": sync_id, "job_id": job_id})
         return "superseded"
     context = StepContext(runtime, sync_id, job_id)
@@ -74,22 +86,44 @@ def run_sync_step(sync_id: int, job_id: str) -> str:
         raise
 
 
-def _claim(runtime: Runtime, sync_id: int, job_id: str) -> bool:
+_CLAIMED, _DEFERRED, _SUPERSEDED = "claimed", "deferred", "superseded"
+
+
+def _claim(runtime: Runtime, sync_id: int, job_id: str) -> str:
+    """Take the sync's lease if this job owns it and its connection has room for one more step.
+
+    Without room, the sync is handed to a new job a few seconds later in the same transaction
+    (so exactly one job owns it) and this one ends at once.
+    """
     now = utcnow()
     lease = now + timedelta(seconds=runtime.settings.step_lease_seconds)
+    workers = live_workers(runtime)  # read before the transaction: no Redis round trip inside it
+    ours = (
+        Sync.id == sync_id,
+        Sync.job_id == job_id,
+        or_(Sync.lease_until.is_(None), Sync.lease_until < now),
+    )
+    deferred_to = None
     with runtime.session() as session:
-        claimed = affected_rows(
-            session.execute(
-                update(Sync)
-                .where(
-                    Sync.id == sync_id,
-                    Sync.job_id == job_id,
-                    or_(Sync.lease_until.is_(None), Sync.lease_until < now),
-                )
-                .values(lease_until=lease)
-            )
-        )
-    return bool(claimed)
+        found = session.execute(select(Sync.connection_id, Sync.crm).where(*ours)).one_or_none()
+        if found is None:
+            return _SUPERSEDED
+        if found.crm != LOCAL_CRM and not has_room(session, found.connection_id, workers, now):
+            deferred_to = new_job_id(sync_id)
+            values: dict[str, object] = {"job_id": deferred_to}
+        else:
+            values = {"lease_until": lease}
+        if not affected_rows(session.execute(update(Sync).where(*ours).values(**values))):
+            return _SUPERSEDED
+    if deferred_to is None:
+        return _CLAIMED
+    delay = defer_delay()
+    enqueue_step(runtime, sync_id, deferred_to, delay)
+    log.debug(
+        "step_deferred",
+        extra={"sync_id": sync_id, "connection_id": found.connection_id, "retry_in_seconds": round(delay, 1)},
+    )
+    return _DEFERRED
 
 
 def _release(runtime: Runtime, sync_id: int, job_id: str) -> None:

@@ -57,7 +57,12 @@ log = logging.getLogger(__name__)
 
 
 def _client(ctx: StepContext) -> ApexVerifyClient:
-    client = ApexVerifyClient.from_settings(ctx.runtime.settings, ctx.runtime.redis, sleep=ctx.sleep)
+    """The ApexVerify client of this sync's step: its calls take the sync's connection's fair share."""
+    with ctx.session() as session:
+        connection_id = session.scalar(select(Sync.connection_id).where(Sync.id == ctx.sync_id))
+    client = ApexVerifyClient.from_settings(
+        ctx.runtime.settings, ctx.runtime.redis, sleep=ctx.sleep, connection_id=connection_id
+    )
     client.on_call = lambda endpoint, status: count(
         ctx.runtime.redis, "api_calls", service="apexverify", outcome=call_outcome(status)
     )
