@@ -149,7 +149,11 @@ def request_flush(runtime: Runtime, connection_id: int, type_: str, *, waiting: 
         if waiting >= settings.coalesce_max_contacts:
             queue.enqueue(flush_buffer_job, connection_id, type_, job_timeout=600)
         elif waiting == added:
-            delay = timedelta(seconds=settings.coalesce_window_seconds)
+            # RQ schedules in whole seconds (the registry's score is truncated), so a flush asked
+            # for at exactly the window could run up to 1 s before it closes, find it open and do
+            # nothing — leaving the contacts to the next cron sweep, up to 10 s later (a webhook
+            # contact took 12.6 s to reach a sync instead of 5.5 s with a 5 s window).
+            delay = timedelta(seconds=settings.coalesce_window_seconds + 1)
             queue.enqueue_in(delay, flush_buffer_job, connection_id, type_, job_timeout=600)
     except redis.exceptions.RedisError as error:
         log.warning(

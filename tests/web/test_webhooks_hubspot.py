@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, timedelta
 
 import pytest
 import requests
@@ -265,6 +266,23 @@ def test_a_busy_buffer_is_flushed_when_full_without_counting_it_on_every_deliver
     assert [job.func_name.rsplit(".", 1)[-1] for job in queued] == ["flush_buffer_job"]  # the 5th filled it
     scheduled = runtime.queue().scheduled_job_registry.get_job_ids()
     assert len(scheduled) == 1  # the window's flush, asked for by the first delivery only
+
+
+def test_the_windows_flush_is_scheduled_no_earlier_than_the_window_closes(
+    hubspot_runtime: Runtime, hubspot_web: SandboxServer
+) -> None:
+    """RQ keeps scheduled times in whole seconds: a flush due at exactly the window ran early, found
+    the window open, and left the contacts for the cron sweep."""
+    runtime = with_settings(hubspot_runtime, coalesce_window_seconds=5)
+    hubspot_web.app.extensions["connector"] = runtime
+    assert post_signed(hubspot_web, [event(9100, 7100, propertyValue="w@example.com")]).ok
+    registry = runtime.queue().scheduled_job_registry
+    (job_id,) = registry.get_job_ids()
+    with runtime.session() as session:
+        received = session.scalar(select(func.min(CoalescedContact.received_at)))
+    assert received is not None
+    runs_at = registry.get_scheduled_time(job_id).replace(tzinfo=UTC)
+    assert runs_at >= received + timedelta(seconds=5)
 
 
 def test_one_delivery_changing_a_contact_twice_buffers_it_once_with_the_newer_value(
