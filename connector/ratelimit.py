@@ -34,6 +34,22 @@ from collections.abc import Callable
 import redis
 
 
+def _acquire(
+    try_acquire: Callable[[], float], sleep: Callable[[float], None], max_wait: float | None
+) -> float:
+    """`acquire` of both limiters: try, sleep the wait it names, try again; the seconds waited, or -1
+    rather than wait longer than `max_wait` in total."""
+    waited = 0.0
+    while True:
+        wait = try_acquire()
+        if wait == 0.0:
+            return waited
+        if max_wait is not None and waited + wait > max_wait:
+            return -1.0
+        sleep(wait)
+        waited += wait
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -86,15 +102,7 @@ class RateLimiter:
 
         With `max_wait`, gives up (returning -1) rather than wait longer than that in total.
         """
-        waited = 0.0
-        while True:
-            wait = self.try_acquire()
-            if wait == 0.0:
-                return waited
-            if max_wait is not None and waited + wait > max_wait:
-                return -1.0
-            self._sleep(wait)
-            waited += wait
+        return _acquire(self.try_acquire, self._sleep, max_wait)
 
     def pause(self, seconds: float) -> None:
         """Fill the window so every process backs off (a 429 told us the server's clock)."""
@@ -182,15 +190,7 @@ class FairShareLimiter:
 
     def acquire(self, max_wait: float | None = None) -> float:
         """Block until a slot is taken; returns the seconds waited (-1 when `max_wait` would pass)."""
-        waited = 0.0
-        while True:
-            wait = self.try_acquire()
-            if wait == 0.0:
-                return waited
-            if max_wait is not None and waited + wait > max_wait:
-                return -1.0
-            self._sleep(wait)
-            waited += wait
+        return _acquire(self.try_acquire, self._sleep, max_wait)
 
     def pause(self, seconds: float) -> None:
         """Fill the shared window so every process of every connection backs off."""

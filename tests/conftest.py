@@ -26,8 +26,9 @@ PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
 API_KEY = "test-apexverify-key-0001"
 IN_CI = os.environ.get("CI") == "true"
-# OAuth installs against both CRM sandboxes (fixtures hubspot_app, salesforce_app, installs).
-pytest_plugins = ["tests.connections_support"]
+# OAuth installs against both CRM sandboxes (fixtures hubspot_app, salesforce_app, installs), and
+# headless Chromium (fixture browser).
+pytest_plugins = ["tests.connections_support", "tests.browser"]
 
 
 def _postgres_available() -> bool:

@@ -105,6 +105,16 @@ def installs(runtime: Runtime, hubspot_app: SandboxServer, salesforce_app: Sandb
     )
 
 
+@pytest.fixture
+def installs_without_env(installs: Runtime) -> Runtime:
+    """`installs` with no env connection (no HubSpot token or portal, no Salesforce session, org or
+    Flow token): a CRM is reached only with the tokens of an OAuth install."""
+    return with_settings(
+        installs, hubspot_access_token=None, hubspot_portal_id=None, salesforce_instance_url=None,
+        salesforce_access_token=None, salesforce_org_id=None, salesforce_webhook_token=None,
+    )  # fmt: skip
+
+
 def consent(url: str) -> dict[str, str]:
     """Follow the consent URL to the sandbox; the callback's query it redirects back with."""
     answer = requests.get(url, allow_redirects=False, timeout=5)

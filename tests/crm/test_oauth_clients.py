@@ -12,7 +12,6 @@ import base64
 import hashlib
 import secrets
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,56 +29,15 @@ from connector.crm.salesforce import CRM as SALESFORCE
 from connector.crm.salesforce.oauth import OAUTH as SALESFORCE_OAUTH
 from connector.crm.salesforce.oauth import org_of_identity
 from connector.errors import ConfigError, ConnectorError, TransientError
-from connector.sandbox.server import SandboxServer, serve_in_thread
-from tests.conftest import REDIS_TEST_URL, settings_with
+from connector.sandbox.server import SandboxServer
+from tests.conftest import HUBSPOT_TOKEN, REDIS_TEST_URL, settings_with
+from tests.connections_support import HS_CLIENT_ID, HS_CLIENT_SECRET, SF_CLIENT_ID, SF_CLIENT_SECRET
 
-HS_CLIENT_ID = "hs-client-id-0001"
-HS_CLIENT_SECRET = "hs-client-secret-value-0001"
-SF_CLIENT_ID = "3MVG9sandbox.client.id"
-SF_CLIENT_SECRET = "sf-client-secret-value-0001"
-ENV_PORTAL = "62515"
-ENV_ORG = "00D5g000004ENVOEA4"
 REDIRECT = "https://connector.example.com/admin/connect/hubspot/callback"
 SF_REDIRECT = "https://connector.example.com/admin/connect/salesforce/callback"
 
 
-# ---- sandboxes and settings ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def hubspot(hubspot_specs_dir: Path) -> Iterator[SandboxServer]:
-    from connector.sandbox.hubspot import create_app
-
-    server = serve_in_thread(
-        create_app(
-            access_token="pat-env-portal-token",
-            portal_id=int(ENV_PORTAL),
-            client_id=HS_CLIENT_ID,
-            client_secret=HS_CLIENT_SECRET,
-            export_delay=0.2,
-            import_delay=0.2,
-            specs_dir=hubspot_specs_dir,
-        )
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def salesforce() -> Iterator[SandboxServer]:
-    from connector.sandbox.salesforce import create_app
-
-    server = serve_in_thread(
-        create_app(
-            access_token="00Dsandbox!env-session",
-            client_id=SF_CLIENT_ID,
-            client_secret=SF_CLIENT_SECRET,
-            bulk_delay=0.2,
-            org_id=ENV_ORG,
-        )
-    )
-    yield server
-    server.stop()
+# ---- settings (the sandboxes are hubspot_app and salesforce_app, tests/connections_support.py) ----
 
 
 def hubspot_settings(url: str, **changes: Any) -> Settings:
@@ -97,7 +55,7 @@ def control(url: str, path: str, body: dict[str, Any] | None = None, account: st
     if body is None:
         answer = requests.get(url + path, params=params, timeout=10)
     else:
-        answer = requests.post(url + path, json=body, params=params, timeout=10)
+        answer = requests.post(url + path, json=body, params=params, timeout=30)
     answer.raise_for_status()
     return answer.json()
 
@@ -254,11 +212,11 @@ def test_the_hubspot_scopes_cover_every_call_the_connector_makes(hubspot_specs_d
 # ---- HubSpot --------------------------------------------------------------------------------------
 
 
-def test_hubspot_install_refresh_and_revoke(hubspot: SandboxServer) -> None:
-    settings = hubspot_settings(hubspot.url)
-    grant = hubspot_install(settings, hubspot.url, "70001")
+def test_hubspot_install_refresh_and_revoke(hubspot_app: SandboxServer) -> None:
+    settings = hubspot_settings(hubspot_app.url)
+    grant = hubspot_install(settings, hubspot_app.url, "70001")
     assert grant.account_id == "70001" and grant.refresh_token and grant.expires_at
-    info = requests.get(f"{hubspot.url}/oauth/v1/access-tokens/{grant.access_token}", timeout=10).json()
+    info = requests.get(f"{hubspot_app.url}/oauth/v1/access-tokens/{grant.access_token}", timeout=10).json()
     assert str(info["hub_id"]) == "70001"
     assert set(SCOPES) <= set(info["scopes"])
 
@@ -272,13 +230,13 @@ def test_hubspot_install_refresh_and_revoke(hubspot: SandboxServer) -> None:
         HUBSPOT_OAUTH.refresh(settings, grant.refresh_token or "")
     assert refused.value.code == "hubspot_refresh_refused" and "BAD_REFRESH_TOKEN" in refused.value.message
     assert shows_no_secret(refused.value, grant.refresh_token, HS_CLIENT_SECRET)
-    counts = control(hubspot.url, "/_sandbox/oauth", account="70001")
+    counts = control(hubspot_app.url, "/_sandbox/oauth", account="70001")
     assert (counts["code_grants"], counts["refreshes"], counts["revoked"]) == (1, 1, 1)
 
 
-def test_hubspot_code_is_single_use_and_refusals_show_no_secret(hubspot: SandboxServer) -> None:
-    settings = hubspot_settings(hubspot.url)
-    control(hubspot.url, "/_sandbox/oauth", {"next_account": "70002"})
+def test_hubspot_code_is_single_use_and_refusals_show_no_secret(hubspot_app: SandboxServer) -> None:
+    settings = hubspot_settings(hubspot_app.url)
+    control(hubspot_app.url, "/_sandbox/oauth", {"next_account": "70002"})
     code = consent(HUBSPOT_OAUTH.authorize_url(settings, REDIRECT, "s", None))["code"]
     HUBSPOT_OAUTH.exchange_code(settings, code, REDIRECT, None)
     with pytest.raises(ConnectorError) as replayed:
@@ -286,7 +244,7 @@ def test_hubspot_code_is_single_use_and_refusals_show_no_secret(hubspot: Sandbox
     assert replayed.value.code == "hubspot_oauth_refused" and "BAD_AUTH_CODE" in replayed.value.message
     assert shows_no_secret(replayed.value, code, HS_CLIENT_SECRET)
 
-    wrong_secret = hubspot_settings(hubspot.url, hubspot_client_secret="not-the-app-secret")
+    wrong_secret = hubspot_settings(hubspot_app.url, hubspot_client_secret="not-the-app-secret")
     other = consent(HUBSPOT_OAUTH.authorize_url(settings, REDIRECT, "s", None))["code"]
     with pytest.raises(ConnectorError) as refused:
         HUBSPOT_OAUTH.exchange_code(wrong_secret, other, REDIRECT, None)
@@ -294,18 +252,18 @@ def test_hubspot_code_is_single_use_and_refusals_show_no_secret(hubspot: Sandbox
     assert shows_no_secret(refused.value, other, "not-the-app-secret")
 
 
-def test_hubspot_denied_consent_comes_back_as_an_error(hubspot: SandboxServer) -> None:
-    control(hubspot.url, "/_sandbox/oauth", {"deny_next": True})
-    back = consent(HUBSPOT_OAUTH.authorize_url(hubspot_settings(hubspot.url), REDIRECT, "st", None))
+def test_hubspot_denied_consent_comes_back_as_an_error(hubspot_app: SandboxServer) -> None:
+    control(hubspot_app.url, "/_sandbox/oauth", {"deny_next": True})
+    back = consent(HUBSPOT_OAUTH.authorize_url(hubspot_settings(hubspot_app.url), REDIRECT, "st", None))
     assert back == {"error": "access_denied", "state": "st"}
 
 
-def test_hubspot_portal_from_the_token_info_when_the_answer_has_no_hub_id(hubspot: SandboxServer) -> None:
+def test_hubspot_portal_from_the_token_info_when_the_answer_has_no_hub_id(hubspot_app: SandboxServer) -> None:
     from connector.crm.hubspot.oauth import _token_portal
     from connector.crm.hubspot.settings import HubSpotSettings
 
-    settings = hubspot_settings(hubspot.url)
-    grant = hubspot_install(settings, hubspot.url, "70003")
+    settings = hubspot_settings(hubspot_app.url)
+    grant = hubspot_install(settings, hubspot_app.url, "70003")
     portal, _domain = _token_portal(settings.section(HubSpotSettings), grant.access_token)
     assert portal == "70003"
     with pytest.raises(ConnectorError) as unknown:
@@ -323,21 +281,20 @@ def test_a_crm_that_does_not_answer_is_transient() -> None:
     assert sf.value.code == "salesforce_oauth_unavailable"
 
 
-def test_hubspot_api_uses_the_installed_portals_token(hubspot: SandboxServer) -> None:
+def test_hubspot_api_uses_the_installed_portals_token(hubspot_app: SandboxServer) -> None:
     from connector.crm.hubspot.api import HubSpotApi
 
-    settings = hubspot_settings(hubspot.url)
-    grant = hubspot_install(settings, hubspot.url, "70004")
-    control(
-        hubspot.url, "/_sandbox/seed", {"lists": [{"listId": "41", "name": "B", "contactIds": []}]}, "70004"
-    )
+    settings = hubspot_settings(hubspot_app.url)
+    grant = hubspot_install(settings, hubspot_app.url, "70004")
+    seed = {"lists": [{"listId": "41", "name": "B", "contactIds": []}]}
+    control(hubspot_app.url, "/_sandbox/seed", seed, "70004")
     tokens = HeldTokens(HUBSPOT_OAUTH, settings, grant)
     limiter = redis.Redis.from_url(REDIS_TEST_URL)
     api = HubSpotApi(settings, limiter, account=Account(connection_id=9, external_id="70004", tokens=tokens))
     assert api.limiter.key == "connector:ratelimit:hubspot:70004"  # each portal its own 100 per 10 s
     assert api.call(api.lists.get_by_id, "41").list.name == "B"
     # The env portal has no list 41: the OAuth token reached portal 70004 only.
-    env_api = HubSpotApi(settings_with(settings, hubspot_access_token="pat-env-portal-token"), limiter)
+    env_api = HubSpotApi(settings_with(settings, hubspot_access_token=HUBSPOT_TOKEN), limiter)
     with pytest.raises(ConnectorError):
         env_api.call(env_api.lists.get_by_id, "41")
 
@@ -345,12 +302,12 @@ def test_hubspot_api_uses_the_installed_portals_token(hubspot: SandboxServer) ->
 # ---- Salesforce -----------------------------------------------------------------------------------
 
 
-def test_salesforce_install_refresh_and_revoke(salesforce: SandboxServer) -> None:
-    settings = salesforce_settings(salesforce.url)
+def test_salesforce_install_refresh_and_revoke(salesforce_app: SandboxServer) -> None:
+    settings = salesforce_settings(salesforce_app.url)
     org = "00D5g000004OTHEEA4"
-    grant = salesforce_install(settings, salesforce.url, org)
+    grant = salesforce_install(settings, salesforce_app.url, org)
     assert grant.account_id == org and grant.refresh_token
-    assert grant.instance_url == salesforce.url and grant.expires_at is None
+    assert grant.instance_url == salesforce_app.url and grant.expires_at is None
 
     renewed = SALESFORCE_OAUTH.refresh(settings, grant.refresh_token or "")
     assert renewed.access_token != grant.access_token and renewed.account_id == ""
@@ -361,12 +318,12 @@ def test_salesforce_install_refresh_and_revoke(salesforce: SandboxServer) -> Non
         SALESFORCE_OAUTH.refresh(settings, grant.refresh_token or "")
     assert refused.value.code == "salesforce_refresh_refused" and "invalid_grant" in refused.value.message
     assert shows_no_secret(refused.value, grant.refresh_token, SF_CLIENT_SECRET)
-    counts = control(salesforce.url, "/_sandbox/oauth", account=org)
+    counts = control(salesforce_app.url, "/_sandbox/oauth", account=org)
     assert (counts["code_grants"], counts["refreshes"]) == (1, 1) and counts["revoked"] >= 1
 
 
-def test_salesforce_exchange_needs_the_pkce_verifier(salesforce: SandboxServer) -> None:
-    settings = salesforce_settings(salesforce.url)
+def test_salesforce_exchange_needs_the_pkce_verifier(salesforce_app: SandboxServer) -> None:
+    settings = salesforce_settings(salesforce_app.url)
     _verifier, challenge = pkce()
     code = consent(SALESFORCE_OAUTH.authorize_url(settings, SF_REDIRECT, "s", challenge))["code"]
     with pytest.raises(ConnectorError) as refused:
@@ -384,13 +341,13 @@ def test_salesforce_org_comes_from_the_identity_url() -> None:
             org_of_identity(wrong)
 
 
-def test_salesforce_api_reaches_the_installed_org(salesforce: SandboxServer) -> None:
+def test_salesforce_api_reaches_the_installed_org(salesforce_app: SandboxServer) -> None:
     from connector.crm.salesforce.api import SalesforceApi
 
-    settings = salesforce_settings(salesforce.url)
+    settings = salesforce_settings(salesforce_app.url)
     org = "00D5g000004THIREA4"
-    grant = salesforce_install(settings, salesforce.url, org)
-    control(salesforce.url, "/_sandbox/seed", {"contacts": [{"Email": "b@example.com"}]}, org)
+    grant = salesforce_install(settings, salesforce_app.url, org)
+    control(salesforce_app.url, "/_sandbox/seed", {"contacts": [{"Email": "b@example.com"}]}, org)
     tokens = HeldTokens(SALESFORCE_OAUTH, settings, grant)
     account = Account(connection_id=3, external_id=org, tokens=tokens, instance_url=grant.instance_url)
     api = SalesforceApi(settings, sleep=lambda _: None, account=account)

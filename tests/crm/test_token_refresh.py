@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography.fernet import Fernet
 
 from connector.crm.base import Account, Crm, FlagUpdate, OAuthGrant, Verdict
 from connector.crm.hubspot import CRM as HUBSPOT
@@ -32,14 +31,7 @@ from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer, serve_in_thread
 from connector.secretbox import require_secret_box
 from tests.conftest import with_settings
-from tests.crm.test_oauth_clients import (
-    HS_CLIENT_ID,
-    HS_CLIENT_SECRET,
-    SF_CLIENT_ID,
-    SF_CLIENT_SECRET,
-    hubspot_install,
-    salesforce_install,
-)
+from tests.crm.test_oauth_clients import control, hubspot_install, salesforce_install
 
 PORTAL = "81001"
 ORG = "00D5g000004TOKNEA4"  # an 18-character org id the sandbox accepts
@@ -48,68 +40,13 @@ HS_UPDATES = "POST /crm/v3/objects/contacts/batch/update"
 
 
 @pytest.fixture
-def hubspot(hubspot_specs_dir: Path) -> Iterator[SandboxServer]:
-    from connector.sandbox.hubspot import create_app
-
-    server = serve_in_thread(
-        create_app(
-            access_token="pat-env-portal-token",
-            client_id=HS_CLIENT_ID,
-            client_secret=HS_CLIENT_SECRET,
-            export_delay=0.3,
-            import_delay=0.3,
-            specs_dir=hubspot_specs_dir,
-        )
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def salesforce() -> Iterator[SandboxServer]:
-    from connector.sandbox.salesforce import create_app
-
-    server = serve_in_thread(
-        create_app(
-            access_token="00Dsandbox!env-session",
-            client_id=SF_CLIENT_ID,
-            client_secret=SF_CLIENT_SECRET,
-            bulk_delay=0.3,
-        )
-    )
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def oauth_runtime(runtime: Runtime, hubspot: SandboxServer, salesforce: SandboxServer) -> Runtime:
-    return with_settings(
-        runtime,
-        secret_key=Fernet.generate_key().decode(),
-        hubspot_base_url=hubspot.url,
-        hubspot_auth_url=hubspot.url,
-        hubspot_client_id=HS_CLIENT_ID,
-        hubspot_client_secret=HS_CLIENT_SECRET,
-        salesforce_login_url=salesforce.url,
-        salesforce_client_id=SF_CLIENT_ID,
-        salesforce_client_secret=SF_CLIENT_SECRET,
-        poll_initial_seconds=0.05,
-        poll_max_seconds=0.2,
-        step_lease_seconds=30,
-    )
+def oauth_runtime(installs_without_env: Runtime) -> Runtime:
+    """Both sandboxes (hubspot_app, salesforce_app) installable by OAuth, no env connection; bulk
+    jobs are polled every 0.05 to 0.2 s."""
+    return with_settings(installs_without_env, poll_initial_seconds=0.05, poll_max_seconds=0.2)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-
-def control(url: str, path: str, body: dict[str, Any] | None = None, account: str | None = None) -> Any:
-    params = {"account": account} if account else None
-    if body is None:
-        answer = requests.get(url + path, params=params, timeout=10)
-    else:
-        answer = requests.post(url + path, json=body, params=params, timeout=30)
-    answer.raise_for_status()
-    return answer.json()
 
 
 def expire_tokens(url: str, account: str) -> None:
@@ -212,61 +149,61 @@ def hubspot_api(runtime: Runtime, account: Account, sleep: Callable[[float], Non
 
 
 def test_hubspot_export_whose_token_expires_while_it_runs_refreshes_once(
-    oauth_runtime: Runtime, hubspot: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, hubspot_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.hubspot.records import HubSpotListSource
 
-    account, list_id, ids = hubspot_portal(oauth_runtime, hubspot.url, 300)
-    sleep, expired = expiring_once(hubspot.url, PORTAL)
+    account, list_id, ids = hubspot_portal(oauth_runtime, hubspot_app.url, 300)
+    sleep, expired = expiring_once(hubspot_app.url, PORTAL)
     api = hubspot_api(oauth_runtime, account, sleep)
     source = HubSpotListSource(api, list_id, "email", work_dir=tmp_path, bulk_threshold=10)
 
     records = list(source.iter_records())
 
     assert expired and sorted(r.record_id for r in records) == sorted(ids)
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert (counts["refreshes"], counts["expired_rejections"]) == (1, 1)
     row, tokens = stored(oauth_runtime, account.connection_id)
     assert row.status == "connected" and tokens["access_token"] == api._token
-    assert control(hubspot.url, "/_sandbox/state", account=PORTAL)["exports"] == 1  # not started again
+    assert control(hubspot_app.url, "/_sandbox/state", account=PORTAL)["exports"] == 1  # not started again
 
 
 def test_hubspot_list_pages_whose_token_expires_between_pages_refresh_once(
-    oauth_runtime: Runtime, hubspot: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, hubspot_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.hubspot.records import HubSpotListSource
 
-    account, list_id, ids = hubspot_portal(oauth_runtime, hubspot.url, 250)
+    account, list_id, ids = hubspot_portal(oauth_runtime, hubspot_app.url, 250)
     source = HubSpotListSource(hubspot_api(oauth_runtime, account), list_id, "email", work_dir=tmp_path)
     records = []
     for record in source.iter_records():
         records.append(record)
         if len(records) == 100:  # between two batch reads
-            expire_tokens(hubspot.url, PORTAL)
+            expire_tokens(hubspot_app.url, PORTAL)
 
     assert sorted(r.record_id for r in records) == sorted(ids)
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert (counts["refreshes"], counts["expired_rejections"]) == (1, 1)
 
 
 def test_hubspot_write_back_whose_token_expires_between_batches_writes_each_record_once(
-    oauth_runtime: Runtime, hubspot: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, hubspot_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.hubspot.flags import HubSpotFlagWriter
 
-    account, _list_id, ids = hubspot_portal(oauth_runtime, hubspot.url, 250)
+    account, _list_id, ids = hubspot_portal(oauth_runtime, hubspot_app.url, 250)
     writer = HubSpotFlagWriter(hubspot_api(oauth_runtime, account), "email", work_dir=tmp_path)
-    expire_tokens(hubspot.url, PORTAL)  # before property creation too
+    expire_tokens(hubspot_app.url, PORTAL)  # before property creation too
     writer.prepare()
-    failures = writer.write(updates_expiring_after(ids, 150, lambda: expire_tokens(hubspot.url, PORTAL)))
+    failures = writer.write(updates_expiring_after(ids, 150, lambda: expire_tokens(hubspot_app.url, PORTAL)))
 
     assert failures == []
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert (counts["refreshes"], counts["expired_rejections"]) == (2, 2)
     # Three batches of 100 written, plus the one refused (expired) and sent again: none twice.
-    assert control(hubspot.url, "/_sandbox/state", account=PORTAL)["requests"][HS_UPDATES] == 3 + 1
+    assert control(hubspot_app.url, "/_sandbox/state", account=PORTAL)["requests"][HS_UPDATES] == 3 + 1
     flagged = requests.get(
-        f"{hubspot.url}/_sandbox/contacts",
+        f"{hubspot_app.url}/_sandbox/contacts",
         params={"account": PORTAL, "property": "apexverify_status", "limit": 1000},
         timeout=10,
     ).json()["contacts"]
@@ -274,25 +211,25 @@ def test_hubspot_write_back_whose_token_expires_between_batches_writes_each_reco
 
 
 def test_hubspot_import_whose_token_expires_while_it_runs_refreshes_once(
-    oauth_runtime: Runtime, hubspot: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, hubspot_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.hubspot.flags import HubSpotFlagWriter
 
-    account, _list_id, ids = hubspot_portal(oauth_runtime, hubspot.url, 120)
-    sleep, expired = expiring_once(hubspot.url, PORTAL)
+    account, _list_id, ids = hubspot_portal(oauth_runtime, hubspot_app.url, 120)
+    sleep, expired = expiring_once(hubspot_app.url, PORTAL)
     api = hubspot_api(oauth_runtime, account, sleep)
     writer = HubSpotFlagWriter(api, "email", expected_updates=120, bulk_threshold=10, work_dir=tmp_path)
     writer.prepare()
     failures = writer.write(FlagUpdate(record_id, None, verdict()) for record_id in ids)
 
     assert expired and failures == []
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert (counts["refreshes"], counts["expired_rejections"]) == (1, 1)
-    assert len(control(hubspot.url, "/_sandbox/state", account=PORTAL)["imports"]) == 1  # one import
+    assert len(control(hubspot_app.url, "/_sandbox/state", account=PORTAL)["imports"]) == 1  # one import
 
 
-def test_two_workers_refused_at_once_refresh_once(oauth_runtime: Runtime, hubspot: SandboxServer) -> None:
-    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot.url, 5)
+def test_two_workers_refused_at_once_refresh_once(oauth_runtime: Runtime, hubspot_app: SandboxServer) -> None:
+    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot_app.url, 5)
     assert account.connection_id is not None
     # Two workers: each its own StoredTokens (as each step builds its own), holding the same token.
     connection_id = account.connection_id
@@ -304,7 +241,7 @@ def test_two_workers_refused_at_once_refresh_once(oauth_runtime: Runtime, hubspo
     ]
     for api in workers:
         api.call(api.lists.get_by_id, list_id)
-    expire_tokens(hubspot.url, PORTAL)
+    expire_tokens(hubspot_app.url, PORTAL)
     start = threading.Barrier(2)
     sizes: list[int] = []
     errors: list[BaseException] = []
@@ -323,20 +260,20 @@ def test_two_workers_refused_at_once_refresh_once(oauth_runtime: Runtime, hubspo
         thread.join(30)
 
     assert errors == [] and sizes == [5, 5]
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert counts["refreshes"] == 1 and counts["expired_rejections"] == 2
     assert sum(api.tokens.refreshes for api in workers) == 1
     assert workers[0]._token == workers[1]._token
 
 
 def test_a_revoked_refresh_token_pauses_the_sync_and_marks_the_connection(
-    oauth_runtime: Runtime, hubspot: SandboxServer
+    oauth_runtime: Runtime, hubspot_app: SandboxServer
 ) -> None:
-    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot.url, 3)
+    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot_app.url, 3)
     api = hubspot_api(oauth_runtime, account)
     api.call(api.lists.get_by_id, list_id)
-    control(hubspot.url, "/_sandbox/oauth", {"revoke_refresh_tokens": True}, PORTAL)
-    expire_tokens(hubspot.url, PORTAL)
+    control(hubspot_app.url, "/_sandbox/oauth", {"revoke_refresh_tokens": True}, PORTAL)
+    expire_tokens(hubspot_app.url, PORTAL)
 
     with pytest.raises(TransientError) as paused:
         api.call(api.lists.get_by_id, list_id)
@@ -346,16 +283,16 @@ def test_a_revoked_refresh_token_pauses_the_sync_and_marks_the_connection(
     assert row.status == "needs_reauth" and row.last_error and "hubspot_refresh_refused" in row.last_error
     assert_no_token_in(paused.value, tokens["access_token"], tokens["refresh_token"])
     assert tokens["refresh_token"] not in (row.last_error or "")
-    assert oauth_counts(hubspot.url, PORTAL)["refused_refreshes"] == 1
+    assert oauth_counts(hubspot_app.url, PORTAL)["refused_refreshes"] == 1
     # Another worker's step pauses at once, without asking HubSpot again.
     other = hubspot_api(oauth_runtime, account_for(oauth_runtime, row))
     with pytest.raises(TransientError) as again:
         other.call(other.lists.get_by_id, list_id)
     assert again.value.code == NEEDS_REAUTH
-    assert oauth_counts(hubspot.url, PORTAL)["refused_refreshes"] == 1
+    assert oauth_counts(hubspot_app.url, PORTAL)["refused_refreshes"] == 1
 
 
-def test_the_env_portal_never_refreshes(oauth_runtime: Runtime, hubspot: SandboxServer) -> None:
+def test_the_env_portal_never_refreshes(oauth_runtime: Runtime, hubspot_app: SandboxServer) -> None:
     env = with_settings(oauth_runtime, hubspot_access_token="wrong-env-token")
     api = hubspot_api(env, Account(connection_id=1, external_id="default"))
     with pytest.raises(ConnectorError) as refused:
@@ -385,43 +322,44 @@ def writes(url: str) -> dict[str, list[Any]]:
 
 
 def test_salesforce_write_back_whose_session_expires_between_batches_writes_each_record_once(
-    oauth_runtime: Runtime, salesforce: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, salesforce_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.salesforce.flags import SalesforceFlagWriter
 
-    account, ids = salesforce_org(oauth_runtime, salesforce.url, 300)
+    account, ids = salesforce_org(oauth_runtime, salesforce_app.url, 300)
     writer = SalesforceFlagWriter(
         salesforce_api(oauth_runtime, account), "email", objects=("Contact",), work_dir=tmp_path
     )
     writer.prepare()
-    failures = writer.write(
-        updates_expiring_after(ids, 250, lambda: expire_tokens(salesforce.url, ORG), object_type="Contact")
+    updates = updates_expiring_after(
+        ids, 250, lambda: expire_tokens(salesforce_app.url, ORG), object_type="Contact"
     )
+    failures = writer.write(updates)
 
     assert failures == []
-    counts = oauth_counts(salesforce.url, ORG)
+    counts = oauth_counts(salesforce_app.url, ORG)
     assert (counts["refreshes"], counts["expired_rejections"]) == (1, 1)
-    written = writes(salesforce.url)
+    written = writes(salesforce_app.url)
     assert sorted(written) == sorted(ids) and all(values == ["valid"] for values in written.values())
 
 
 def test_salesforce_bulk_query_and_ingest_whose_session_expires_while_they_run_refresh_once(
-    oauth_runtime: Runtime, salesforce: SandboxServer, tmp_path: Path
+    oauth_runtime: Runtime, salesforce_app: SandboxServer, tmp_path: Path
 ) -> None:
     from connector.crm.salesforce.flags import SalesforceFlagWriter
     from connector.crm.salesforce.records import SalesforceSegmentSource
 
-    account, ids = salesforce_org(oauth_runtime, salesforce.url, 40)
-    sleep, expired = expiring_once(salesforce.url, ORG)
+    account, ids = salesforce_org(oauth_runtime, salesforce_app.url, 40)
+    sleep, expired = expiring_once(salesforce_app.url, ORG)
     api = salesforce_api(oauth_runtime, account, sleep)
     source = {"kind": "salesforce_soql", "ref": "Email != NULL", "object": "Contact"}
     records = list(
         SalesforceSegmentSource(api, source, "email", bulk_threshold=0, work_dir=tmp_path).iter_records()
     )
     assert expired and sorted(r.record_id for r in records) == sorted(ids)
-    assert oauth_counts(salesforce.url, ORG)["refreshes"] == 1
+    assert oauth_counts(salesforce_app.url, ORG)["refreshes"] == 1
 
-    sleep, expired = expiring_once(salesforce.url, ORG)
+    sleep, expired = expiring_once(salesforce_app.url, ORG)
     api = salesforce_api(oauth_runtime, account, sleep)
     writer = SalesforceFlagWriter(
         api, "email", objects=("Contact",), expected_updates=40, bulk_threshold=5, work_dir=tmp_path
@@ -429,20 +367,20 @@ def test_salesforce_bulk_query_and_ingest_whose_session_expires_while_they_run_r
     writer.prepare()
     assert writer.write(FlagUpdate(record_id, "Contact", verdict()) for record_id in ids) == []
     assert expired
-    counts = oauth_counts(salesforce.url, ORG)
+    counts = oauth_counts(salesforce_app.url, ORG)
     assert (counts["refreshes"], counts["expired_rejections"]) == (2, 2)
-    written = writes(salesforce.url)
+    written = writes(salesforce_app.url)
     assert sorted(written) == sorted(ids) and all(values == ["valid"] for values in written.values())
 
 
 def test_a_revoked_salesforce_refresh_token_pauses_the_sync(
-    oauth_runtime: Runtime, salesforce: SandboxServer
+    oauth_runtime: Runtime, salesforce_app: SandboxServer
 ) -> None:
-    account, _ids = salesforce_org(oauth_runtime, salesforce.url, 1)
+    account, _ids = salesforce_org(oauth_runtime, salesforce_app.url, 1)
     api = salesforce_api(oauth_runtime, account)
     api.query("SELECT Id FROM Contact")
-    control(salesforce.url, "/_sandbox/oauth", {"revoke_refresh_tokens": True}, ORG)
-    expire_tokens(salesforce.url, ORG)
+    control(salesforce_app.url, "/_sandbox/oauth", {"revoke_refresh_tokens": True}, ORG)
+    expire_tokens(salesforce_app.url, ORG)
 
     with pytest.raises(TransientError) as paused:
         api.query("SELECT Id FROM Contact")
@@ -454,16 +392,16 @@ def test_a_revoked_salesforce_refresh_token_pauses_the_sync(
 
 
 def test_stored_tokens_are_refreshed_shortly_before_they_expire(
-    oauth_runtime: Runtime, hubspot: SandboxServer
+    oauth_runtime: Runtime, hubspot_app: SandboxServer
 ) -> None:
     """HubSpot's tokens say when they expire: one about to is refreshed before it is sent, not after a 401."""
-    control(hubspot.url, "/_sandbox/oauth", {"token_ttl_seconds": 4})
-    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot.url, 2)
+    control(hubspot_app.url, "/_sandbox/oauth", {"token_ttl_seconds": 4})
+    account, list_id, _ids = hubspot_portal(oauth_runtime, hubspot_app.url, 2)
     api = hubspot_api(oauth_runtime, account)
     api.call(api.lists.get_by_id, list_id)
     time.sleep(3.3)  # under a quarter of its life left
     api.call(api.lists.get_by_id, list_id)
-    counts = oauth_counts(hubspot.url, PORTAL)
+    counts = oauth_counts(hubspot_app.url, PORTAL)
     assert (counts["refreshes"], counts["expired_rejections"]) == (1, 0)
     assert secrets.compare_digest(stored(oauth_runtime, account.connection_id)[1]["access_token"], api._token)
 

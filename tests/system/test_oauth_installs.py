@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 from cryptography.fernet import Fernet
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 from sqlalchemy import func, select
 
 from connector.crm.hubspot.webhook import sign
@@ -35,14 +35,9 @@ from connector.runtime import Runtime
 from connector.sandbox.salesforce_ids import to_18
 from connector.sandbox.server import SandboxServer, serve_in_thread
 from connector.secretbox import SecretBox
-from tests.conftest import HUBSPOT_TOKEN, IN_CI, SALESFORCE_SESSION, with_settings
+from tests.conftest import HUBSPOT_TOKEN, SALESFORCE_SESSION, with_settings
 from tests.processes import connector_env, free_port, kill, start_web, start_worker, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 ADMIN_TOKEN = "test-admin-token"
 SECRET_KEY = Fernet.generate_key().decode()
 HUBSPOT_APP = ("oauth-e2e-hubspot-client-id", "oauth-e2e-hubspot-client-secret")
@@ -87,18 +82,6 @@ class Seen:
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -106,9 +106,14 @@ def install(client: requests.Session, web: SandboxServer, crm: str) -> requests.
     return client.get(f"{web.url}/admin/connect/{crm}", timeout=10)
 
 
+def connect(client: requests.Session, web: SandboxServer, crm: str = "hubspot") -> requests.Response:
+    """The Connect button's answer itself (its redirect to the consent page not followed)."""
+    return client.get(f"{web.url}/admin/connect/{crm}", allow_redirects=False, timeout=5)
+
+
 def callback_url(client: requests.Session, web: SandboxServer, crm: str) -> str:
     """The URL the consent page sends the browser back to, not yet visited."""
-    consent = client.get(f"{web.url}/admin/connect/{crm}", allow_redirects=False, timeout=5)
+    consent = connect(client, web, crm)
     assert consent.status_code == 302, consent.text
     back = requests.get(consent.headers["Location"], allow_redirects=False, timeout=5)
     assert back.status_code == 302, back.text
@@ -162,14 +167,13 @@ def test_connect_without_the_secret_key_answers_503_and_says_why(
     client = signed_in(web)
     listing = client.get(f"{web.url}/admin/ops/connections", timeout=5).text
     assert "CONNECTOR_SECRET_KEY" in listing
-    answer = client.get(f"{web.url}/admin/connect/hubspot", allow_redirects=False, timeout=5)
+    answer = connect(client, web)
     assert answer.status_code == 503
     assert "CONNECTOR_SECRET_KEY" in answer.text and 'href="/admin/ops/connections"' in answer.text
 
 
 def test_connect_without_the_app_configured_answers_503(app_unset: Runtime, web: SandboxServer) -> None:
-    client = signed_in(web)
-    answer = client.get(f"{web.url}/admin/connect/hubspot", allow_redirects=False, timeout=5)
+    answer = connect(signed_in(web), web)
     assert answer.status_code == 503 and "HUBSPOT_CLIENT_ID" in answer.text
 
 
@@ -194,7 +198,7 @@ def test_connect_redirects_to_the_consent_page_with_the_public_callback_url(
             ("hubspot", hubspot_oauth, "/oauth/authorize"),
             ("salesforce", salesforce_oauth, "/services/oauth2/authorize"),
         ):
-            answer = client.get(f"{web.url}/admin/connect/{crm}", allow_redirects=False, timeout=5)
+            answer = connect(client, web, crm)
             assert answer.status_code == 302
             location = urlsplit(answer.headers["Location"])
             assert f"{location.scheme}://{location.netloc}{location.path}" == sandbox.url + path
@@ -203,7 +207,7 @@ def test_connect_redirects_to_the_consent_page_with_the_public_callback_url(
             assert len(query["state"][0]) >= 16
         # One binding per session: connecting twice keeps the same session value.
         cookie = client.cookies.get("connector_ops")
-        client.get(f"{web.url}/admin/connect/hubspot", allow_redirects=False, timeout=5)
+        connect(client, web)
         assert client.cookies.get("connector_ops") == cookie
     finally:
         web.stop()
@@ -307,7 +311,7 @@ def assert_refused(answer: requests.Response, runtime: Runtime, before: int, wor
 
 def test_a_forged_state_is_refused_and_nothing_is_stored(oauth_runtime: Runtime, web: SandboxServer) -> None:
     client = signed_in(web)
-    client.get(f"{web.url}/admin/connect/hubspot", allow_redirects=False, timeout=5)  # a real state exists
+    connect(client, web)  # a real state exists
     before = len(connections(oauth_runtime))
     forged = client.get(f"{web.url}/admin/connect/hubspot/callback?code=abc&state=forged-state", timeout=5)
     assert_refused(forged, oauth_runtime, before, "not valid")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 from openpyxl import load_workbook
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import select
 
 from connector.models import Segment, Sync, SyncBatch, SyncStatus
@@ -27,29 +27,12 @@ from connector.pipeline.syncs import ensure_connection
 from connector.runtime import Runtime, set_runtime
 from connector.sandbox.server import SandboxServer, serve_in_thread
 from connector.web import create_app
-from tests.conftest import IN_CI, with_settings
+from tests.conftest import with_settings
 from tests.web.test_admin_api import file_sync
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 TOKEN = "test-admin-token"
 COOKIE = "connector_ops"
 HOSTILE = '<img src=x onerror="window.pwned=1">'
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is missing; .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
