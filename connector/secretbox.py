@@ -39,15 +39,23 @@ class SecretBox:
         try:
             found = json.loads(self._fernet.decrypt(sealed.encode()))
         except InvalidToken:
-            raise ConfigError(
-                "secret_key_mismatch",
-                "stored tokens cannot be decrypted with CONNECTOR_SECRET_KEY (was a key removed too early?)",
-            ) from None
+            raise _mismatch() from None
         return found if isinstance(found, dict) else {}
 
     def reseal(self, sealed: str) -> str:
         """The same document encrypted under the first key (a rotation step)."""
-        return self._fernet.rotate(sealed.encode()).decode()
+        try:
+            return self._fernet.rotate(sealed.encode()).decode()
+        except InvalidToken:
+            raise _mismatch() from None
+
+
+def _mismatch() -> ConfigError:
+    return ConfigError(
+        "secret_key_mismatch",
+        "stored tokens cannot be decrypted with any key of CONNECTOR_SECRET_KEY "
+        "(was a key removed too early?)",
+    )
 
 
 def secret_box(settings: Settings) -> SecretBox | None:

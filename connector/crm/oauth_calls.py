@@ -58,12 +58,14 @@ def send(
     `setting` names the variable that configures the URL (in a refused redirect's message), `code`
     prefixes error codes, `secrets` (the client secret, a code or token sent) are never shown in a
     message and never logged."""
+    # Loaded on the first OAuth call, not at import: the CRM packages are imported by every CLI
+    # command, and requests is not needed by most of them.
     import requests
 
     from connector.outbound import PinnedSession
 
     hidden = tuple(secret for secret in secrets if secret)
-    learn(*hidden)
+    add_secret(*hidden)
     session = PinnedSession(url, service=service, setting=setting)
     try:
         response = session.request(
@@ -94,8 +96,3 @@ def send(
     except (ValueError, UnicodeDecodeError):
         body = {}
     return TokenAnswer(response.status_code, body if isinstance(body, dict) else {}, hidden)
-
-
-def learn(*values: str | None) -> None:
-    """Redact these values (tokens, codes, the client secret) from this process's log lines."""
-    add_secret(*values)

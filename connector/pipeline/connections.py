@@ -26,18 +26,16 @@ import json
 import logging
 import re
 import secrets
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 import redis
-from cryptography.fernet import InvalidToken
 from sqlalchemy import or_, select
 
 from connector.crm.base import Crm, OAuthApp
-from connector.crm.registry import crm_named
+from connector.crm.registry import CRMS, crm_named
 from connector.crm.tokens import DISCONNECTED, NEEDS_REAUTH, seal_grant
 from connector.db import dialect_insert
 from connector.errors import ConfigError, ConnectorError, InputError, NotFoundError
@@ -114,7 +112,6 @@ def begin_install(runtime: Runtime, crm_name: str, binding: str, redirect_uri: s
         "binding": _digest(binding),
         "verifier": verifier,
         "redirect_uri": redirect_uri,
-        "created": time.time(),
     }
     runtime.redis.set(STATE_KEY.format(_digest(state)), json.dumps(held), ex=STATE_TTL_SECONDS)
     challenge = _challenge(verifier) if verifier else None
@@ -335,11 +332,11 @@ def _env_refusal(runtime: Runtime, row: Connection, crm: Crm | None) -> str:
 def list_connections(runtime: Runtime) -> list[Connection]:
     """Every connection, oldest first (detached); the env connection of each CRM configured by the
     environment is listed even before anything used it."""
-    for crm in _crms():
+    for crm in CRMS.values():
         if crm.env_configured(runtime.settings):
             webhook_connection(runtime, crm.name)  # its row, created once per process
     with runtime.session() as session:
-        rows = list(session.scalars(select(Connection).where(Connection.crm.in_([c.name for c in _crms()]))
+        rows = list(session.scalars(select(Connection).where(Connection.crm.in_(list(CRMS)))
                                     .order_by(Connection.id)))  # fmt: skip
         session.expunge_all()
     return rows
@@ -373,12 +370,6 @@ def connection_json(connection: Connection, base_url: str | None = None) -> dict
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment is not None else None
-
-
-def _crms() -> list[Crm]:
-    from connector.crm.registry import CRMS
-
-    return list(CRMS.values())
 
 
 # ---- segments: which connection ---------------------------------------------------------------------
@@ -472,12 +463,8 @@ def rotate_keys(runtime: Runtime) -> int:
                 continue
             try:
                 row.credentials = box.reseal(row.credentials)
-            except InvalidToken:
-                raise ConfigError(
-                    "secret_key_mismatch",
-                    f"the tokens of connection {connection_id} cannot be decrypted with any key of "
-                    "CONNECTOR_SECRET_KEY (was a key removed too early?)",
-                ) from None
+            except ConfigError as error:
+                raise ConfigError(error.code, f"connection {connection_id}: {error.message}") from None
             done += 1
     return done
 

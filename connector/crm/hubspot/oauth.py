@@ -17,8 +17,9 @@ from urllib.parse import quote, urlencode
 from connector.config import Settings
 from connector.crm.base import OAuthApp, OAuthGrant, RefreshRefused
 from connector.crm.hubspot.settings import HubSpotSettings
-from connector.crm.oauth_calls import TokenAnswer, learn, send
+from connector.crm.oauth_calls import TokenAnswer, send
 from connector.errors import ConfigError, ConnectorError
+from connector.logs import add_secret
 
 # What the connector's calls need, by the scopes HubSpot's specs name for them: contacts read
 # (batch read, webhooks' contact events) and write (batch update), lists read (list size and
@@ -164,7 +165,7 @@ def _grant(answer: TokenAnswer, *, refresh_required: bool) -> OAuthGrant:
     refresh_token = answer.text("refresh_token")
     if not access_token or (refresh_required and not refresh_token):
         raise ConnectorError(f"{CODE}_unreadable", "HubSpot's token answer has no access or refresh token")
-    learn(access_token, refresh_token)
+    add_secret(access_token, refresh_token)
     return OAuthGrant(
         access_token=access_token,
         refresh_token=refresh_token,

@@ -15,9 +15,10 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from connector.config import Settings
 from connector.crm.base import OAuthApp, OAuthGrant, RefreshRefused
-from connector.crm.oauth_calls import TokenAnswer, learn, send
+from connector.crm.oauth_calls import TokenAnswer, send
 from connector.crm.salesforce.settings import SalesforceSettings
 from connector.errors import ConfigError, ConnectorError
+from connector.logs import add_secret
 
 SERVICE = "Salesforce"
 CODE = "salesforce_oauth"
@@ -157,7 +158,7 @@ def _grant(own: SalesforceSettings, answer: TokenAnswer, *, refreshing: bool = F
     if not access_token:
         raise ConnectorError(f"{CODE}_unreadable", "Salesforce's token answer has no access token")
     refresh_token = answer.text("refresh_token")
-    learn(access_token, refresh_token)
+    add_secret(access_token, refresh_token)
     instance_url = _instance_url(own, answer.text("instance_url"))
     if instance_url is None and not refreshing:
         raise ConnectorError(f"{CODE}_unreadable", "Salesforce's token answer has no instance_url")
