@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from connector.crm.base import IncomingContact
 from connector.crm.registry import crm_named
 from connector.db import dialect_insert
+from connector.errors import NotFoundError
 from connector.models import Connection, Sync, WebhookEvent
 from connector.pipeline.coalesce import buffer_contacts, note_buffered
 from connector.pipeline.syncs import create_sync, ensure_connection, source_key, unsettled_sync
@@ -34,6 +35,26 @@ def crm_connection(runtime: Runtime, crm: str) -> Connection:
         if "default_country" not in (connection.settings or {}):
             connection.settings = {**(connection.settings or {}), "default_country": settings.default_country}
     return connection
+
+
+def connection_row(runtime: Runtime, connection_id: int) -> Connection:
+    """The connection's row as committed now (detached)."""
+    with runtime.session() as session:
+        connection = session.get(Connection, connection_id)
+        if connection is None:  # a webhook's directory named it: only a CRM reader's bug gets here
+            raise NotFoundError("connection_not_found", f"connection {connection_id} does not exist")
+        session.expunge(connection)
+    return connection
+
+
+def remembered_connection(runtime: Runtime, connection_id: int) -> Connection:
+    """`connection_row`, remembered by this process: buffering needs only its id and CRM, which
+    never change (whether it may take deliveries is the directory's answer, read fresh)."""
+    key = ("connection_row", connection_id)
+    if key not in runtime.memo:
+        runtime.memo[key] = connection_row(runtime, connection_id)
+    found: Connection = runtime.memo[key]
+    return found
 
 
 def webhook_connection(runtime: Runtime, crm: str) -> Connection:

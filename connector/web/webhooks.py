@@ -17,10 +17,13 @@ from connector.crm.base import AccountDirectory, Crm, WebhookRequest
 from connector.crm.registry import crm_named
 from connector.errors import NotFoundError
 from connector.metrics import count
-from connector.models import Connection
 from connector.pipeline.connections import ConnectionDirectory
-from connector.pipeline.intake import accept_contacts, start_segment_sync
-from connector.runtime import Runtime
+from connector.pipeline.intake import (
+    accept_contacts,
+    connection_row,
+    remembered_connection,
+    start_segment_sync,
+)
 from connector.web.context import current_runtime
 
 webhooks = Blueprint("webhooks", __name__)
@@ -50,7 +53,7 @@ def receive(name: str) -> ResponseReturnValue:
     for delivery in deliveries:
         accepted += accept_contacts(
             runtime,
-            _known_connection(runtime, delivery.connection_id),
+            remembered_connection(runtime, delivery.connection_id),
             keyed=delivery.keyed,
             unkeyed=delivery.unkeyed,
         )
@@ -58,7 +61,7 @@ def receive(name: str) -> ResponseReturnValue:
             trigger = delivery.segment
             start_segment_sync(
                 runtime,
-                _fresh_connection(runtime, delivery.connection_id),  # a segment sync reads its settings
+                connection_row(runtime, delivery.connection_id),  # a segment sync reads its settings
                 source=dict(trigger.source),
                 type_=trigger.type,
                 trigger="webhook",
@@ -70,25 +73,6 @@ def receive(name: str) -> ResponseReturnValue:
         return jsonify({"accepted": accepted})
     body, mimetype = answer(accepted)
     return Response(body, mimetype=mimetype)
-
-
-def _known_connection(runtime: Runtime, connection_id: int) -> Connection:
-    """The connection's row, remembered by this process: buffering needs only its id and CRM, which
-    never change (whether it may take deliveries is the directory's answer, read fresh)."""
-    key = ("webhook_connection_row", connection_id)
-    if key not in runtime.memo:
-        runtime.memo[key] = _fresh_connection(runtime, connection_id)
-    found: Connection = runtime.memo[key]
-    return found
-
-
-def _fresh_connection(runtime: Runtime, connection_id: int) -> Connection:
-    with runtime.session() as session:
-        connection = session.get(Connection, connection_id)
-        if connection is None:  # the directory named it: only a CRM reader's bug gets here
-            raise NotFoundError("connection_not_found", f"connection {connection_id} does not exist")
-        session.expunge(connection)
-    return connection
 
 
 def _webhook_crm(name: str) -> Crm:
