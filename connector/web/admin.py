@@ -30,7 +30,7 @@ from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.results import iter_verdicts, json_chunks, write_xlsx
 from connector.states import RESULT_STATES
 from connector.web.admin_auth import TooManyAttempts, token_accepted
-from connector.web.context import current_runtime
+from connector.web.context import ROW_ID, current_runtime, public_base_url
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_LIMIT = 500
@@ -303,27 +303,21 @@ def start_segment(segment_id: int) -> ResponseReturnValue:
 
 @admin.get("/connections")
 def all_connections() -> ResponseReturnValue:
-    base = webhook_base_url()
+    base = public_base_url()
     return jsonify({"connections": [connection_json(c, base) for c in list_connections(current_runtime())]})
 
 
-@admin.get("/connections/<int(max=9223372036854775807):connection_id>")
+@admin.get(f"/connections/<{ROW_ID}:connection_id>")
 def show_connection(connection_id: int) -> ResponseReturnValue:
-    return jsonify(connection_json(get_connection(current_runtime(), connection_id), webhook_base_url()))
+    return jsonify(connection_json(get_connection(current_runtime(), connection_id), public_base_url()))
 
 
-@admin.delete("/connections/<int(max=9223372036854775807):connection_id>")
+@admin.delete(f"/connections/<{ROW_ID}:connection_id>")
 def remove_connection(connection_id: int) -> ResponseReturnValue:
     """Disconnect: revoke at the CRM, forget the tokens, stop the schedules (409 for an env connection)."""
     runtime = current_runtime()
     get_connection(runtime, connection_id)  # 404 for the file source's row too
-    return jsonify(connection_json(disconnect(runtime, connection_id), webhook_base_url()))
-
-
-def webhook_base_url() -> str:
-    """Where CRMs reach this deployment: PUBLIC_BASE_URL, else the URL this request came to."""
-    public = current_runtime().settings.public_base_url
-    return (public or request.host_url).rstrip("/")
+    return jsonify(connection_json(disconnect(runtime, connection_id), public_base_url()))
 
 
 def _json_body() -> Any:

@@ -51,7 +51,7 @@ from connector.web.admin import (
     sync_json,
 )
 from connector.web.admin_auth import TooManyAttempts, configured_admin_token, token_accepted
-from connector.web.context import current_runtime
+from connector.web.context import ROW_ID, current_runtime
 from connector.web.ops_connections import connections
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ SESSION_LIFETIME = timedelta(hours=12)
 PAGE_SIZE = 50
 REFRESH_SECONDS = 5
 WRITE_FAILURES_ON_PAGE = 100
-SYNC_ID = "int(max=9223372036854775807)"  # ids are BIGINT; a larger one must not reach SQL
 PUBLIC_ENDPOINTS = frozenset({"ops.sign_in_form", "ops.sign_in"})
 ACTIONS = {"retry": retry_sync, "cancel": cancel_sync, "approve": approve_sync}
 SESSION_KEY_LABEL = b"apexverify-connector/ops-session/v1"
@@ -225,7 +224,7 @@ def syncs_table() -> ResponseReturnValue:
     )
 
 
-@ops.get(f"/ops/syncs/<{SYNC_ID}:sync_id>")
+@ops.get(f"/ops/syncs/<{ROW_ID}:sync_id>")
 def sync_page(sync_id: int) -> ResponseReturnValue:
     with current_runtime().session() as db:
         sync = get_sync(db, sync_id)
@@ -248,7 +247,7 @@ def sync_page(sync_id: int) -> ResponseReturnValue:
     )
 
 
-@ops.post(f"/ops/syncs/<{SYNC_ID}:sync_id>/<any(retry, cancel, approve):action>")
+@ops.post(f"/ops/syncs/<{ROW_ID}:sync_id>/<any(retry, cancel, approve):action>")
 def sync_action(sync_id: int, action: str) -> ResponseReturnValue:
     try:
         sync = ACTIONS[action](current_runtime(), sync_id)
@@ -259,7 +258,7 @@ def sync_action(sync_id: int, action: str) -> ResponseReturnValue:
     return redirect(url_for("ops.sync_page", sync_id=sync_id))
 
 
-@ops.get(f"/ops/syncs/<{SYNC_ID}:sync_id>/results.<any(json, xlsx):fmt>")
+@ops.get(f"/ops/syncs/<{ROW_ID}:sync_id>/results.<any(json, xlsx):fmt>")
 def download_results(sync_id: int, fmt: str) -> ResponseReturnValue:
     return results_response(sync_id, fmt)
 
@@ -291,7 +290,7 @@ def _last_syncs(db: Any, segment_ids: list[int]) -> dict[int, dict[str, Any]]:
     return {segment_id: {"id": sync_id, "status": status} for segment_id, sync_id, status in rows}
 
 
-@ops.post(f"/ops/segments/<{SYNC_ID}:segment_id>/sync")
+@ops.post(f"/ops/segments/<{ROW_ID}:segment_id>/sync")
 def sync_now(segment_id: int) -> ResponseReturnValue:
     try:
         sync = sync_segment(current_runtime(), segment_id, "admin")

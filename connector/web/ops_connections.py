@@ -24,7 +24,6 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from connector.config import Settings
 from connector.crm.registry import CRMS, crm_named
 from connector.errors import ConfigError, ConnectorError, TransientError
 from connector.models import Segment
@@ -41,12 +40,11 @@ from connector.pipeline.connections import (
 from connector.pipeline.segments import segment_json
 from connector.runtime import Runtime
 from connector.secretbox import require_secret_box
-from connector.web.context import current_runtime
+from connector.web.context import ROW_ID, current_runtime, public_base_url
 
 log = logging.getLogger(__name__)
 
 connections = Blueprint("connections", __name__)
-CONNECTION_ID = "int(max=9223372036854775807)"  # ids are BIGINT; a larger one must not reach SQL
 BINDING_KEY = "oauth_binding"  # the session's install binding (pipeline/connections.py keeps state by it)
 ONCE_KEY = "new_webhook_secret"  # {"connection_id": id, "ref": reference of the sealed secret in Redis}
 ONCE_TTL_SECONDS = 600  # a secret nobody came to see is gone after this
@@ -61,7 +59,7 @@ def connect(name: str) -> ResponseReturnValue:
     runtime = current_runtime()
     crm, _ = oauth_crm(name)  # NotFoundError (404) for a CRM not installed by OAuth
     try:
-        consent_url = begin_install(runtime, crm.name, _binding(), redirect_uri(runtime.settings, crm.name))
+        consent_url = begin_install(runtime, crm.name, _binding(), _redirect_uri(crm.name))
     except ConnectorError as error:  # ConfigError (503): the app's variables or CONNECTOR_SECRET_KEY unset
         return _install_error(error, error.http_status)
     return redirect(consent_url, code=302)
@@ -94,13 +92,9 @@ def _binding() -> str:
     return binding
 
 
-def redirect_uri(settings: Settings, crm_name: str) -> str:
+def _redirect_uri(crm_name: str) -> str:
     """Where the CRM sends the browser back: under PUBLIC_BASE_URL, else the URL this request came to."""
-    return public_base(settings) + url_for(".callback", name=crm_name)
-
-
-def public_base(settings: Settings) -> str:
-    return settings.public_base_url.rstrip("/") if settings.public_base_url else request.host_url.rstrip("/")
+    return public_base_url() + url_for(".callback", name=crm_name)
 
 
 def _callback_status(error: ConnectorError) -> int:
@@ -160,7 +154,7 @@ def _once_key(ref: str) -> str:
 @connections.get("/ops/connections")
 def connections_page() -> ResponseReturnValue:
     runtime = current_runtime()
-    base = public_base(runtime.settings)
+    base = public_base_url()
     rows = [_row(connection_json(c, base)) for c in list_connections(runtime)]
     installable = [
         {"name": crm.name, "label": crm.label, "unavailable": install_unavailable(runtime, crm.name)}
@@ -170,10 +164,10 @@ def connections_page() -> ResponseReturnValue:
     return render_template("ops_connections.html", connections=rows, installable=installable)
 
 
-@connections.get(f"/ops/connections/<{CONNECTION_ID}:connection_id>")
+@connections.get(f"/ops/connections/<{ROW_ID}:connection_id>")
 def connection_page(connection_id: int) -> ResponseReturnValue:
     runtime = current_runtime()
-    detail = _row(connection_json(get_connection(runtime, connection_id), public_base(runtime.settings)))
+    detail = _row(connection_json(get_connection(runtime, connection_id), public_base_url()))
     with runtime.session() as db:
         query = (
             select(Segment)
@@ -197,7 +191,7 @@ def connection_page(connection_id: int) -> ResponseReturnValue:
     )
 
 
-@connections.post(f"/ops/connections/<{CONNECTION_ID}:connection_id>/disconnect")
+@connections.post(f"/ops/connections/<{ROW_ID}:connection_id>/disconnect")
 def disconnect_connection(connection_id: int) -> ResponseReturnValue:
     try:
         connection = disconnect(current_runtime(), connection_id)
