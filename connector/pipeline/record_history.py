@@ -124,6 +124,8 @@ def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: 
         written.c.value_digest,
         literal(utcnow(), DateTime(timezone=True)),
     ).where(true())  # SQLite reads "FROM x ON CONFLICT" as a join without a WHERE in between
+    # In key order: the primary key's leaves are filled one after the other, not at random.
+    columns = columns.order_by(written.c.record_id)
     statement = dialect_insert(session, RecordVerification.__table__).from_select(
         ["connection_id", "type", "record_id", "value_digest", "written_at"], columns
     )

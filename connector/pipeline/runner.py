@@ -35,7 +35,7 @@ from connector.pipeline.polling import documented_gap, verification_poll_delay
 from connector.pipeline.state import Advance, StepAborted, StepContext, StepResult, Wait, transition
 from connector.pipeline.steps import STEPS
 from connector.runtime import Runtime, get_runtime
-from connector.states import RUNNABLE_STATES
+from connector.states import COUNTING_STATES, RUNNABLE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
             sync.poll_attempt = 0
             entered = sync.updated_at
             transition(session, sync, result.to, result.note)
-            refresh_counts(session, sync)
+            if status in COUNTING_STATES:
+                refresh_counts(session, sync)
             observe_step(runtime.redis, str(status), (sync.updated_at - entered).total_seconds())
             if result.to == SyncStatus.VERIFYING:
                 delay = verification_poll_delay(session, runtime.settings, sync)

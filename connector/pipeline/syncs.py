@@ -21,6 +21,7 @@ from connector.db import dialect_insert
 from connector.errors import ConnectorError, NotFoundError
 from connector.models import Connection, Sync, SyncStatus, SyncTransition, utcnow
 from connector.pipeline.batchfiles import write_batch_files
+from connector.pipeline.counts import refresh_counts
 from connector.pipeline.jobs import schedule_step
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.state import transition
@@ -191,6 +192,9 @@ def _reset_broken_batches(runtime: Runtime, session: Session, sync: Sync, step: 
         batch.abandoned_at = utcnow()
         write_batch_files(session, runtime, sync, from_batch_seq=batch.seq)
         step = SyncStatus.UPLOADING
+    if step == SyncStatus.UPLOADING:
+        session.flush()
+        refresh_counts(session, sync)  # the new batches' values are sent again; uploading does not count
     return step
 
 

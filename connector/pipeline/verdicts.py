@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
 
 from connector.crm.base import Verdict
-from connector.db import copy_rows, dialect_insert
-from connector.models import SyncValue, VerifiedValue
+from connector.db import copy_rows, raise_work_mem
+from connector.models import SyncValue
 
 # A malformed value is neither a role address nor a disposable inbox: every flag gets written.
 INVALID_FORMAT = {
@@ -25,10 +24,11 @@ INVALID_FORMAT = {
 }
 
 
-def verdict_columns(type_: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The columns stored for one export record (email or phone)."""
-    valid, wrong, unknown = bool(record.get("valid")), bool(record.get("wrong")), bool(record.get("unknown"))
-    if record.get("is_syntax_error"):
+def verdict_columns(type_: str, record: dict[str, Any]) -> tuple[Any, ...]:
+    """The verdict of one export record (email or phone), as the values of VERDICT_FIELDS."""
+    get = record.get
+    valid, wrong = bool(get("valid")), bool(get("wrong"))
+    if get("is_syntax_error"):
         status = "invalid_format"
     elif valid:
         status = "valid"
@@ -36,92 +36,83 @@ def verdict_columns(type_: str, record: dict[str, Any]) -> dict[str, Any]:
         status = "wrong"
     else:
         status = "unknown"
-    is_email = type_ == "email"
-    return {
-        "status": status,
-        "valid": valid,
-        "wrong": wrong or status == "invalid_format",
-        "unknown": unknown,
-        "is_role": bool(record.get("is_role")) if is_email else None,
-        "is_disposable": bool(record.get("is_disposable")) if is_email else None,
-    }
+    if type_ != "email":
+        return status, valid, wrong or status == "invalid_format", bool(get("unknown")), None, None
+    return (
+        status,
+        valid,
+        wrong or status == "invalid_format",
+        bool(get("unknown")),
+        bool(get("is_role")),
+        bool(get("is_disposable")),
+    )
 
 
-def verdict_from_row(row: Any, verified_at: datetime) -> Verdict:
+def verdict_from_text(fields: Sequence[str | None]) -> Verdict:
+    """The Verdict of VERDICT_FIELDS + verified_at as text (connector.db.text_rows)."""
+    status, valid, wrong, unknown, is_role, is_disposable, verified_at = fields
+    moment = datetime.fromisoformat(verified_at or "")
     return Verdict(
-        status=row.status,
-        valid=bool(row.valid),
-        wrong=bool(row.wrong),
-        unknown=bool(row.unknown),
-        is_role=row.is_role,
-        is_disposable=row.is_disposable,
-        verified_at=verified_at if verified_at.tzinfo else verified_at.replace(tzinfo=UTC),
+        status=status or "",
+        valid=valid == "t",
+        wrong=wrong == "t",
+        unknown=unknown == "t",
+        is_role=None if is_role is None else is_role == "t",
+        is_disposable=None if is_disposable is None else is_disposable == "t",
+        verified_at=moment if moment.tzinfo else moment.replace(tzinfo=UTC),
     )
 
 
-def remember_verdicts(session: Session, type_: str, rows: Iterable[dict[str, Any]]) -> None:
-    """Upsert verdicts into `verified_values` (rows carry value, verdict columns, verified_at)."""
-    payload = [
-        {"type": type_, **{k: r[k] for k in ("value", *INVALID_FORMAT, "details", "verified_at")}}
-        for r in rows
-    ]
-    if not payload:
-        return
-    stmt = dialect_insert(session, VerifiedValue)
-    updated = {c: stmt.excluded[c] for c in VERDICT_COLUMNS}
-    session.execute(stmt.on_conflict_do_update(index_elements=["type", "value"], set_=updated), payload)
+VERDICT_FIELDS = tuple(INVALID_FORMAT)
 
 
-VERDICT_COLUMNS = (*INVALID_FORMAT, "details", "verified_at")
-
-
-def store_verdicts(session: Session, sync_id: int, type_: str, rows: list[dict[str, Any]]) -> None:
-    """Put export verdicts on the sync's value rows and remember them for later syncs."""
-    if session.get_bind().dialect.name == "postgresql":
-        _store_with_copy(session, sync_id, type_, rows)
-        return
-    table = SyncValue.__table__
-    statement = (
-        table.update()
-        .where(table.c.sync_id == sync_id, table.c.value == bindparam("b_value"))
-        .values({c: bindparam(f"b_{c}") for c in VERDICT_COLUMNS})
-    )
-    session.execute(statement, [{f"b_{k}": v for k, v in row.items()} for row in rows])
-    remember_verdicts(session, type_, rows)
-
-
-_INCOMING = (
-    "CREATE TEMP TABLE IF NOT EXISTS incoming_verdicts (value text, status text, valid bool, wrong bool,"
-    " unknown bool, is_role bool, is_disposable bool, details json, verified_at timestamptz)"
-    " ON COMMIT DELETE ROWS"
-)
-_SET_VALUES = ", ".join(f"{c} = i.{c}" for c in VERDICT_COLUMNS)
-_SET_REMEMBERED = ", ".join(f"{c} = excluded.{c}" for c in VERDICT_COLUMNS)
-_COLUMN_LIST = ", ".join(VERDICT_COLUMNS)
-
-
-def _store_with_copy(session: Session, sync_id: int, type_: str, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: COPY the chunk into a temp table and update from it — one round trip, not one per row."""
+def store_verdicts(
+    session: Session,
+    sync_id: int,
+    batch_seq: int,
+    type_: str,
+    rows: Iterable[tuple[Any, ...]],
+    verified_at: datetime,
+) -> None:
+    """Put a batch's export verdicts ((value, *VERDICT_FIELDS) rows) on its value rows, and
+    remember them for later syncs: the rows go into a staging table (COPY on PostgreSQL), then one
+    UPDATE joined to it and one upsert of the cache, not a statement per value."""
+    raise_work_mem(session)
     connection = session.connection()
-    connection.exec_driver_sql(_INCOMING)
-    copy_rows(
-        session,
-        "incoming_verdicts",
-        ("value", *VERDICT_COLUMNS),
-        (
-            (row["value"], *(row[c] for c in INVALID_FORMAT), json.dumps(row["details"]), row["verified_at"])
-            for row in rows
-        ),
+    dialect = connection.dialect.name
+    connection.exec_driver_sql(_STAGING[dialect])
+    if dialect == "postgresql":
+        copy_rows(session, "incoming_verdicts", ("value", *VERDICT_FIELDS), rows)
+        connection.exec_driver_sql("ANALYZE incoming_verdicts")  # a temp table has no statistics otherwise
+    else:
+        connection.exec_driver_sql("DELETE FROM incoming_verdicts")
+        connection.exec_driver_sql("INSERT INTO incoming_verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
+    moment = bindparam("verified_at", verified_at, type_=SyncValue.__table__.c.verified_at.type)
+    session.execute(text(_SET_VERDICTS).bindparams(moment, sync_id=sync_id, batch_seq=batch_seq))
+    session.execute(text(_REMEMBER[dialect]).bindparams(moment, type=type_))
+
+
+_STAGING_COLUMNS = (
+    "value text, status text, valid boolean, wrong boolean, unknown boolean, is_role boolean,"
+    " is_disposable boolean"
+)
+_STAGING = {  # rows live for the transaction (SQLite has no ON COMMIT: emptied before use)
+    "postgresql": f"CREATE TEMP TABLE incoming_verdicts ({_STAGING_COLUMNS}) ON COMMIT DROP",
+    "sqlite": f"CREATE TEMP TABLE IF NOT EXISTS incoming_verdicts ({_STAGING_COLUMNS})",
+}
+_FIELD_LIST = ", ".join(VERDICT_FIELDS)
+_SET_VERDICTS = (
+    "UPDATE sync_values AS v SET {}, verified_at = :verified_at FROM incoming_verdicts AS i"
+    " WHERE v.sync_id = :sync_id AND v.batch_seq = :batch_seq AND v.value = i.value"
+).format(", ".join(f"{c} = i.{c}" for c in VERDICT_FIELDS))
+# An export naming a value twice keeps one verdict (ON CONFLICT may touch a row once).
+_REMEMBER = {
+    dialect: f"INSERT INTO verified_values (type, value, {_FIELD_LIST}, verified_at)"
+    f" SELECT {distinct} :type, value, {_FIELD_LIST}, :verified_at FROM incoming_verdicts {group}"
+    " ON CONFLICT (type, value) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*VERDICT_FIELDS, "verified_at"))
+    for dialect, distinct, group in (
+        ("postgresql", "DISTINCT ON (value)", ""),
+        ("sqlite", "", "WHERE true GROUP BY value"),  # SQLite keeps one row's bare columns per group
     )
-    connection.exec_driver_sql(
-        f"UPDATE sync_values v SET {_SET_VALUES} FROM incoming_verdicts i WHERE v.sync_id = %(sync_id)s"
-        " AND v.value = i.value",
-        {"sync_id": sync_id},
-    )
-    connection.exec_driver_sql(
-        f"INSERT INTO verified_values (type, value, {_COLUMN_LIST})"
-        f" SELECT DISTINCT ON (value) %(type)s, value, {_COLUMN_LIST} FROM incoming_verdicts"
-        f" ON CONFLICT (type, value) DO UPDATE SET {_SET_REMEMBERED}",
-        {"type": type_},
-    )
-    connection.exec_driver_sql("TRUNCATE incoming_verdicts")
+}

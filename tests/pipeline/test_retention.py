@@ -84,10 +84,10 @@ def add_sync_with_data(session: Session, runtime: Runtime, status: str, updated:
     email, phone = values_of("old" if updated < utcnow() - 7 * DAY else "new", tag)
     session.add_all(
         [
-            SyncContact(sync_id=sync.id, record_id="1", raw_value=f" {email.upper()} ", value=email,
+            SyncContact(sync_id=sync.id, record_id="1", value=email,
                         outcome=ContactOutcome.WRITE_FAILED, error_message=f"INVALID_EMAIL: {email}"),
-            SyncContact(sync_id=sync.id, record_id="2", raw_value=phone, value=phone),
-            SyncValue(sync_id=sync.id, value=email, status="valid", details={"email": email}),
+            SyncContact(sync_id=sync.id, record_id="2", value=phone),
+            SyncValue(sync_id=sync.id, value=email, status="valid"),
             SyncValue(sync_id=sync.id, value=phone, status="valid"),
             CoalescedContact(connection_id=connection_id, type="email", record_id=f"s{sync.id}", value=email,
                              sync_id=sync.id, received_at=updated),
@@ -102,7 +102,7 @@ def add_sync_with_data(session: Session, runtime: Runtime, status: str, updated:
 def cached_verdict(value: str, verified_at: datetime) -> VerifiedValue:
     return VerifiedValue(
         type="email", value=value, status="valid", valid=True, wrong=False, unknown=False,
-        details={"value": value}, verified_at=verified_at,
+        verified_at=verified_at,
     )  # fmt: skip
 
 
