@@ -343,6 +343,85 @@ def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+# ---- CPU against the floor --------------------------------------------------------------------
+
+# Issue 15, 1,000,000 contacts: worker + its PostgreSQL backends (+ the scheduler child) within 8x
+# the floor (floor.py at the same contact count), the worker alone within 3x.
+TARGET_TOTAL_FLOOR_RATIO = 8.0
+TARGET_WORKER_FLOOR_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class CpuAgainstFloor:
+    """A sync's CPU seconds (worker, its RQ scheduler child, its PostgreSQL backends) and the floor's."""
+
+    worker: float
+    scheduler: float
+    postgres: float
+    floor: float | None = None  # None: the floor was not measured (--no-floor)
+
+    @classmethod
+    def of(cls, result: Any) -> CpuAgainstFloor:
+        """From an end-to-end result or its --json-out dict (fields both e2e scripts share)."""
+        figures = result if isinstance(result, dict) else vars(result)
+        return cls(
+            worker=float(figures.get("worker_cpu_seconds") or 0.0),
+            scheduler=float(figures.get("scheduler_cpu_seconds") or 0.0),
+            postgres=float(figures.get("postgres_backend_cpu_seconds") or 0.0),
+            floor=figures.get("floor_cpu_seconds"),
+        )
+
+    @property
+    def total(self) -> float:
+        return round(self.worker + self.scheduler + self.postgres, 2)
+
+    @property
+    def total_ratio(self) -> float | None:
+        return round(self.total / self.floor, 2) if self.floor else None
+
+    @property
+    def worker_ratio(self) -> float | None:
+        return round(self.worker / self.floor, 2) if self.floor else None
+
+    def target_rows(self) -> list[tuple[str, str, str]]:
+        """(target, measured, verdict) rows of the two ratio targets, for a Targets table."""
+        return [
+            (
+                f"total CPU (worker + scheduler + PostgreSQL) <= {TARGET_TOTAL_FLOOR_RATIO:g}x the floor",
+                *_ratio_cells(self.total_ratio, TARGET_TOTAL_FLOOR_RATIO),
+            ),
+            (
+                f"worker CPU <= {TARGET_WORKER_FLOOR_RATIO:g}x the floor",
+                *_ratio_cells(self.worker_ratio, TARGET_WORKER_FLOOR_RATIO),
+            ),
+        ]
+
+
+def _ratio_cells(ratio: float | None, target: float) -> tuple[str, str]:
+    """(measured, verdict) of a ratio against its target."""
+    if ratio is None:
+        return "-", "not measured (--no-floor)"
+    return f"{ratio:.1f}x", verdict(ratio <= target)
+
+
+def print_cpu_against_floor(cpu: CpuAgainstFloor, floor_note: str = "") -> None:
+    """The table "CPU against the floor": each process's CPU, their total, the floor, the two ratios."""
+    rows: list[tuple[str, object, str]] = [
+        ("worker CPU (s)", cpu.worker, "utime+stime of `connector worker`"),
+        ("RQ scheduler child CPU (s)", cpu.scheduler, "the worker's forks, live and reaped"),
+        ("PostgreSQL backends CPU (s)", cpu.postgres, "backends connected to the benchmark database"),
+        ("total: worker + scheduler + PostgreSQL (s)", cpu.total, ""),
+        ("floor CPU (s)", "-" if cpu.floor is None else cpu.floor, floor_note),
+    ]
+    for name, ratio, target in (
+        ("ratio total / floor", cpu.total_ratio, TARGET_TOTAL_FLOOR_RATIO),
+        ("ratio worker / floor", cpu.worker_ratio, TARGET_WORKER_FLOOR_RATIO),
+    ):
+        measured, met = _ratio_cells(ratio, target)
+        rows.append((name, measured, f"target <= {target:g}x: {met}"))
+    print_table("CPU against the floor", ("figure", "value", "note"), rows)
+
+
 # ---- profiling --------------------------------------------------------------------------------
 
 PY_SPY = Path(PYTHON).parent / "py-spy"

@@ -1,13 +1,14 @@
 """A sync's distinct values, the verdicts it already knows, and the `.txt` batch files of the rest.
 
-Set-based: one INSERT … SELECT turns the sync's pending contacts into its value rows, each
+Set-based: one INSERT ... SELECT turns the sync's pending contacts into its value rows, each
 already carrying what is known without ApexVerify (a local format error, a fresh cached verdict)
-or the batch it goes to (numbered `APEXVERIFY_MAX_BATCH_ROWS` at a time by a window function). A
-batch file is then one `COPY (SELECT …) TO STDOUT` written to disk as it arrives. Before, the
-values were inserted, updated twice (format errors, cache) and updated once more per batch, and
-the files were written from ORM rows: for 1,000,000 contacts the value rows cost 31 s of
-PostgreSQL CPU at 300,000 scaled (2.8 s + 2.9 s of the 9.9 s the export step took at 300,000),
-and the files 10 % of the worker's CPU.
+or the batch it goes to (a running count over the values still to judge, divided by
+`APEXVERIFY_MAX_BATCH_ROWS`). A batch file is then one `COPY (SELECT ...) TO STDOUT` written to
+disk as it arrives. Before, the values were inserted, updated for format errors and the cache,
+and updated again per batch, and the files were written from ORM rows: at 300,000 contacts the
+insert and the batch update took 2.8 s and 2.9 s of PostgreSQL, the files 10 % of the worker's
+CPU. Now 1,000,000 values take one 4.4 s statement (EXPLAIN ANALYZE, 2-core machine) and their
+files 0.6 s.
 """
 
 from __future__ import annotations

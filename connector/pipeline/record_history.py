@@ -23,12 +23,16 @@ every reverify window (connector.pipeline.retention).
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    CTE,
     BigInteger,
     ColumnElement,
     DateTime,
     LargeBinary,
+    Select,
     SQLColumnExpression,
     String,
     and_,
@@ -40,9 +44,10 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from connector.db import affected_rows, dialect_insert
+from connector.db import affected_rows, dialect_insert, uses_postgresql
 from connector.models import ContactOutcome, RecordVerification, Sync, SyncContact, utcnow
 from connector.runtime import Runtime
 from connector.server_secrets import RECORD_HASH_KEY, server_secret
@@ -97,13 +102,43 @@ def reverify_changed_values(session: Session, sync: Sync, key: bytes) -> int:
 
 
 def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: int, last_id: int) -> None:
-    """Record the digest of the value each record of a written id range now carries flags for."""
+    """Record the digest of the value each record of a written id range now carries flags for.
+
+    On PostgreSQL the records already known are updated and the others inserted by one statement
+    (an UPDATE ... RETURNING in a WITH, then a plain INSERT): an upsert inserts each row
+    speculatively, which took 4.5 s for 1,000,000 new records against 2.0 s. A record another
+    sync inserted meanwhile makes that statement fail on the key; the upsert then does the work.
+    """
     if sync.crm == "file":
         return
-    written = (
+    written = _written_digests(session, sync, key, after_id, last_id)
+    now = utcnow()
+    if uses_postgresql(session):
+        try:
+            with session.begin_nested():
+                session.execute(_update_then_insert(sync, written, now))
+            return
+        except IntegrityError:
+            pass
+    statement = dialect_insert(session, RecordVerification.__table__).from_select(
+        _COLUMNS,
+        _rows(sync, written, now).where(true()),  # SQLite reads "FROM x ON CONFLICT" as a join
+    )
+    latest = {"value_digest": statement.excluded.value_digest, "written_at": statement.excluded.written_at}
+    session.execute(
+        statement.on_conflict_do_update(index_elements=["connection_id", "type", "record_id"], set_=latest)
+    )
+
+
+_COLUMNS = ["connection_id", "type", "record_id", "value_digest", "written_at"]
+
+
+def _written_digests(session: Session, sync: Sync, key: bytes, after_id: int, last_id: int) -> CTE:
+    """(record_id, value_digest) of the range's written records, one row per record."""
+    return (
         select(
-            func.max(value_digest(session, key, SyncContact.value)).label("value_digest"),
             SyncContact.record_id,
+            func.max(value_digest(session, key, SyncContact.value)).label("value_digest"),
         )
         .where(
             and_(
@@ -115,21 +150,33 @@ def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: 
             )
         )
         .group_by(SyncContact.record_id)  # one row per record: an upsert may not touch a row twice
-        .subquery()
+        .cte("written")
     )
-    columns = select(
+
+
+def _rows(sync: Sync, written: CTE, now: datetime) -> Select[Any]:
+    """The new rows, in key order: the primary key's leaves fill one after the other."""
+    return select(
         literal(sync.connection_id, BigInteger),
         literal(sync.type, String),
         written.c.record_id,
         written.c.value_digest,
-        literal(utcnow(), DateTime(timezone=True)),
-    ).where(true())  # SQLite reads "FROM x ON CONFLICT" as a join without a WHERE in between
-    # In key order: the primary key's leaves are filled one after the other, not at random.
-    columns = columns.order_by(written.c.record_id)
-    statement = dialect_insert(session, RecordVerification.__table__).from_select(
-        ["connection_id", "type", "record_id", "value_digest", "written_at"], columns
+        literal(now, DateTime(timezone=True)),
+    ).order_by(written.c.record_id)
+
+
+def _update_then_insert(sync: Sync, written: CTE, now: datetime) -> Any:
+    known = RecordVerification.__table__
+    updated = (
+        update(known)
+        .where(
+            known.c.connection_id == sync.connection_id,
+            known.c.type == sync.type,
+            known.c.record_id == written.c.record_id,
+        )
+        .values(value_digest=written.c.value_digest, written_at=now)
+        .returning(known.c.record_id)
+        .cte("updated")
     )
-    latest = {"value_digest": statement.excluded.value_digest, "written_at": statement.excluded.written_at}
-    session.execute(
-        statement.on_conflict_do_update(index_elements=["connection_id", "type", "record_id"], set_=latest)
-    )
+    new = _rows(sync, written, now).where(~exists().where(updated.c.record_id == written.c.record_id))
+    return known.insert().from_select(_COLUMNS, new).add_cte(written).add_cte(updated)

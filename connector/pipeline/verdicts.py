@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.crm.base import Verdict
@@ -89,6 +90,14 @@ def store_verdicts(
         connection.exec_driver_sql("INSERT INTO incoming_verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
     moment = bindparam("verified_at", verified_at, type_=SyncValue.__table__.c.verified_at.type)
     session.execute(text(_SET_VERDICTS).bindparams(moment, sync_id=sync_id, batch_seq=batch_seq))
+    if dialect == "postgresql":
+        try:  # plain statements: an upsert inserts each row speculatively, twice the cost of an INSERT
+            with session.begin_nested():
+                for statement in _REMEMBER_KNOWN_THEN_NEW:
+                    session.execute(text(statement).bindparams(moment, type=type_))
+            return
+        except IntegrityError:  # another sync remembered one of these values meanwhile
+            pass
     session.execute(text(_REMEMBER[dialect]).bindparams(moment, type=type_))
 
 
@@ -105,6 +114,14 @@ _SET_VERDICTS = (
     "UPDATE sync_values AS v SET {}, verified_at = :verified_at FROM incoming_verdicts AS i"
     " WHERE v.sync_id = :sync_id AND v.batch_seq = :batch_seq AND v.value = i.value"
 ).format(", ".join(f"{c} = i.{c}" for c in VERDICT_FIELDS))
+_REMEMBER_KNOWN_THEN_NEW = (
+    "UPDATE verified_values AS c SET {}, verified_at = :verified_at FROM incoming_verdicts AS i"
+    " WHERE c.type = :type AND c.value = i.value".format(", ".join(f"{f} = i.{f}" for f in VERDICT_FIELDS)),
+    f"INSERT INTO verified_values (type, value, {_FIELD_LIST}, verified_at)"
+    f" SELECT DISTINCT ON (value) :type, value, {_FIELD_LIST}, :verified_at FROM incoming_verdicts AS i"
+    " WHERE NOT EXISTS (SELECT 1 FROM verified_values AS c WHERE c.type = :type AND c.value = i.value)"
+    " ORDER BY value",
+)
 # An export naming a value twice keeps one verdict (ON CONFLICT may touch a row once).
 _REMEMBER = {
     dialect: f"INSERT INTO verified_values (type, value, {_FIELD_LIST}, verified_at)"

