@@ -8,6 +8,7 @@ names it); Salesforce field names are not case-sensitive, so rows are read with 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -78,10 +79,6 @@ def rest_rows(api: SalesforceApi, soql: str) -> Iterator[dict[str, Any]]:
         if page.get("done", True) or not page.get("nextRecordsUrl"):
             return
         page = api.query_more(page["nextRecordsUrl"])
-
-
-def _lower_keys(row: Mapping[str, str]) -> dict[str, str]:
-    return {name.lower(): value for name, value in row.items()}
 
 
 class SalesforceRecordReader(RecordReading[SalesforceApi]):
@@ -157,11 +154,7 @@ class SalesforceSegmentSource:
         size = self.size()
         if size == 0 and self.kind == "salesforce_campaign":
             self._check_campaign_exists()
-        rows = (
-            rest_rows(self.api, self.soql())
-            if size <= self.bulk_threshold
-            else (_lower_keys(row) for row in self._bulk_rows())
-        )
+        rows = rest_rows(self.api, self.soql()) if size <= self.bulk_threshold else self._bulk_rows()
         for row in rows:
             record = self._record(row)
             if record is not None:
@@ -203,7 +196,7 @@ class SalesforceSegmentSource:
         return query_rows(self.api, self.soql(), work_dir=self.work_dir, **options)
 
     def _record(self, row: Mapping[str, Any]) -> SourceRecord | None:
-        value, verified = self.value_field.lower(), self.verified_field.lower()
+        value, verified = self._keys[""]
         if self.kind == "salesforce_soql":
             return SourceRecord(
                 record_id=str(row["id"]),
@@ -212,13 +205,24 @@ class SalesforceSegmentSource:
                 verified_at=parse_utc_datetime(row.get(verified)),
             )
         for object_name in self._objects():
-            record_id = blank_to_none(row.get(f"{object_name.lower()}id"))
+            id_key, value_key, verified_key = self._keys[object_name]
+            record_id = blank_to_none(row.get(id_key))
             if record_id:
-                prefix = f"{object_name.lower()}."
                 return SourceRecord(
                     record_id=record_id,
-                    value=blank_to_none(row.get(prefix + value)),
+                    value=blank_to_none(row.get(value_key)),
                     object_type=object_name,
-                    verified_at=parse_utc_datetime(row.get(prefix + verified)),
+                    verified_at=parse_utc_datetime(row.get(verified_key)),
                 )
         return None
+
+    @functools.cached_property
+    def _keys(self) -> dict[str, tuple[str, ...]]:
+        """The lower-case row keys `_record` reads, made once: per object (its id, value and
+        verified-at columns) and under "" the plain value and verified-at columns."""
+        value, verified = self.value_field.lower(), self.verified_field.lower()
+        keys: dict[str, tuple[str, ...]] = {"": (value, verified)}
+        for object_name in OBJECTS:
+            prefix = f"{object_name.lower()}."
+            keys[object_name] = (f"{object_name.lower()}id", prefix + value, prefix + verified)
+        return keys
