@@ -87,7 +87,9 @@ def store_verdicts(
         connection.exec_driver_sql("ANALYZE incoming_verdicts")  # a temp table has no statistics otherwise
     else:
         connection.exec_driver_sql("DELETE FROM incoming_verdicts")
-        connection.exec_driver_sql("INSERT INTO incoming_verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
+        staged = list(rows)
+        if staged:  # an export can hold no record (every value dropped as malformed)
+            connection.exec_driver_sql("INSERT INTO incoming_verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", staged)
     moment = bindparam("verified_at", verified_at, type_=SyncValue.__table__.c.verified_at.type)
     session.execute(text(_SET_VERDICTS).bindparams(moment, sync_id=sync_id, batch_seq=batch_seq))
     if dialect == "postgresql":

@@ -176,3 +176,15 @@ def test_a_value_another_sync_caches_meanwhile_takes_this_syncs_verdict(runtime:
         cached = session.get_one(VerifiedValue, ("email", "shared@example.com"))
         mine = session.scalars(select(SyncValue.status).where(SyncValue.sync_id == sync_id)).one()
     assert (cached.status, cached.valid, mine) == ("valid", True, "valid")
+
+
+def test_an_export_without_a_record_stores_nothing_and_fails_nothing(runtime: Runtime) -> None:
+    """ApexVerify may drop every value of a batch as malformed: its export then holds no record."""
+    with runtime.session() as session:
+        sync = add_sync(runtime, session)
+        session.add(SyncValue(sync_id=sync.id, value="dropped", batch_seq=0))
+        sync_id = sync.id
+    with runtime.session() as session:
+        store_verdicts(session, sync_id, 0, "email", iter(()), utcnow())
+        stored = session.scalars(select(SyncValue.status).where(SyncValue.sync_id == sync_id)).all()
+    assert stored == [None]  # left for fetch_results to judge invalid_format
