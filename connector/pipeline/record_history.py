@@ -44,10 +44,9 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from connector.db import affected_rows, dialect_insert, uses_postgresql
+from connector.db import affected_rows, dialect_insert, inserted_without_upsert
 from connector.models import ContactOutcome, RecordVerification, Sync, SyncContact, utcnow
 from connector.runtime import Runtime
 from connector.server_secrets import RECORD_HASH_KEY, server_secret
@@ -105,21 +104,15 @@ def remember_written_values(session: Session, sync: Sync, key: bytes, after_id: 
     """Record the digest of the value each record of a written id range now carries flags for.
 
     On PostgreSQL the records already known are updated and the others inserted by one statement
-    (an UPDATE ... RETURNING in a WITH, then a plain INSERT): an upsert inserts each row
-    speculatively, which took 4.5 s for 1,000,000 new records against 2.0 s. A record another
-    sync inserted meanwhile makes that statement fail on the key; the upsert then does the work.
+    (an UPDATE ... RETURNING in a WITH, then a plain INSERT; connector.db.inserted_without_upsert);
+    the upsert does the work on SQLite or when another sync inserted one of the records meanwhile.
     """
     if sync.crm == "file":
         return
     written = _written_digests(session, sync, key, after_id, last_id)
     now = utcnow()
-    if uses_postgresql(session):
-        try:
-            with session.begin_nested():
-                session.execute(_update_then_insert(sync, written, now))
-            return
-        except IntegrityError:
-            pass
+    if inserted_without_upsert(session, lambda: session.execute(_update_then_insert(sync, written, now))):
+        return
     statement = dialect_insert(session, RecordVerification.__table__).from_select(
         _COLUMNS,
         _rows(sync, written, now).where(true()),  # SQLite reads "FROM x ON CONFLICT" as a join

@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.crm.base import Verdict
-from connector.db import copy_rows, raise_work_mem
+from connector.db import copy_rows, inserted_without_upsert, raise_work_mem
 from connector.models import SyncValue
 
 # A malformed value is neither a role address nor a disposable inbox: every flag gets written.
@@ -92,14 +91,13 @@ def store_verdicts(
             connection.exec_driver_sql("INSERT INTO incoming_verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", staged)
     moment = bindparam("verified_at", verified_at, type_=SyncValue.__table__.c.verified_at.type)
     session.execute(text(_SET_VERDICTS).bindparams(moment, sync_id=sync_id, batch_seq=batch_seq))
-    if dialect == "postgresql":
-        try:  # plain statements: an upsert inserts each row speculatively, twice the cost of an INSERT
-            with session.begin_nested():
-                for statement in _REMEMBER_KNOWN_THEN_NEW:
-                    session.execute(text(statement).bindparams(moment, type=type_))
-            return
-        except IntegrityError:  # another sync remembered one of these values meanwhile
-            pass
+
+    def remember_known_then_new() -> None:
+        for statement in _REMEMBER_KNOWN_THEN_NEW:
+            session.execute(text(statement).bindparams(moment, type=type_))
+
+    if inserted_without_upsert(session, remember_known_then_new):
+        return
     session.execute(text(_REMEMBER[dialect]).bindparams(moment, type=type_))
 
 
