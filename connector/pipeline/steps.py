@@ -26,7 +26,15 @@ from connector.apexverify import (
 )
 from connector.chaos import chaos_point
 from connector.crm.base import FlagUpdate, Verdict, WriteFailure
-from connector.db import affected_rows, analyze, copy_rows, raise_work_mem, text_rows, uses_postgresql
+from connector.db import (
+    affected_rows,
+    analyze,
+    copy_rows,
+    forbid_nested_loops,
+    raise_work_mem,
+    text_rows,
+    uses_postgresql,
+)
 from connector.metrics import call_outcome, count
 from connector.models import (
     ContactOutcome,
@@ -403,6 +411,8 @@ def fetch_results(ctx: StepContext) -> StepResult:
                 .where(SyncBatch.id == batch.id)
                 .values(results_fetched_at=utcnow(), stats=details.stats)
             )
+    with ctx.session() as session:  # the statuses were all NULL when collect_values analysed it
+        analyze(session, "sync_values")
     return Advance(SyncStatus.WRITING_BACK)
 
 
@@ -460,6 +470,7 @@ class PendingUpdates:
         with self.ctx.session() as session:
             # As text from one COPY: a row object and a timestamp per contact cost more than the
             # writer's own work (10 % of the worker's CPU at 300,000 contacts).
+            forbid_nested_loops(session)
             rows = text_rows(session, _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit))
             verdicts: dict[tuple[str | None, ...], Verdict] = {}  # shared, so writers memoize per verdict
             for contact_id, record_id, object_type, *fields in rows:
