@@ -86,6 +86,7 @@ class RunResult:
     total_floor_ratio: float | None = None
     worker_floor_ratio: float | None = None
     floor_phases: dict[str, float] = field(default_factory=dict)
+    floor_runs: list[float] = field(default_factory=list)  # each floor.py total (before, after the run)
     counts: dict[str, Any] = field(default_factory=dict)
     step_worker_cpu: dict[str, float] = field(default_factory=dict)
     step_postgres_cpu: dict[str, float] = field(default_factory=dict)
@@ -315,19 +316,32 @@ def print_result(result: RunResult) -> None:
     harness.print_table("Targets", ("target", "measured", "verdict"), target_rows(result))
 
 
-def add_floor(result: Any) -> None:
+def add_floor(result: Any, before: list[tuple[str, float, str]] | None = None) -> None:
     """Measure the CPU floor at the result's contact count, in this process, and the two ratios.
 
     Call it after the run: the sandboxes and the worker are stopped by then, so the floor does not
-    share the cores with them. `result` is a RunResult or a SalesforceResult (same field names).
+    share the cores with them. With `before` (run_floor's phases measured just before the run), the
+    floor is the mean of both: this machine's speed drifts by up to 1.6x within minutes (the same
+    floor measured 7.0 s and 11.3 s the same hour), and a floor from one side of a 3-minute run
+    made the ratios swing with it. `result` is a RunResult or a SalesforceResult (same field names).
     """
     log(f"measuring the CPU floor at {result.contacts:,} contacts (floor.py)")
-    phases = floor.run_floor(result.contacts)
-    result.floor_phases = {name: round(cpu, 2) for name, cpu, _ in phases[:-1]}
-    result.floor_cpu_seconds = round(phases[-1][1], 2)
+    runs = [phases for phases in (before, floor.run_floor(result.contacts)) if phases]
+    result.floor_runs = [round(phases[-1][1], 2) for phases in runs]
+    mean = [(name, sum(run[i][1] for run in runs) / len(runs)) for i, (name, _, _) in enumerate(runs[0])]
+    result.floor_phases = {name: round(cpu, 2) for name, cpu in mean[:-1]}
+    result.floor_cpu_seconds = round(mean[-1][1], 2)
     cpu = harness.CpuAgainstFloor.of(result)
     result.total_floor_ratio = cpu.total_ratio
     result.worker_floor_ratio = cpu.worker_ratio
+
+
+def measure_floor_before(contacts: int, skip: bool) -> list[tuple[str, float, str]] | None:
+    """The floor's phases measured before the run (None with --no-floor), for add_floor's mean."""
+    if skip:
+        return None
+    log(f"measuring the CPU floor at {contacts:,} contacts before the run (floor.py)")
+    return floor.run_floor(contacts)
 
 
 def floor_note(result: Any) -> str:
@@ -337,7 +351,8 @@ def floor_note(result: Any) -> str:
         f"{label} {cpu:.2f}"
         for label, cpu in zip(("txt", "ijson", "update CSV"), result.floor_phases.values(), strict=False)
     )
-    return f"floor.py in this process: {phases}"
+    runs = " and ".join(f"{total:.2f}" for total in result.floor_runs)
+    return f"floor.py in this process: {phases}; mean of the runs before and after: {runs}"
 
 
 def _step_rows(result: RunResult) -> list[tuple[str, float, object, object]]:
@@ -433,9 +448,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     options, args = parse_args(argv)
+    before = measure_floor_before(options.contacts, args.no_floor)
     result = run_end_to_end(options, profile=args.profile)
     if not args.no_floor:
-        add_floor(result)
+        add_floor(result, before)
     print_result(result)
     if args.profile is not None:
         harness.print_profile(args.profile)

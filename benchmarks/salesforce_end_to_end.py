@@ -20,6 +20,8 @@ the project's performance table.
 
     .venv/bin/python benchmarks/salesforce_end_to_end.py --contacts 100000
     .venv/bin/python benchmarks/salesforce_end_to_end.py --contacts 1000000 --json-out /tmp/sf-1m.json
+
+`--profile FILE` samples the worker with py-spy and prints where its CPU goes, as for HubSpot.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from hubspot_end_to_end import (
     StepCpu,
     add_floor,
     floor_note,
+    measure_floor_before,
     shared_target_rows,
     step_seconds,
     wait_until_settled,
@@ -74,6 +77,7 @@ class SalesforceResult:
     total_floor_ratio: float | None = None
     worker_floor_ratio: float | None = None
     floor_phases: dict[str, float] = field(default_factory=dict)
+    floor_runs: list[float] = field(default_factory=list)  # each floor.py total (before, after the run)
 
 
 def start_salesforce(log_dir: Path) -> tuple[harness.Service, str]:
@@ -105,7 +109,7 @@ def start_campaign_sync(runtime: Any, campaign_id: str) -> int:
     return int(sync.id)
 
 
-def run(options: RunOptions) -> SalesforceResult:
+def run(options: RunOptions, profile: Path | None = None) -> SalesforceResult:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-sf-"))
     services: list[harness.Service] = []
     try:
@@ -128,6 +132,8 @@ def run(options: RunOptions) -> SalesforceResult:
         runtime = harness.prepare_runtime(env)
         worker = harness.start_worker(env, work_dir)
         services.append(worker)
+        if profile is not None:
+            services.append(harness.start_profiler(worker.pid, profile, work_dir))
         sync_id = start_campaign_sync(runtime, campaign_id)
         status, step_cpu = wait_until_settled(runtime, sync_id, worker, options)
         return collect(runtime, sync_id, options, status, step_cpu, worker, (salesforce_url, apexverify_url))
@@ -237,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-floor", action="store_true", help="do not measure the CPU floor (floor.py) after the run"
     )
+    parser.add_argument("--profile", type=Path, help="py-spy the worker: collapsed stacks into this file")
     args = parser.parse_args(argv)
-    result = run(RunOptions(contacts=args.contacts, database=args.database, timeout=args.timeout))
+    options = RunOptions(contacts=args.contacts, database=args.database, timeout=args.timeout)
+    before = measure_floor_before(options.contacts, args.no_floor)
+    result = run(options, profile=args.profile)
     if not args.no_floor:
-        add_floor(result)
+        add_floor(result, before)
     print_result(result)
+    if args.profile is not None:
+        harness.print_profile(args.profile)
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(asdict(result), indent=2))
     return 0 if result.status == "completed" else 1

@@ -154,9 +154,9 @@ class SalesforceSegmentSource:
         size = self.size()
         if size == 0 and self.kind == "salesforce_campaign":
             self._check_campaign_exists()
-        rows = rest_rows(self.api, self.soql()) if size <= self.bulk_threshold else self._bulk_rows()
-        for row in rows:
-            record = self._record(row)
+        rows = self._rest_rows() if size <= self.bulk_threshold else self._bulk_rows()
+        for cells in rows:
+            record = self._record(cells)
             if record is not None:
                 yield record
 
@@ -165,15 +165,15 @@ class SalesforceSegmentSource:
         return int(self.api.query(f"SELECT COUNT() FROM {self._from_where()}").get("totalSize") or 0)
 
     def soql(self) -> str:
+        return f"SELECT {', '.join(self._columns())} FROM {self._from_where()}"
+
+    def _columns(self) -> list[str]:
+        """What the query selects, in the order `_layout` reads the cells."""
         if self.kind == "salesforce_soql":
-            columns = ["Id", self.value_field, self.verified_field]
-        else:
-            columns = ["ContactId", "LeadId"] + [
-                f"{name}.{field}"
-                for name in self._objects()
-                for field in (self.value_field, self.verified_field)
-            ]
-        return f"SELECT {', '.join(columns)} FROM {self._from_where()}"
+            return ["Id", self.value_field, self.verified_field]
+        return ["ContactId", "LeadId"] + [
+            f"{name}.{field}" for name in self._objects() for field in (self.value_field, self.verified_field)
+        ]
 
     def _objects(self) -> tuple[str, ...]:
         return (self.object,) if self.object else OBJECTS
@@ -191,38 +191,33 @@ class SalesforceSegmentSource:
                 "salesforce_campaign_not_found", f"Salesforce campaign {self.ref} does not exist"
             )
 
-    def _bulk_rows(self) -> Iterator[dict[str, str]]:
-        options = {"page_records": self.bulk_page_records} if self.bulk_page_records else {}
-        return query_rows(self.api, self.soql(), work_dir=self.work_dir, **options)
+    def _rest_rows(self) -> Iterator[tuple[Any, ...]]:
+        names = [column.lower() for column in self._columns()]
+        return (tuple(row.get(name) for name in names) for row in rest_rows(self.api, self.soql()))
 
-    def _record(self, row: Mapping[str, Any]) -> SourceRecord | None:
-        value, verified = self._keys[""]
-        if self.kind == "salesforce_soql":
-            return SourceRecord(
-                record_id=str(row["id"]),
-                value=blank_to_none(row.get(value)),
-                object_type=self.object,
-                verified_at=parse_utc_datetime(row.get(verified)),
-            )
-        for object_name in self._objects():
-            id_key, value_key, verified_key = self._keys[object_name]
-            record_id = blank_to_none(row.get(id_key))
+    def _bulk_rows(self) -> Iterator[tuple[str, ...]]:
+        options = {"page_records": self.bulk_page_records} if self.bulk_page_records else {}
+        return query_rows(self.api, self.soql(), self._columns(), work_dir=self.work_dir, **options)
+
+    def _record(self, cells: tuple[Any, ...]) -> SourceRecord | None:
+        for object_name, id_at, value_at, verified_at in self._layout:
+            record_id = blank_to_none(cells[id_at])
             if record_id:
                 return SourceRecord(
-                    record_id=record_id,
-                    value=blank_to_none(row.get(value_key)),
+                    record_id=str(record_id),
+                    value=blank_to_none(cells[value_at]),
                     object_type=object_name,
-                    verified_at=parse_utc_datetime(row.get(verified_key)),
+                    verified_at=parse_utc_datetime(cells[verified_at]),
                 )
         return None
 
     @functools.cached_property
-    def _keys(self) -> dict[str, tuple[str, ...]]:
-        """The lower-case row keys `_record` reads, made once: per object (its id, value and
-        verified-at columns) and under "" the plain value and verified-at columns."""
-        value, verified = self.value_field.lower(), self.verified_field.lower()
-        keys: dict[str, tuple[str, ...]] = {"": (value, verified)}
-        for object_name in OBJECTS:
-            prefix = f"{object_name.lower()}."
-            keys[object_name] = (f"{object_name.lower()}id", prefix + value, prefix + verified)
-        return keys
+    def _layout(self) -> list[tuple[str | None, int, int, int]]:
+        """Per object a row can be, in the order tried: its name and where `_columns` put its id,
+        value and verified-at cells."""
+        if self.kind == "salesforce_soql":
+            return [(self.object, 0, 1, 2)]
+        return [
+            (name, 0 if name == "Contact" else 1, 2 + 2 * position, 3 + 2 * position)
+            for position, name in enumerate(self._objects())
+        ]
