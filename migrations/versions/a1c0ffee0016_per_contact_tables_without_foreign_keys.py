@@ -5,7 +5,7 @@ foreign keys. PostgreSQL checks a foreign key by one query per inserted row: ins
 962,643 value rows took 17.2 s, of which 6.1 s in that check (EXPLAIN ANALYZE, 2-core machine), and
 the contacts' COPY and the record digests paid as much again. Nothing relied on them: these rows
 are written only by a step holding its sync's lease, syncs and connections are never deleted, and
-retention deletes a sync's rows itself (connector.models.PER_CONTACT_TABLES).
+retention deletes a sync's rows itself (connector.models, the note above SyncValue).
 
 Revision ID: a1c0ffee0016
 Revises: a1c0ffee0015

@@ -215,9 +215,10 @@ class SalesforceSegmentSource:
     def _layout(self) -> list[tuple[str | None, int, int, int]]:
         """Per object a row can be, in the order tried: its name and where `_columns` put its id,
         value and verified-at cells."""
+        at = {column: position for position, column in enumerate(self._columns())}
         if self.kind == "salesforce_soql":
-            return [(self.object, 0, 1, 2)]
+            return [(self.object, at["Id"], at[self.value_field], at[self.verified_field])]
         return [
-            (name, 0 if name == "Contact" else 1, 2 + 2 * position, 3 + 2 * position)
-            for position, name in enumerate(self._objects())
+            (name, at[f"{name}Id"], at[f"{name}.{self.value_field}"], at[f"{name}.{self.verified_field}"])
+            for name in self._objects()
         ]
