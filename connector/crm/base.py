@@ -75,6 +75,67 @@ class WriteFailure:
     message: str
 
 
+# The verdicts a segment's actions can be taken on (`when`), as the contract names them.
+VERDICT_CONDITIONS = ("wrong", "invalid_format", "disposable", "role", "unknown")
+
+
+@dataclass(frozen=True)
+class ActionKind:
+    """One thing a CRM can do to a record after its flags are written (a segment action's `do`)."""
+
+    name: str  # "opt_out", "add_to_list", "add_to_campaign"
+    # The field naming what the action adds the record to ("list_id", "campaign_id"); None: nothing.
+    target_field: str | None = None
+    # It acts on an email address (an unsubscribe): refused on phone segments.
+    email_only: bool = False
+    # It takes an optional `status` (a campaign member's).
+    takes_status: bool = False
+
+
+@dataclass(frozen=True)
+class VerdictAction:
+    """One action of a segment: do `do` (to `target`, with `status`) to the records of verdict `when`."""
+
+    when: str
+    do: str
+    target: str | None = None  # the list or campaign id
+    status: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What tells two actions apart in a sync's records: "opt_out", "add_to_list:<id>"."""
+        return self.do if self.target is None else f"{self.do}:{self.target}"
+
+
+class ActionTarget(NamedTuple):
+    """A record an action is taken on, and the normalized value its verdict is for."""
+
+    record_id: str
+    object_type: str | None
+    value: str
+
+
+class ActionRunner(Protocol):
+    """Takes one CRM's verdict actions, a batch of records at a time, under its rate limits."""
+
+    # The most records one call of `run` takes (a REST batch, or one bulk job).
+    batch_size: int
+
+    def prepare(self, action: VerdictAction) -> None:
+        """Check what the action needs exists (the list is static, the campaign is there); raises
+        ConnectorError with a clear message otherwise."""
+        ...
+
+    def already_done(self, action: VerdictAction, targets: list[ActionTarget]) -> set[str]:
+        """The record ids among `targets` the CRM shows the action already taken on (a member of the
+        list, unsubscribed): asked only for records whose call may have been made before a crash."""
+        ...
+
+    def run(self, action: VerdictAction, targets: list[ActionTarget]) -> list[WriteFailure]:
+        """Take the action on every target; return the records the CRM refused."""
+        ...
+
+
 class SegmentSource(Protocol):
     def iter_records(self) -> Iterator[SourceRecord]:
         """Every record of the segment, streamed (memory must not grow with the segment)."""
@@ -294,3 +355,7 @@ class Crm:
     routes_by_secret: bool = False
     # The env connection has credentials (a token or client credentials) in the environment.
     env_configured: Callable[[Settings], bool] = lambda settings: False
+    # The verdict actions it can take (a segment's `actions`), and the factory of their runner:
+    # (context, type, records expected) → runner, in bulk above settings.crm_bulk_threshold.
+    actions: tuple[ActionKind, ...] = ()
+    action_runner: Callable[[CrmContext, str, int], ActionRunner] | None = None

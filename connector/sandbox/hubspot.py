@@ -1,9 +1,10 @@
-"""A local HubSpot: the v3 endpoints the connector uses, with HubSpot's auth, limits and errors.
+"""A local HubSpot: the endpoints the connector uses, with HubSpot's auth, limits and errors.
 
 `connector sandbox hubspot --port 8102` serves it; tests use `create_app()` with
 `serve_in_thread`. It holds many portals (connector/sandbox/hubspot_accounts.py): the default
 one (`portal_id`: HUBSPOT_PORTAL_ID, else 62515) and any other, created empty when first named.
-Every request under /crm/ goes through, in order:
+Every API request (under /crm/, and the Communication Preferences v4 endpoints under
+/communication-preferences/, connector/sandbox/hubspot_subscriptions.py) goes through, in order:
 
 1. the portal: an access token this sandbox issued by OAuth addresses the portal it was issued
    for; any other token the default portal;
@@ -42,11 +43,12 @@ from connector.sandbox.hubspot_control import control
 from connector.sandbox.hubspot_errors import HubSpotError, error_body, rate_limit_body
 from connector.sandbox.hubspot_oauth import oauth, oauth_authority
 from connector.sandbox.hubspot_state import SandboxConfig, SandboxState
+from connector.sandbox.hubspot_subscriptions import subscriptions
 from connector.sandbox.hubspot_tokens import AccessToken, OAuthAuthority
 from connector.sandbox.openapi_check import SPECS_DIR_ENV, OpenApiChecker, load_checker
 from connector.sandbox.server import serve_forever
 
-API_PREFIX = "/crm/"
+API_PREFIXES = ("/crm/", "/communication-preferences/")
 OAUTH_API_PREFIX = "/oauth/v1/"
 CONTROL_PREFIX = "/_sandbox/"
 MISSING_AUTH = (
@@ -102,7 +104,7 @@ def create_app(
         client_secret or os.environ.get("HUBSPOT_CLIENT_SECRET") or None,
     )
     app.extensions["hubspot_openapi"] = load_checker(specs_dir)
-    for blueprint in (api, control, oauth):
+    for blueprint in (api, subscriptions, control, oauth):
         app.register_blueprint(blueprint)
     app.before_request(_admit_request)
     app.after_request(_finish_response)
@@ -134,7 +136,7 @@ def _admit_request() -> ResponseReturnValue | None:
         return _choose_control_account()
     if request.path.startswith(OAUTH_API_PREFIX):
         return _admit_oauth_request()
-    if request.path.startswith(API_PREFIX):
+    if request.path.startswith(API_PREFIXES):
         return _admit_api_request()
     return None
 
@@ -256,7 +258,7 @@ def _check_against_spec(validate: bool) -> tuple[Response, int] | None:
 
 def _finish_response(response: Response) -> Response:
     """API answers get the portal's rate limit headers; API and OAuth answers may be checked."""
-    if request.path.startswith(API_PREFIX):
+    if request.path.startswith(API_PREFIXES):
         state = sandbox_state()
         with state.lock:
             response.headers.update(state.rate_headers())
@@ -285,7 +287,7 @@ def _hubspot_error(exc: HubSpotError) -> tuple[Response, int]:
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
-    if request.path.startswith((API_PREFIX, OAUTH_API_PREFIX)):
+    if request.path.startswith((*API_PREFIXES, OAUTH_API_PREFIX)):
         category = {404: "OBJECT_NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "VALIDATION_ERROR")
         return jsonify(error_body(category, exc.description or exc.name)), status
     return jsonify({"error": exc.description or exc.name}), status

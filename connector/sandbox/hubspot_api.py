@@ -42,6 +42,10 @@ api = Blueprint("hubspot_api", __name__)
 BATCH_LIMIT = 100
 RECORD_ERRORS_EVERY = 100  # an import that takes a record_errors fault refuses every 100th row
 MEMBERSHIPS_LIMIT = 250
+# Record ids one memberships/add request takes. HubSpot's v3 reference states no limit (the v1 lists
+# API took 500 a request); the connector sends at most 1,000 (connector/crm/hubspot/actions.py).
+MEMBERSHIPS_ADD_LIMIT = 100_000
+CONTACT_OBJECT_TYPE_ID = "0-1"
 EXPORT_CHUNK_ROWS = 1000
 
 
@@ -117,7 +121,7 @@ def public_contact(
     return contact
 
 
-def _batch_answer(
+def batch_answer(
     results: list[dict], errors: list[dict], started: str, ok_status: int = 200
 ) -> tuple[dict, int]:
     body: dict[str, Any] = {
@@ -168,7 +172,7 @@ def batch_read_contacts() -> tuple[dict, int]:
             "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid."
         )
         errors.append(standard_error("OBJECT_NOT_FOUND", message, {"ids": missing}, []))
-    return _batch_answer(list(results.values()), errors, started)
+    return batch_answer(list(results.values()), errors, started)
 
 
 @api.post("/crm/v3/objects/contacts/batch/update")
@@ -203,7 +207,7 @@ def batch_update_contacts() -> tuple[dict, int]:
                 continue
             state.contacts.update(contact_id, accepted, iso_now())
             results.append(public_contact(contact_id, state.contacts.get(contact_id) or {}, accepted))
-    return _batch_answer(results, errors, started)
+    return batch_answer(results, errors, started)
 
 
 @api.post("/crm/v3/objects/contacts/batch/create")
@@ -225,7 +229,7 @@ def batch_create_contacts() -> tuple[dict, int]:
             public_contact(cid, state.contacts.get(cid) or {}, values)
             for cid, values in zip(created, checked, strict=True)
         ]
-    return _batch_answer(results, [], started, ok_status=201)
+    return batch_answer(results, [], started, ok_status=201)
 
 
 def _refuse_existing_emails(state: SandboxState, inputs: list[dict[str, str]]) -> None:
@@ -318,18 +322,88 @@ def list_memberships(listId: str) -> dict:
         found = state.lists.get(listId)
         if found is None:
             raise not_found(f"List does not exist with listId {listId}")
-        members, joined = found.members, found.created_at
-    end = min(start + limit, len(members))
-    page: dict[str, Any] = {
-        "results": [{"recordId": members[i], "membershipTimestamp": joined} for i in range(start, end)],
-        "total": len(members),
-    }
+        members = found.members
+        end = min(start + limit, len(members))
+        results = [
+            {"recordId": members[i], "membershipTimestamp": found.joined_at(members[i])}
+            for i in range(start, end)
+        ]
+    page: dict[str, Any] = {"results": results, "total": len(members)}
     if end < len(members):
         link = url_for(
             "hubspot_api.list_memberships", listId=listId, after=str(end), limit=limit, _external=True
         )
         page["paging"] = {"next": {"after": str(end), "link": link}}
     return page
+
+
+def _record_ids(body: Any, limit: int) -> list[str]:
+    if not isinstance(body, list) or not all(isinstance(item, str) for item in body):
+        raise validation_error("Invalid input JSON: expected an array of record ids (strings)")
+    if len(body) > limit:
+        raise validation_error(f"Too many record ids: {len(body)}; a request takes at most {limit}")
+    return list(dict.fromkeys(body))
+
+
+@api.put("/crm/v3/lists/<listId>/memberships/add")
+def add_memberships(listId: str) -> dict:
+    """Add records to a MANUAL or SNAPSHOT list: members already there and unknown records are not added."""
+    record_ids = _record_ids(request.get_json(silent=True), MEMBERSHIPS_ADD_LIMIT)
+    # An injected record_errors fault: the first record went away (merged, deleted) meanwhile.
+    gone = set(record_ids[:1]) if g.get("record_errors") else set()
+    state = sandbox_state()
+    added, missing = [], []
+    with state.lock:
+        found = state.lists.get(listId)
+        if found is None:
+            raise not_found(f"List does not exist with listId {listId}")
+        if not found.static:
+            raise validation_error(
+                f"List {listId} has processingType {found.processing_type}: records can be added only "
+                "to MANUAL or SNAPSHOT lists"
+            )
+        now = iso_now()
+        for record_id in record_ids:
+            if record_id in gone or not state.contacts.exists(record_id):
+                missing.append(record_id)
+            elif found.add_member(record_id, now):
+                added.append(record_id)
+        if added:
+            found.version += 1
+    return {"recordIdsMissing": missing, "recordIdsRemoved": [], "recordsIdsAdded": added}
+
+
+@api.post("/crm/v3/lists/records/memberships/batch/read")
+def batch_read_record_memberships() -> tuple[dict, int]:
+    """The lists each record is a member of."""
+    inputs = _batch_inputs(_json_body())
+    started = iso_now()
+    state = sandbox_state()
+    results, missing = [], []
+    with state.lock:
+        for item in inputs:
+            record_id, object_type = str(item.get("recordId", "")), str(item.get("objectTypeId", ""))
+            if object_type != CONTACT_OBJECT_TYPE_ID or not state.contacts.exists(record_id):
+                missing.append(record_id)
+                continue
+            memberships = [
+                {
+                    "listId": found.list_id,
+                    "listVersion": found.version,
+                    "firstAddedTimestamp": found.joined_at(record_id),
+                    "lastAddedTimestamp": found.joined_at(record_id),
+                }
+                for found in state.lists.values()
+                if found.has_member(record_id)
+            ]
+            results.append(
+                {"objectTypeId": object_type, "recordId": record_id, "recordListMemberships": memberships}
+            )
+    errors = []
+    if missing:
+        message = "Could not find some records, they may be deleted or not exist. Check that ids are valid."
+        errors.append(standard_error("OBJECT_NOT_FOUND", message, {"ids": missing}, []))
+    return batch_answer(results, errors, started)
 
 
 # ---- properties ---------------------------------------------------------------------------

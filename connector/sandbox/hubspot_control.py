@@ -4,13 +4,16 @@ Each takes `?account=<portal id>` and acts on that portal (absent: the default p
 not seen before is created empty; not a number: 400). The OAuth settings are the sandbox's own.
 
 - POST /_sandbox/seed: {"contacts": [{"id"?: str, "properties": {...}}],
-  "lists": [{"listId"?: str, "name": str, "contactIds": [...]}],
+  "lists": [{"listId"?: str, "name": str, "contactIds": [...], "processingType"?: "MANUAL" (default) |
+  "SNAPSHOT" | "DYNAMIC"}], "unsubscribed": [addresses already unsubscribed from all email],
   "generate": {"contacts": n, "list_name", "duplicate_every", "malformed_every",
   "missing_email_every", "seed"}} -> the new ids; "generate" adds n deterministic contacts and
   a list of them (its id is the answer's "listId"). Seeded values are stored as given, unchecked.
 - GET /_sandbox/contacts/<id>: all properties of one contact.
 - GET /_sandbox/contacts?property=a&property=b&offset=&limit=: contacts with those properties
   (all when none is named), seeded contacts first, then generated ones.
+- GET /_sandbox/unsubscribes: {"unsubscribed": [addresses unsubscribed from all email],
+  "requests": {address: how many unsubscribe-all requests named it}}.
 - GET /_sandbox/state: request counts per route, 429s, sizes, custom properties, jobs, config,
   and `export_downloads`: per export file download, its Host and whether it carried Authorization.
 - POST /_sandbox/config: change rate_limit_per_10s, daily_limit, export_delay, import_delay,
@@ -81,6 +84,8 @@ def seed() -> ResponseReturnValue:
         try:
             answer["contactIds"] = [_seed_contact(state, c) for c in body.get("contacts", [])]
             answer["listIds"] = [_seed_list(state, spec) for spec in body.get("lists", [])]
+            for address in body.get("unsubscribed", []):
+                state.opt_outs.since.setdefault(str(address).strip().lower(), iso_now())
             if "generate" in body:
                 answer.update(_generate(state, body["generate"]))
         except (ValueError, TypeError, KeyError) as exc:
@@ -101,7 +106,10 @@ def _seed_list(state: SandboxState, spec: dict[str, Any]) -> str:
         raise ValueError(f"list {spec.get('name')!r} names contacts that do not exist: {unknown[:10]}")
     ordered = sorted(set(members), key=int)  # HubSpot pages memberships by ascending record id
     list_id = spec.get("listId")
-    return state.add_list(str(spec["name"]), ordered, None if list_id is None else str(list_id)).list_id
+    processing_type = str(spec.get("processingType") or "MANUAL")
+    return state.add_list(
+        str(spec["name"]), ordered, None if list_id is None else str(list_id), processing_type
+    ).list_id
 
 
 def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +151,13 @@ def list_contacts() -> ResponseReturnValue:
             contacts.append({"id": contact_id, "properties": shown})
         total = len(state.contacts)
     return jsonify({"total": total, "offset": offset, "contacts": contacts})
+
+
+@control.get("/unsubscribes")
+def show_unsubscribes() -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        return jsonify(state.opt_outs.to_json())
 
 
 @control.get("/state")

@@ -3,6 +3,7 @@ threaded). The sandbox keeps one SandboxState per portal (connector/sandbox/hubs
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -102,22 +103,53 @@ class RateLimiter:
             self._day, self._day_count = today, 0
 
 
+# HubSpot's list processing types; memberships are changed through the API on the first two only.
+PROCESSING_TYPES = ("MANUAL", "SNAPSHOT", "DYNAMIC")
+
+
 @dataclass
 class ContactList:
     list_id: str
     name: str
     members: Sequence[str]  # ascending record ids
     created_at: str
+    processing_type: str = "MANUAL"
+    # When each member added through the API joined (the others joined when the list was made).
+    joined: dict[str, str] = field(default_factory=dict)
+    version: int = 1
+
+    @property
+    def static(self) -> bool:
+        return self.processing_type in ("MANUAL", "SNAPSHOT")
+
+    def has_member(self, record_id: str) -> bool:
+        if not record_id.isdigit():
+            return False
+        position = bisect.bisect_left(self.members, int(record_id), key=int)
+        return position < len(self.members) and self.members[position] == record_id
+
+    def add_member(self, record_id: str, now: str) -> bool:
+        """Add one record (HubSpot keeps memberships ordered by record id); False: already a member."""
+        if self.has_member(record_id):
+            return False
+        members = self.members if isinstance(self.members, list) else list(self.members)
+        bisect.insort(members, record_id, key=int)
+        self.members = members
+        self.joined[record_id] = now
+        return True
+
+    def joined_at(self, record_id: str) -> str:
+        return self.joined.get(record_id, self.created_at)
 
     def to_json(self) -> dict[str, Any]:
         """PublicObjectList of the lists spec."""
         return {
             "listId": self.list_id,
-            "listVersion": 1,
+            "listVersion": self.version,
             "name": self.name,
             "objectTypeId": "0-1",
             "processingStatus": "COMPLETE",
-            "processingType": "MANUAL",
+            "processingType": self.processing_type,
             "size": len(self.members),
             "createdAt": self.created_at,
             "updatedAt": self.created_at,
@@ -130,6 +162,30 @@ class ContactList:
         del body["size"]
         body["additionalProperties"] = {"hs_list_size": str(len(self.members))}
         return body
+
+
+class EmailOptOuts:
+    """Who is unsubscribed from all email (the portal-wide "unsubscribe all"), by lower-cased address,
+    and how many unsubscribe-all requests named each address (tests check nothing was sent twice)."""
+
+    def __init__(self) -> None:
+        self.since: dict[str, str] = {}  # address -> when it was unsubscribed
+        self.requests: Counter[str] = Counter()
+
+    def unsubscribe(self, address: str, now: str) -> bool:
+        """Record one request; True when it changed the address's status."""
+        key = address.strip().lower()
+        self.requests[key] += 1
+        if key in self.since:
+            return False
+        self.since[key] = now
+        return True
+
+    def unsubscribed_at(self, address: str) -> str | None:
+        return self.since.get(address.strip().lower())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unsubscribed": sorted(self.since), "requests": dict(sorted(self.requests.items()))}
 
 
 class SandboxState:
@@ -147,6 +203,7 @@ class SandboxState:
         self.contacts = ContactStore()
         self.catalog = PropertyCatalog()
         self.lists: dict[str, ContactList] = {}
+        self.opt_outs = EmailOptOuts()
         self.exports: dict[str, ExportTask] = {}
         self.imports: dict[str, ImportJob] = {}
         self.request_counts: Counter[str] = Counter()
@@ -180,14 +237,22 @@ class SandboxState:
             self.config.daily_limit,
         )
 
-    def add_list(self, name: str, members: Sequence[str], list_id: str | None = None) -> ContactList:
+    def add_list(
+        self,
+        name: str,
+        members: Sequence[str],
+        list_id: str | None = None,
+        processing_type: str = "MANUAL",
+    ) -> ContactList:
+        if processing_type not in PROCESSING_TYPES:
+            raise ValueError(f"processingType must be one of {PROCESSING_TYPES}, got {processing_type!r}")
         if list_id is None:
             while str(self._next_list_id) in self.lists:
                 self._next_list_id += 1
             list_id = str(self._next_list_id)
         if list_id in self.lists:
             raise ValueError(f"list {list_id} already exists")
-        created = ContactList(list_id, name, members, iso_now())
+        created = ContactList(list_id, name, members, iso_now(), processing_type)
         self.lists[list_id] = created
         return created
 
@@ -211,6 +276,7 @@ class SandboxState:
             "rate_limited": self.rate_limited,
             "contacts": len(self.contacts),
             "lists": len(self.lists),
+            "unsubscribed_all": len(self.opt_outs.since),
             "properties": self.catalog.custom_names(),
             "exports": len(self.exports),
             "export_downloads": list(self.export_downloads),

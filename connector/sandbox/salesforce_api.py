@@ -1,5 +1,6 @@
 """The Salesforce REST endpoints of the sandbox: versions, resources, limits, SOQL query (with
-cursor paging), describe, single records and sObject Collections updates.
+cursor paging), describe, single records, sObject Collections updates and creates (campaign
+members only: salesforce_members.py).
 
 Auth, the daily allocation, faults and the version check happen before these run
 (connector/sandbox/salesforce.py); every function here runs for an admitted request.
@@ -12,6 +13,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from connector.sandbox.salesforce_members import MEMBER, Taken, apply_member_insert, plan_member_insert
 from connector.sandbox.salesforce_schema import coerce_json, describe, to_json
 from connector.sandbox.salesforce_soql import BoundQuery, SoqlError, compile_query
 from connector.sandbox.salesforce_state import (
@@ -249,8 +251,8 @@ def update_record(version: str, object_name: str, record_id: str) -> ResponseRet
 # ---- sObject Collections ----
 
 
-@api.patch("/v<version>/composite/sobjects")
-def update_collection(version: str) -> ResponseReturnValue:
+def _collection_records() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The body of an sObject Collections request and its records (at most 200)."""
     body = _json_body()
     records = body.get("records") if isinstance(body, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -261,6 +263,12 @@ def update_collection(version: str) -> ResponseReturnValue:
             "EXCEEDED_ID_LIMIT",
             "record limit reached. cannot submit more than 200 records into this call",
         )
+    return body, records
+
+
+@api.patch("/v<version>/composite/sobjects")
+def update_collection(version: str) -> ResponseReturnValue:
+    body, records = _collection_records()
     state = sandbox_state()
     with state.lock:
         plans = [_plan_collection_record(state, record) for record in records]
@@ -272,7 +280,41 @@ def update_collection(version: str) -> ResponseReturnValue:
     return jsonify([_save_result(plan) for plan in plans])
 
 
+@api.post("/v<version>/composite/sobjects")
+def create_collection(version: str) -> ResponseReturnValue:
+    """Creates, in order (a later record may duplicate an earlier one); only CampaignMember is creatable."""
+    body, records = _collection_records()
+    state = sandbox_state()
+    with state.lock:
+        taken: Taken = set()
+        plans = [_plan_collection_insert(state, record, taken) for record in records]
+        if body.get("allOrNone") is True and not all(plan.ok for plan in plans):
+            return jsonify([_save_result(p if not p.ok else rolled_back(p)) for p in plans])
+        for plan in plans:
+            if plan.ok:
+                apply_member_insert(state, plan)
+    return jsonify([_save_result(plan) for plan in plans])
+
+
+def _plan_collection_insert(state: SandboxState, record: dict[str, Any], taken: Taken) -> PlannedWrite:
+    object_name, fields = _typed_fields(state, record)
+    if object_name != MEMBER:
+        raise SalesforceError(
+            400, "INVALID_TYPE", f"The sandbox creates {MEMBER} records only, not {object_name}"
+        )
+    raw_id = next((value for name, value in fields.items() if name.lower() == "id"), None)
+    values = _field_values(state, object_name, fields)
+    return plan_member_insert(state, {**values, "Id": raw_id}, coerce_json, taken)
+
+
 def _plan_collection_record(state: SandboxState, record: dict[str, Any]) -> PlannedWrite:
+    object_name, fields = _typed_fields(state, record)
+    record_id = next((value for name, value in fields.items() if name.lower() == "id"), None)
+    return plan_update(state, object_name, record_id, _field_values(state, object_name, fields), coerce_json)
+
+
+def _typed_fields(state: SandboxState, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The canonical object name a collection record's attributes give, and its fields."""
     attributes = record.get("attributes")
     type_name = attributes.get("type") if isinstance(attributes, dict) else None
     if not isinstance(type_name, str):
@@ -280,9 +322,7 @@ def _plan_collection_record(state: SandboxState, record: dict[str, Any]) -> Plan
     schema = state.schema.object(type_name)
     if schema is None:
         raise SalesforceError(400, "INVALID_TYPE", f"sObject type '{type_name}' is not supported.")
-    fields = {name: value for name, value in record.items() if name != "attributes"}
-    record_id = next((value for name, value in fields.items() if name.lower() == "id"), None)
-    return plan_update(state, schema.name, record_id, _field_values(state, schema.name, fields), coerce_json)
+    return schema.name, {name: value for name, value in record.items() if name != "attributes"}
 
 
 def _field_values(state: SandboxState, object_name: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Bulk API 2.0 in the Salesforce sandbox: ingest jobs (update) and query jobs, CSV in and out.
+"""Bulk API 2.0 in the Salesforce sandbox: ingest jobs (update; insert of campaign members) and query
+jobs, CSV in and out.
 
 Ingest: POST jobs/ingest -> Open; PUT .../batches with the CSV (streamed to disk; once per job);
 PATCH {"state": "UploadComplete"}; `bulk_delay` seconds later (InProgress half-way) the rows are
-applied one by one, as sObject updates are, and the job is JobComplete. successfulResults,
-failedResults and unprocessedrecords are streamed back from the uploaded file.
+applied one by one, as sObject updates (or Collections creates) are, and the job is JobComplete.
+successfulResults, failedResults and unprocessedrecords are streamed back from the uploaded file.
 
 Query: POST jobs/query -> UploadComplete; `bulk_delay` seconds later the query runs and the job
 is JobComplete; GET .../results pages through the rows with `maxRecords` and the opaque
@@ -35,6 +36,7 @@ from connector.sandbox.salesforce_jobs import (
     QueryJob,
     drain,
 )
+from connector.sandbox.salesforce_members import MEMBER, Taken, apply_member_insert, plan_member_insert
 from connector.sandbox.salesforce_schema import coerce_csv
 from connector.sandbox.salesforce_soql import BoundQuery
 from connector.sandbox.salesforce_state import SalesforceError, SandboxState, not_found, sandbox_state
@@ -84,8 +86,9 @@ def _process_ingest(state: SandboxState, job: IngestJob) -> None:
         columns = _ingest_columns(state, job)
         if columns is None:
             return
+        taken: Taken = set()
         for row in rows:
-            _process_row(state, job, columns, row)
+            _process_row(state, job, columns, row, taken)
     job.move("JobComplete")
 
 
@@ -101,23 +104,30 @@ def _ingest_columns(state: SandboxState, job: IngestJob) -> list[str] | None:
             job.move("Failed")
             return None
         columns.append(found.name)
-    if "Id" not in columns:
+    if "Id" not in columns and job.operation == "update":
         job.error_message = "InvalidBatch : Field name not found : Id"
         job.move("Failed")
         return None
     return columns
 
 
-def _process_row(state: SandboxState, job: IngestJob, columns: list[str], row: list[str]) -> None:
+def _process_row(
+    state: SandboxState, job: IngestJob, columns: list[str], row: list[str], taken: Taken
+) -> None:
     if len(row) != len(columns):
         job.outcomes.append(("", "INVALID_FIELD:Row has a different number of columns than the header:--"))
         job.failed += 1
         return
     cells = dict(zip(columns, row, strict=True))
-    raw_id = cells.pop("Id").strip()
-    plan = plan_update(state, job.object_name, raw_id, cells, coerce_csv)
+    if job.operation == "insert":
+        plan = plan_member_insert(state, cells, coerce_csv, taken)
+        if plan.ok:
+            apply_member_insert(state, plan)
+    else:
+        plan = plan_update(state, job.object_name, cells.pop("Id").strip(), cells, coerce_csv)
+        if plan.ok:
+            apply(state, plan)
     if plan.ok:
-        apply(state, plan)
         job.outcomes.append((plan.record_id or "", None))
         return
     job.outcomes.append((plan.record_id or "", " ".join(error.to_bulk() for error in plan.errors)))
@@ -144,9 +154,18 @@ def create_ingest_job(version: str) -> ResponseReturnValue:
             raise SalesforceError(
                 400, "INVALIDENTITY", f"Entity '{body.get('object')}' is not supported by the Bulk API."
             )
-        if body.get("operation") != "update":
-            raise SalesforceError(400, "INVALIDJOB", "The sandbox supports the update operation only")
-        job = IngestJob(state.new_id("Job"), version, _requested_format(body), object_name=schema.name)
+        operation = body.get("operation")
+        if operation != "update" and (operation, schema.name) != ("insert", MEMBER):
+            raise SalesforceError(
+                400, "INVALIDJOB", f"The sandbox supports update, and insert of {MEMBER}, only"
+            )
+        job = IngestJob(
+            state.new_id("Job"),
+            version,
+            _requested_format(body),
+            object_name=schema.name,
+            operation=str(operation),
+        )
         state.ingest_jobs[job.job_id] = job
         return jsonify(job.info())
 

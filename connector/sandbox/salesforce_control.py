@@ -6,7 +6,9 @@ that org, created empty when first named; without it, on the default org (SALESF
 
 - POST /_sandbox/seed: {"contacts": [{"Id"?, "Email", "Phone", "FirstName", "LastName", ...}],
   "leads": [{..., "IsConverted": bool}], "campaigns": [{"Id"?, "Name", "members":
-  [{"ContactId" | "LeadId", "Status"?}]}], "deleted_ids": [...], "validation_rule_ids": [...],
+  [{"ContactId" | "LeadId", "Status"?}], "member_statuses"?: [{"Label", "IsDefault"?,
+  "HasResponded"?}]}] (member statuses default to "Sent", the default, and "Responded"),
+  "deleted_ids": [...], "validation_rule_ids": [...],
   "generate": {"campaign_members": n, "lead_ratio": 0.3, "duplicate_every": 50, "malformed_every": 97,
   "missing_email_every": 61, "converted_every": 200, "seed": 1, "campaign_name"?}}
   -> {"contacts": [ids], "leads": [ids], "campaigns": [{"Id", "members": [ids]}],
@@ -17,7 +19,9 @@ that org, created empty when first named; without it, on the default org (SALESF
 - GET /_sandbox/records?object=Contact&offset=0&limit=1000&field=Email&field=...: records in query
   order (seeded first, then generated), only the named fields when some are named.
 - GET /_sandbox/state: requests per "<METHOD> <route>" (route as the URL rule, e.g.
-  "GET /services/data/v{version}/query"), api_usage, api_limit, record counts, jobs, config.
+  "GET /services/data/v{version}/query"), api_usage, api_limit, record counts, jobs, config,
+  "campaign_members_created" ({campaign id: {contact or lead id: members created through the API}})
+  and "duplicate_members_refused" (creates refused with DUPLICATE_VALUE).
 - POST /_sandbox/config: {"daily_api_limit", "api_usage", "bulk_delay", "missing_fields":
   {"Contact": [...]}, "readonly_fields": {"Lead": [...]}, "expire_token": true, "track_writes":
   ["ApexVerify_Status__c", ...], "next_records_url_prefix": "@evil.example"} (any subset).
@@ -51,6 +55,7 @@ that org, created empty when first named; without it, on the default org (SALESF
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -58,6 +63,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.sandbox.salesforce_ids import object_for_id, to_18
+from connector.sandbox.salesforce_members import DEFAULT_STATUSES
 from connector.sandbox.salesforce_orgs import org_directory
 from connector.sandbox.salesforce_records import GenerateKnobs
 from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json, utc_now
@@ -164,8 +170,12 @@ def _seed_value(field_type: str, raw: Any) -> Any:
 
 def _seed_campaign(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
     members = spec.get("members", [])
-    campaign_spec = {name: value for name, value in spec.items() if name != "members"}
-    campaign_id = _seed_record(state, "Campaign", {"Name": "Campaign", **campaign_spec})
+    campaign_spec = {
+        name: value for name, value in spec.items() if name not in ("members", "member_statuses")
+    }
+    campaign_id = _seed_campaign_record(
+        state, {"Name": "Campaign", **campaign_spec}, spec.get("member_statuses") or DEFAULT_STATUSES
+    )
     member_ids = []
     for member in members:
         person = _person_id(state, member)
@@ -174,6 +184,16 @@ def _seed_campaign(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
         values["ContactId" if kind == "Contact" else "LeadId"] = person
         member_ids.append(_seed_record(state, "CampaignMember", values))
     return {"Id": campaign_id, "members": member_ids}
+
+
+def _seed_campaign_record(
+    state: SandboxState, spec: dict[str, Any], statuses: Iterable[dict[str, Any]]
+) -> str:
+    """A campaign and its member statuses (CampaignMemberStatus records)."""
+    campaign_id = _seed_record(state, "Campaign", spec)
+    for status in statuses:
+        _seed_record(state, "CampaignMemberStatus", {**status, "CampaignId": campaign_id})
+    return campaign_id
 
 
 def _person_id(state: SandboxState, member: dict[str, Any]) -> str:
@@ -204,7 +224,8 @@ def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("generate.lead_ratio must be between 0 and 1")
     counts = ("duplicate_every", "malformed_every", "missing_email_every", "converted_every", "seed")
     knobs = GenerateKnobs(count, lead_ratio, **{name: int(spec[name]) for name in counts if name in spec})
-    campaign_id = _seed_record(state, "Campaign", {"Name": spec.get("campaign_name") or "Generated campaign"})
+    name = spec.get("campaign_name") or "Generated campaign"
+    campaign_id = _seed_campaign_record(state, {"Name": name}, DEFAULT_STATUSES)
     campaign = state.store.generate(knobs, campaign_id, utc_now())
     return {
         "campaign_id": campaign_id,

@@ -19,6 +19,7 @@ KEY_PREFIXES = {
     "Lead": "00Q",
     "Campaign": "701",
     "CampaignMember": "00v",
+    "CampaignMemberStatus": "01Y",
     "Organization": "00D",
     "User": "005",
     "Job": "750",

@@ -87,6 +87,7 @@ class Job:
 @dataclass
 class IngestJob(Job):
     object_name: str = ""
+    operation: str = "update"  # or insert (campaign members)
     upload: Path | None = None
     header: list[str] = field(default_factory=list)
     # Per processed row: (sf__Id, error) — error None for a success.
@@ -94,7 +95,12 @@ class IngestJob(Job):
     failed: int = 0
 
     def info(self) -> dict[str, Any]:
-        info = {"operation": "update", "object": self.object_name, **self.base_info(), "jobType": "V2Ingest"}
+        info = {
+            "operation": self.operation,
+            "object": self.object_name,
+            **self.base_info(),
+            "jobType": "V2Ingest",
+        }
         info["contentUrl"] = f"services/data/v{self.version}/jobs/ingest/{self.job_id}/batches"
         info.update(
             numberRecordsProcessed=len(self.outcomes),
@@ -125,8 +131,9 @@ class IngestJob(Job):
                     yield drain(buffer)
         yield drain(buffer)
 
-    @staticmethod
-    def _write_result(writer: Any, kind: str, row: list[str], outcome: tuple[str, str | None] | None) -> None:
+    def _write_result(
+        self, writer: Any, kind: str, row: list[str], outcome: tuple[str, str | None] | None
+    ) -> None:
         if kind == "unprocessedrecords":
             if outcome is None:
                 writer.writerow(row)
@@ -135,7 +142,7 @@ class IngestJob(Job):
             return
         record_id, error = outcome
         if kind == "successfulResults" and error is None:
-            writer.writerow([record_id, "false", *row])
+            writer.writerow([record_id, "true" if self.operation == "insert" else "false", *row])
         elif kind == "failedResults" and error is not None:
             writer.writerow([record_id, error, *row])
 

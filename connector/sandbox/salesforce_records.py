@@ -242,6 +242,8 @@ class RecordStore:
         self._seeded: dict[int, tuple[str, dict[str, Any]]] = {}
         self._seeded_by_object: dict[str, list[int]] = {}
         self._serial_by_id: dict[str, int] = {}
+        # (campaign id, contact or lead id) -> the seeded or created member's serial.
+        self._members: dict[tuple[str, str], int] = {}
         self._campaigns: list[GeneratedCampaign] = []
         self._next_serial = first_serial  # each org has a range of its own (salesforce_ids.py)
         self.deleted: set[int] = set()
@@ -258,6 +260,9 @@ class RecordStore:
         self._seeded[serial] = (object_name, {**values, "Id": record_id})
         self._seeded_by_object.setdefault(object_name, []).append(serial)
         self._serial_by_id[record_id] = serial
+        if object_name == "CampaignMember":
+            person = values.get("ContactId") or values.get("LeadId")
+            self._members[(str(values.get("CampaignId")), str(person))] = serial
         return record_id
 
     def generate(self, knobs: GenerateKnobs, campaign_id: str, created: datetime) -> GeneratedCampaign:
@@ -285,6 +290,20 @@ class RecordStore:
         if located is None:
             return None
         return serial if KEY_PREFIXES[located[1]] == id18[:3] else None
+
+    def member_serial(self, campaign_id: str, person_id: str) -> int | None:
+        """The serial of the campaign's live member for this contact or lead (18-character ids), or None."""
+        serial = self._members.get((campaign_id, person_id))
+        if serial is None:
+            person_serial = self.resolve(person_id)
+            located = self._locate(person_serial) if person_serial is not None else None
+            if (
+                located is not None
+                and located[0].campaign_id == campaign_id
+                and located[1] != "CampaignMember"
+            ):
+                serial = located[0].members_first + located[2]
+        return None if serial is None or serial in self.deleted else serial
 
     def object_of(self, serial: int) -> str | None:
         if serial in self._seeded:
@@ -358,4 +377,5 @@ class RecordStore:
             found.update(self.values(person_serial, copies))
 
     def summary(self) -> dict[str, int]:
-        return {name: self.count(name) for name in ("Contact", "Lead", "Campaign", "CampaignMember")}
+        objects = ("Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
+        return {name: self.count(name) for name in objects}

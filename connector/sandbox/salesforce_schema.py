@@ -1,8 +1,10 @@
 """The objects and fields the Salesforce sandbox knows, how values are checked, and describe answers.
 
 Contact and Lead carry the ten ApexVerify custom fields of DESIGN.md's "What is written back"
-table; which of them exist, and which are read-only, is configurable per object (see
-`Schema.configure`), so a connector can be tested against an org that lacks some of them.
+table and the standard Email Opt Out checkbox (HasOptedOutOfEmail, the opt_out action's); campaigns
+have member statuses (CampaignMemberStatus). Which fields exist, and which are read-only, is
+configurable per object (see `Schema.configure`), so a connector can be tested against an org that
+lacks some of them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ class Field:
     relationship: str | None = None  # e.g. "Contact" for CampaignMember.ContactId
     custom: bool = False
     restricted: bool = False  # a restricted picklist refuses values outside its list
+    createable: bool | None = None  # None: as updateable (CampaignMember's ids are create-only)
+
+    @property
+    def can_create(self) -> bool:
+        return self.updateable if self.createable is None else self.createable
 
     @property
     def display(self) -> str:
@@ -95,7 +102,15 @@ def _person_fields() -> list[Field]:
     ]
 
 
-OBJECTS = ("Contact", "Lead", "Campaign", "CampaignMember")
+OBJECTS = ("Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
+# The standard "Email Opt Out" checkbox of contacts and leads (a verdict action sets it).
+OPT_OUT = Field("HasOptedOutOfEmail", "boolean", label="Email Opt Out", updateable=True)
+
+
+def _reference(name: str, target: str, *, createable: bool = False) -> Field:
+    return Field(
+        name, "reference", reference_to=target, relationship=target, length=18, createable=createable
+    )
 
 
 def _object_fields() -> dict[str, list[Field]]:
@@ -112,9 +127,8 @@ def _object_fields() -> dict[str, list[Field]]:
         ),
     ]
     member = [
-        Field("CampaignId", "reference", reference_to="Campaign", relationship="Campaign", length=18),
-        Field("ContactId", "reference", reference_to="Contact", relationship="Contact", length=18),
-        Field("LeadId", "reference", reference_to="Lead", relationship="Lead", length=18),
+        # Set when a member is created, never changed after.
+        *(_reference(f"{name}Id", name, createable=True) for name in ("Campaign", "Contact", "Lead")),
         _text("Status", 40),
         Field("HasResponded", "boolean", label="Responded"),
         # Read-only copies of the member's contact or lead, as on the real object.
@@ -125,11 +139,19 @@ def _object_fields() -> dict[str, list[Field]]:
         Field("IsActive", "boolean", label="Active", updateable=True),
         _text("Status", 40),
     ]
+    # A campaign's member statuses (its Status picklist): "Sent" (default) and "Responded" unless seeded.
+    member_status = [
+        _reference("CampaignId", "Campaign"),
+        _text("Label", 765, updateable=False),
+        Field("IsDefault", "boolean", label="Default"),
+        Field("HasResponded", "boolean", label="Responded"),
+    ]
     return {
-        "Contact": [*_person_fields(), *_apexverify_fields()],
-        "Lead": [*_person_fields(), *lead_only, *_apexverify_fields()],
+        "Contact": [*_person_fields(), OPT_OUT, *_apexverify_fields()],
+        "Lead": [*_person_fields(), OPT_OUT, *lead_only, *_apexverify_fields()],
         "Campaign": campaign,
         "CampaignMember": member,
+        "CampaignMemberStatus": member_status,
     }
 
 
@@ -352,7 +374,7 @@ def _describe_field(f: Field) -> dict[str, Any]:
         "length": f.length,
         "custom": f.custom,
         "updateable": f.updateable,
-        "createable": f.updateable,
+        "createable": f.can_create,
         "nillable": f.type not in ("boolean", "id"),
         "filterable": True,
         "sortable": True,

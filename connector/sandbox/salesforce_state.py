@@ -129,6 +129,10 @@ class SandboxState:
         self.ingest_jobs: dict[str, IngestJob] = {}
         self.query_jobs: dict[str, QueryJob] = {}
         self._serials = Counter[str]()
+        # Campaign members created through the API, per (campaign id, contact or lead id), and the
+        # inserts refused because the record already was a member: a retried action shows in both.
+        self.members_created: Counter[tuple[str, str]] = Counter()
+        self.duplicate_members_refused = 0
         # {field: {serial: [every value written, in order]}} for the fields in config.track_writes.
         self.write_log: dict[str, dict[int, list[Any]]] = {}
         if self._uploads is not None:
@@ -187,9 +191,17 @@ class SandboxState:
             "ingest_jobs": {job.job_id: job.state for job in self.ingest_jobs.values()},
             "query_jobs": {job.job_id: job.state for job in self.query_jobs.values()},
             "open_cursors": len(self.cursors),
+            "campaign_members_created": self._members_created(),
+            "duplicate_members_refused": self.duplicate_members_refused,
             "faults": self.faults.pending(),
             "config": self.config.public(),
         }
+
+    def _members_created(self) -> dict[str, dict[str, int]]:
+        by_campaign: dict[str, dict[str, int]] = {}
+        for (campaign_id, person_id), count in self.members_created.items():
+            by_campaign.setdefault(campaign_id, {})[person_id] = count
+        return by_campaign
 
 
 def sandbox_state() -> SandboxState:

@@ -117,19 +117,26 @@ def _checked_values(
 ) -> tuple[dict[str, Any], list[WriteError]]:
     schema = state.schema.object(object_name)
     assert schema is not None
+    return coerce_fields(schema, raw_values, coerce, lambda field: field.updateable)
+
+
+def coerce_fields(
+    schema: Any, raw_values: dict[str, Any], coerce: Coerce, writable: Callable[[Any], bool]
+) -> tuple[dict[str, Any], list[WriteError]]:
+    """The values a write sets, coerced to their fields' types, and its refusals: fields this write
+    may not set (`writable` false: read-only on update, not creatable on insert), values of the
+    wrong type."""
     values: dict[str, Any] = {}
     errors: list[WriteError] = []
-    read_only = [name for name in raw_values if not schema.fields[name].updateable]
-    if read_only:
+    locked = [name for name in raw_values if not writable(schema.fields[name])]
+    if locked:
         errors.append(
             WriteError(
-                "INVALID_FIELD_FOR_INSERT_UPDATE",
-                READ_ONLY.format(names=", ".join(read_only)),
-                tuple(read_only),
+                "INVALID_FIELD_FOR_INSERT_UPDATE", READ_ONLY.format(names=", ".join(locked)), tuple(locked)
             )
         )
     for name, raw in raw_values.items():
-        if name in read_only:
+        if name in locked:
             continue
         try:
             value = coerce(schema.fields[name], raw)

@@ -75,14 +75,9 @@ def hub(sandbox: SandboxServer) -> Iterator[SandboxControl]:
 
 
 @pytest.fixture
-def limiter_redis() -> redis.Redis:
-    connection = redis.Redis(host="127.0.0.1", port=6379, db=14, socket_connect_timeout=1)
-    try:
-        connection.ping()
-    except redis.exceptions.ConnectionError:
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    connection.flushdb()  # db 14 only: the portal's shared limiter starts empty
-    return connection
+def limiter_redis(redis_connection: redis.Redis) -> redis.Redis:
+    redis_connection.flushdb()  # TEST_REDIS_URL's database: the portal's shared limiter starts empty
+    return redis_connection
 
 
 @pytest.fixture

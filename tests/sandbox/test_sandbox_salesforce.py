@@ -665,3 +665,226 @@ def test_make_salesforce_keeps_the_instance_scheme() -> None:
     assert local.Contact.base_url == "http://127.0.0.1:8103/services/data/v62.0/sobjects/Contact/"
     with pytest.raises(ValueError):
         make_salesforce("http://127.0.0.1:8103")
+
+
+# ---- verdict actions: Email Opt Out, campaign members ----
+
+CREATE_COLLECTION = "POST /services/data/v{version}/composite/sobjects"
+
+
+def member(campaign: str, person: str, **values: Any) -> dict[str, Any]:
+    person_field = "LeadId" if person.startswith("00Q") else "ContactId"
+    return {"attributes": {"type": "CampaignMember"}, "CampaignId": campaign, person_field: person, **values}
+
+
+def collection_create(sf: Salesforce, records: list[dict[str, Any]], all_or_none: bool = False) -> Any:
+    return sf.restful(
+        "composite/sobjects", method="POST", json={"allOrNone": all_or_none, "records": records}
+    )
+
+
+def outcomes(results: list[dict[str, Any]]) -> list[str]:
+    """ "ok" or the first error's status code, per SaveResult."""
+    return ["ok" if r["success"] else r["errors"][0]["statusCode"] for r in results]
+
+
+def members_of(sf: Salesforce, campaign: str) -> list[tuple[str | None, str | None, str]]:
+    soql = f"SELECT ContactId, LeadId, Status FROM CampaignMember WHERE CampaignId = '{campaign}'"
+    return [(r["ContactId"], r["LeadId"], r["Status"]) for r in sf.query_all(soql)["records"]]
+
+
+def test_email_opt_out_is_an_updateable_checkbox_on_contacts_and_leads(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    for described in (sf.Contact.describe(), sf.Lead.describe()):
+        opt_out = {f["name"]: f for f in described["fields"]}["HasOptedOutOfEmail"]
+        assert (opt_out["type"], opt_out["label"], opt_out["updateable"]) == (
+            "boolean",
+            "Email Opt Out",
+            True,
+        )
+    control(sandbox, "config", {"track_writes": ["HasOptedOutOfEmail"]})
+
+    results = collection_update(
+        sf,
+        [
+            {"attributes": {"type": "Contact"}, "Id": people["ada"], "HasOptedOutOfEmail": True},
+            {"attributes": {"type": "Lead"}, "Id": people["eve"], "HasOptedOutOfEmail": True},
+        ],
+    )
+    assert outcomes(results) == ["ok", "ok"]
+    [job] = sf.bulk2.Contact.update(records=[{"Id": people["ben"], "HasOptedOutOfEmail": "true"}], wait=0)
+    assert job["numberRecordsFailed"] == 0
+
+    opted_out = sf.query_all("SELECT Id FROM Contact WHERE HasOptedOutOfEmail = true ORDER BY LastName")
+    assert ids(opted_out["records"]) == [people["ada"], people["ben"]]
+    [eve] = sf.query(f"SELECT HasOptedOutOfEmail FROM Lead WHERE Id = '{people['eve']}'")["records"]
+    assert eve["HasOptedOutOfEmail"] is True
+    assert sandbox_record(sandbox, people["cleo"])["fields"]["HasOptedOutOfEmail"] is False
+    writes = requests.get(f"{sandbox.url}/_sandbox/writes", params={"field": "HasOptedOutOfEmail"}, timeout=5)
+    assert writes.json()["records"] == {people["ada"]: [True], people["eve"]: [True], people["ben"]: [True]}
+
+
+def test_campaign_members_created_through_collections_once_per_campaign_and_person(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    campaign, cleo = people["campaign"], people["cleo"]
+    results = collection_create(
+        sf,
+        [
+            member(campaign, cleo),  # no Status: the campaign's default, "Sent"
+            member(campaign, people["ada"]),  # seeded member already
+            member(campaign, cleo, Status="Responded"),  # named twice in one call
+            member(campaign, people["fritz"]),  # converted lead
+            member(campaign, people["dev"]),  # deleted contact
+            member(campaign, "003Dn0000000zzz"),  # names no record
+            member(campaign, "not-an-id"),
+            member("701Dn0000000zzz", people["eve"]),  # no such campaign
+            member(campaign, people["eve"], Status="Attended"),  # not one of its statuses
+            {**member(campaign, people["ben"]), "Id": "00vDn0000000001"},
+            {"attributes": {"type": "CampaignMember"}, "CampaignId": campaign},
+        ],
+    )
+    assert outcomes(results) == [
+        "ok",
+        "DUPLICATE_VALUE",
+        "DUPLICATE_VALUE",
+        "CANNOT_UPDATE_CONVERTED_LEAD",
+        "ENTITY_IS_DELETED",
+        "INVALID_CROSS_REFERENCE_KEY",
+        "MALFORMED_ID",
+        "INVALID_CROSS_REFERENCE_KEY",
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "INVALID_FIELD_FOR_INSERT_UPDATE",
+        "REQUIRED_FIELD_MISSING",
+    ]
+    assert results[0]["id"].startswith("00v") and len(results[0]["id"]) == 18
+    assert results[1]["errors"][0]["message"] == "Already a campaign member."
+    assert "id" not in results[1]
+    created = sandbox_record(sandbox, results[0]["id"])["fields"]
+    assert (created["ContactId"], created["Status"], created["HasResponded"]) == (cleo, "Sent", False)
+
+    assert members_of(sf, campaign) == [
+        (people["ada"], None, "Sent"),
+        (people["ben"], None, "Sent"),
+        (None, people["eve"], "Sent"),
+        (cleo, None, "Sent"),
+    ]
+    # The members a campaign segment reads, with their contact's email.
+    soql = (
+        "SELECT ContactId, Contact.Email FROM CampaignMember "
+        f"WHERE CampaignId = '{campaign}' AND ContactId IN ('{cleo}')"
+    )
+    assert sf.query(soql)["records"][0]["Contact"]["Email"] == "cleo@mailinator.com"
+
+    again = collection_create(
+        sf, [member(campaign, cleo), member(campaign, people["eve"], Status="Responded")]
+    )
+    assert outcomes(again) == ["DUPLICATE_VALUE", "DUPLICATE_VALUE"]
+    state = sandbox_state(sandbox)
+    assert state["campaign_members_created"] == {campaign: {cleo: 1}}
+    assert state["duplicate_members_refused"] == 4
+    assert state["requests"][CREATE_COLLECTION] == 2
+
+
+def test_member_creates_all_or_none_and_the_request_limits(
+    sandbox: SandboxServer, sf: Salesforce, rest: Rest
+) -> None:
+    people = seed_people(sandbox)
+    campaign = people["campaign"]
+    results = collection_create(sf, [member(campaign, people["cleo"]), member(campaign, people["ada"])], True)
+    assert outcomes(results) == ["ALL_OR_NONE_OPERATION_ROLLED_BACK", "DUPLICATE_VALUE"]
+    assert sandbox_state(sandbox)["campaign_members_created"] == {}
+
+    with pytest.raises(SalesforceMalformedRequest) as too_many:
+        collection_create(sf, [member(campaign, people["cleo"])] * 201)
+    assert error_code(too_many.value) == "EXCEEDED_ID_LIMIT"
+    with pytest.raises(SalesforceMalformedRequest) as not_creatable:
+        collection_create(sf, [{"attributes": {"type": "Contact"}, "LastName": "New"}])
+    assert error_code(not_creatable.value) == "INVALID_TYPE"
+
+    control(sandbox, "config", {"daily_api_limit": 10, "api_usage": 9})
+    answer = rest("POST", "composite/sobjects", json={"records": [member(campaign, people["cleo"])]})
+    assert answer.headers["Sforce-Limit-Info"] == "api-usage=10/10"
+    assert answer.json() == [{"id": answer.json()[0]["id"], "success": True, "errors": []}]
+    refused = rest("POST", "composite/sobjects", json={"records": [member(campaign, people["ben"])]})
+    assert (refused.status_code, refused.json()[0]["errorCode"]) == (403, "REQUEST_LIMIT_EXCEEDED")
+
+
+def test_campaign_member_statuses_are_queryable_and_decide_the_default(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    statuses = [{"Label": "Invited", "IsDefault": True}, {"Label": "Attended", "HasResponded": True}]
+    webinar = control(sandbox, "seed", {"campaigns": [{"Name": "Webinar", "member_statuses": statuses}]})
+    webinar_id = webinar["campaigns"][0]["Id"]
+
+    soql = "SELECT Label, IsDefault, HasResponded FROM CampaignMemberStatus WHERE CampaignId = '%s'"
+    rows = sf.query(soql % people["campaign"])["records"]
+    assert [(r["Label"], r["IsDefault"], r["HasResponded"]) for r in rows] == [
+        ("Sent", True, False),
+        ("Responded", False, True),
+    ]
+    assert [r["Label"] for r in sf.query(soql % webinar_id)["records"]] == ["Invited", "Attended"]
+
+    results = collection_create(
+        sf,
+        [
+            member(webinar_id, people["ada"]),
+            member(webinar_id, people["eve"], Status="Attended"),
+            member(webinar_id, people["ben"], Status="Sent"),
+        ],
+    )
+    assert outcomes(results) == ["ok", "ok", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"]
+    assert members_of(sf, webinar_id) == [(people["ada"], None, "Invited"), (None, people["eve"], "Attended")]
+    assert sandbox_record(sandbox, results[1]["id"])["fields"]["HasResponded"] is True
+
+
+def test_bulk_ingest_inserts_campaign_members_with_failed_and_successful_results(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    campaign = people["campaign"]
+    rows = [
+        {"CampaignId": campaign, "ContactId": people["cleo"], "LeadId": "", "Status": ""},
+        {"CampaignId": campaign, "ContactId": people["ada"], "LeadId": "", "Status": ""},
+        {"CampaignId": campaign, "ContactId": "", "LeadId": people["fritz"], "Status": "Responded"},
+        {"CampaignId": campaign, "ContactId": people["cleo"], "LeadId": "", "Status": "Responded"},
+    ]
+    [outcome] = sf.bulk2.CampaignMember.insert(records=rows, wait=0)
+    assert (outcome["numberRecordsProcessed"], outcome["numberRecordsFailed"]) == (4, 3)
+
+    failed = list(csv.DictReader(io.StringIO(sf.bulk2.CampaignMember.get_failed_records(outcome["job_id"]))))
+    assert [(row["sf__Id"], row["sf__Error"], row["ContactId"] or row["LeadId"]) for row in failed] == [
+        ("", "DUPLICATE_VALUE:Already a campaign member.:--", people["ada"]),
+        ("", "CANNOT_UPDATE_CONVERTED_LEAD:cannot reference converted lead:LeadId --", people["fritz"]),
+        ("", "DUPLICATE_VALUE:Already a campaign member.:--", people["cleo"]),
+    ]
+    succeeded = list(
+        csv.DictReader(io.StringIO(sf.bulk2.CampaignMember.get_successful_records(outcome["job_id"])))
+    )
+    assert [(row["sf__Created"], row["ContactId"]) for row in succeeded] == [("true", people["cleo"])]
+    assert sandbox_record(sandbox, succeeded[0]["sf__Id"])["fields"]["Status"] == "Sent"
+    assert sandbox_state(sandbox)["campaign_members_created"] == {campaign: {people["cleo"]: 1}}
+
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.bulk2.Contact.insert(records=[{"LastName": "New"}], wait=0)
+    assert error_code(refused.value) == "INVALIDJOB"
+
+
+def test_members_created_in_a_generated_campaign_are_refused_as_duplicates(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    campaign = control(sandbox, "seed", {"generate": {"campaign_members": 10, "lead_ratio": 0}})[
+        "campaign_id"
+    ]
+    first = sf.query(f"SELECT ContactId FROM CampaignMember WHERE CampaignId = '{campaign}' LIMIT 1")
+    existing = first["records"][0]["ContactId"]
+    outsider = control(sandbox, "seed", {"contacts": [{"LastName": "Outsider"}]})["contacts"][0]
+    assert outcomes(collection_create(sf, [member(campaign, existing), member(campaign, outsider)])) == [
+        "DUPLICATE_VALUE",
+        "ok",
+    ]
+    assert sf.query(f"SELECT COUNT() FROM CampaignMember WHERE CampaignId = '{campaign}'")["totalSize"] == 11

@@ -1,4 +1,4 @@
-"""HubSpot: portals, lists, contacts and their flag properties.
+"""HubSpot: portals, lists, contacts, their flag properties and verdict actions.
 
 `CRM` is all the rest of the connector knows of HubSpot. The factories import the API modules
 when first called, so a process that never calls HubSpot (the CLI, a webhook-only web process)
@@ -11,7 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.config import Settings
-from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentKind, SegmentSource
+from connector.crm.base import (
+    ActionKind,
+    ActionRunner,
+    Crm,
+    CrmContext,
+    FlagWriter,
+    RecordReader,
+    SegmentKind,
+    SegmentSource,
+)
 from connector.crm.hubspot.oauth import OAUTH
 from connector.crm.hubspot.settings import HubSpotSettings
 from connector.crm.hubspot.webhook import read_webhook
@@ -49,6 +58,12 @@ def _flag_writer(
         field_names=context.field_names,
         work_dir=context.work_dir,
     )
+
+
+def _action_runner(context: CrmContext, type_: str, expected: int) -> ActionRunner:
+    from connector.crm.hubspot.actions import HubSpotActionRunner  # loads the client library: see above
+
+    return HubSpotActionRunner(_api(context), type_, bulk=expected > context.settings.crm_bulk_threshold)
 
 
 def _api(context: CrmContext) -> Any:
@@ -89,6 +104,8 @@ CRM = Crm(
     oauth=OAUTH,
     same_account=_same_portal,
     env_configured=_env_configured,
+    actions=(ActionKind("opt_out", email_only=True), ActionKind("add_to_list", target_field="list_id")),
+    action_runner=_action_runner,
     webhook_openapi={
         "summary": "HubSpot events, workflow webhooks, segment triggers (signed v3)",
         "requestBody": {"content": {"application/json": {"schema": {}}}},

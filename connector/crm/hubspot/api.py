@@ -178,6 +178,30 @@ class HubSpotApi:
         count(self.redis, "api_calls", service="hubspot", outcome="ok")
         return answer
 
+    def call_path(
+        self, method: str, path: str, *, query: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
+        """A JSON request to an endpoint the client library has no API for (Communication Preferences
+        v4, the Lists API's record memberships batch read), sent by the client's own transport
+        through `call`: the same rate limiter, token, retries and errors. Answers the decoded JSON."""
+        transport = self.lists.api_client  # any generated API's: they share the configuration's host
+
+        def send(**options: Any) -> Any:
+            return transport.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params={"Accept": "application/json", "Content-Type": "application/json"},
+                body=body,
+                response_types_map={200: "object", 207: "object"},
+                auth_settings=["oauth2"],
+                _return_http_data_only=True,
+                _preload_content=True,
+                **options,
+            )
+
+        return self.call(send)
+
     def _take_slot(self) -> None:
         self.limiter.acquire()
         self._count("calls")

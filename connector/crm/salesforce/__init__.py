@@ -1,4 +1,5 @@
-"""Salesforce: orgs, campaigns, SOQL segments, Contact and Lead flag fields.
+"""Salesforce: orgs, campaigns, SOQL segments, Contact and Lead flag fields, verdict actions
+(Email Opt Out, campaign membership).
 
 `CRM` is all the rest of the connector knows of Salesforce. The factories import the API
 modules when first called, so a process that never calls Salesforce does not load
@@ -11,7 +12,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from connector.config import Settings
-from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentKind, SegmentSource
+from connector.crm.base import (
+    ActionKind,
+    ActionRunner,
+    Crm,
+    CrmContext,
+    FlagWriter,
+    RecordReader,
+    SegmentKind,
+    SegmentSource,
+)
 from connector.crm.salesforce.oauth import OAUTH
 from connector.crm.salesforce.settings import SalesforceSettings
 from connector.crm.salesforce.webhook import OBJECTS, read_webhook
@@ -49,6 +59,17 @@ def _flag_writer(
         expected_updates=expected_updates,
         bulk_threshold=context.settings.crm_bulk_threshold,
         field_names=context.field_names,
+        work_dir=context.work_dir,
+    )
+
+
+def _action_runner(context: CrmContext, type_: str, expected: int) -> ActionRunner:
+    from connector.crm.salesforce.actions import SalesforceActionRunner  # loads simple-salesforce
+
+    return SalesforceActionRunner(
+        _api(context),
+        expected=expected,
+        bulk_threshold=context.settings.crm_bulk_threshold,
         work_dir=context.work_dir,
     )
 
@@ -110,6 +131,11 @@ CRM = Crm(
     same_account=_same_org,
     routes_by_secret=True,
     env_configured=_env_configured,
+    actions=(
+        ActionKind("opt_out", email_only=True),
+        ActionKind("add_to_campaign", target_field="campaign_id", takes_status=True),
+    ),
+    action_runner=_action_runner,
     webhook_openapi={
         "summary": "Salesforce outbound messages (text/xml) and Flow callouts (application/json)",
         "parameters": [

@@ -1,5 +1,6 @@
 """Salesforce's bulk paths: a segment read through a Bulk API 2.0 query job, flags written through
-Bulk API 2.0 ingest (update) jobs, one per object.
+Bulk API 2.0 ingest (update) jobs, one per object, and records created by an ingest insert job
+(campaign members: actions.py).
 
 Both are asynchronous jobs polled with backoff; a poll never waits longer than half a step lease
 (past that, TransientError and the step runs again later). The job's id is kept in a small marker
@@ -215,10 +216,35 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _started_ingest(api: BulkApi, object_name: str, csv_path: Path) -> tuple[str, JobMarker]:
+def insert_rows(
+    api: BulkApi, object_name: str, columns: list[str], rows: Iterable[list[str]], *, work_dir: Path
+) -> list[dict[str, str]]:
+    """Create one `object_name` record per row (cells of `columns`) with one ingest insert job; returns
+    the failed rows as Salesforce gives them back: sf__Error and the cells as uploaded."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    partial = work_dir / f"insert-{object_name}-{uuid.uuid4().hex[:8]}.partial"
+    with partial.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    # Named by its content: a retried batch writes the same file and resumes its job, not a second one.
+    csv_path = work_dir / f"insert-{object_name}-{_digest(partial)}.csv"
+    partial.replace(csv_path)
+    job_id, marker = _started_ingest(api, object_name, csv_path, operation="insert")
+    info = _await_job(api, "ingest", job_id, marker)
+    failed = _failed_rows(api, job_id, work_dir) if int(info.get("numberRecordsFailed") or 0) else []
+    marker.clear()
+    csv_path.unlink(missing_ok=True)
+    return failed
+
+
+def _started_ingest(
+    api: BulkApi, object_name: str, csv_path: Path, *, operation: str = "update"
+) -> tuple[str, JobMarker]:
     """The ingest job of this file: the one its marker names if it can be resumed, else a new one."""
     marker = JobMarker(csv_path.with_suffix(".json"))
-    return _resumable_ingest(api, marker) or _start_ingest(api, object_name, csv_path, marker), marker
+    job_id = _resumable_ingest(api, marker) or _start_ingest(api, object_name, operation, csv_path, marker)
+    return job_id, marker
 
 
 def _finish_ingest(
@@ -246,8 +272,9 @@ def _resumable_ingest(api: BulkApi, marker: JobMarker) -> str | None:
     return None
 
 
-def _start_ingest(api: BulkApi, object_name: str, csv_path: Path, marker: JobMarker) -> str:
-    info = api.rest("POST", "jobs/ingest", json={"object": object_name, "operation": "update", **CSV_FORMAT})
+def _start_ingest(api: BulkApi, object_name: str, operation: str, csv_path: Path, marker: JobMarker) -> str:
+    job = {"object": object_name, "operation": operation, **CSV_FORMAT}
+    info = api.rest("POST", "jobs/ingest", json=job)
     job_id = str(info["id"])
     marker.save(job_id)
     api.upload(f"jobs/ingest/{job_id}/batches", csv_path)
@@ -256,15 +283,20 @@ def _start_ingest(api: BulkApi, object_name: str, csv_path: Path, marker: JobMar
 
 
 def _failed_results(api: BulkApi, job_id: str, work_dir: Path) -> list[WriteFailure]:
+    failures = []
+    for row in _failed_rows(api, job_id, work_dir):
+        code, message = parse_bulk_error(row.get("sf__Error") or "")
+        # sf__Id is empty when the row's own Id was unusable: the uploaded Id names the record then.
+        failures.append(WriteFailure(row.get("sf__Id") or row.get("Id") or "", code, message))
+    return failures
+
+
+def _failed_rows(api: BulkApi, job_id: str, work_dir: Path) -> list[dict[str, str]]:
+    """The job's failedResults (a few rows: each record Salesforce refused)."""
     path = work_dir / f"ingest-{job_id}-failed-{uuid.uuid4().hex[:8]}.csv"
     try:
         api.download(f"jobs/ingest/{job_id}/failedResults", path)
-        failures = []
-        for row in _read_csv(path):
-            code, message = parse_bulk_error(row.get("sf__Error") or "")
-            # sf__Id is empty when the row's own Id was unusable: the uploaded Id names the record then.
-            failures.append(WriteFailure(row.get("sf__Id") or row.get("Id") or "", code, message))
-        return failures
+        return list(_read_csv(path))
     finally:
         path.unlink(missing_ok=True)
 

@@ -136,7 +136,7 @@ class SalesforceFlagWriter(FlagWriting[SalesforceApi]):
         for update in chunk:
             object_name = object_of(update.record_id, update.object_type)
             if object_name is None:
-                refused.append(_not_a_person(update.record_id))
+                refused.append(not_a_person(update.record_id))
                 continue
             # A record named twice in one call is refused by Salesforce; the later verdict wins.
             by_id[update.record_id] = {
@@ -149,25 +149,7 @@ class SalesforceFlagWriter(FlagWriting[SalesforceApi]):
         return records, refused
 
     def _update_collection(self, records: list[dict[str, Any]]) -> list[WriteFailure]:
-        results = self.api.rest("PATCH", "composite/sobjects", json={"allOrNone": False, "records": records})
-        failures = []
-        # SaveResults come back in the order the records were sent.
-        for record, result in zip(records, results or [], strict=False):
-            if result.get("success"):
-                continue
-            errors = result.get("errors") or [{"statusCode": "UNKNOWN_ERROR", "message": "not saved"}]
-            failures.append(
-                WriteFailure(
-                    record["Id"],
-                    str(errors[0].get("statusCode") or "UNKNOWN_ERROR"),
-                    "; ".join(str(error.get("message") or "") for error in errors),
-                )
-            )
-        missing = records[len(results or []) :]
-        failures.extend(
-            WriteFailure(r["Id"], "NOT_CONFIRMED", "Salesforce did not confirm this update") for r in missing
-        )
-        return failures
+        return save_collection(self.api, "PATCH", records, [record["Id"] for record in records])
 
     def _write_bulk(self, updates: Iterable[FlagUpdate]) -> list[WriteFailure]:
         refused: list[WriteFailure] = []
@@ -177,7 +159,7 @@ class SalesforceFlagWriter(FlagWriting[SalesforceApi]):
             for update in updates:
                 object_name = object_of(update.record_id, update.object_type)
                 if object_name is None:
-                    refused.append(_not_a_person(update.record_id))
+                    refused.append(not_a_person(update.record_id))
                     continue
                 yield IngestRow(object_name, update.record_id, cells(update.verdict))
 
@@ -187,5 +169,32 @@ class SalesforceFlagWriter(FlagWriting[SalesforceApi]):
         return refused + failures
 
 
-def _not_a_person(record_id: str) -> WriteFailure:
+def save_collection(
+    api: SalesforceApi, method: str, records: list[dict[str, Any]], record_ids: list[str]
+) -> list[WriteFailure]:
+    """Send one sObject Collections call (PATCH: update, POST: create; allOrNone false) and return the
+    records Salesforce refused, each under its entry of `record_ids` (one per record, in order)."""
+    results = api.rest(method, "composite/sobjects", json={"allOrNone": False, "records": records})
+    failures = []
+    # SaveResults come back in the order the records were sent.
+    for record_id, result in zip(record_ids, results or [], strict=False):
+        if result.get("success"):
+            continue
+        errors = result.get("errors") or [{"statusCode": "UNKNOWN_ERROR", "message": "not saved"}]
+        failures.append(
+            WriteFailure(
+                record_id,
+                str(errors[0].get("statusCode") or "UNKNOWN_ERROR"),
+                "; ".join(str(error.get("message") or "") for error in errors),
+            )
+        )
+    missing = record_ids[len(results or []) :]
+    failures.extend(
+        WriteFailure(record_id, "NOT_CONFIRMED", "Salesforce did not confirm this write")
+        for record_id in missing
+    )
+    return failures
+
+
+def not_a_person(record_id: str) -> WriteFailure:
     return WriteFailure(record_id, "MALFORMED_ID", f"{record_id} is not a Contact (003) or Lead (00Q) id")

@@ -36,7 +36,7 @@ def read_fields(type_: str, field_names: dict[str, str] | None = None) -> tuple[
     return VALUE_FIELDS[type_], verified
 
 
-def _soql_ids(record_ids: Iterable[str]) -> str:
+def soql_ids(record_ids: Iterable[str]) -> str:
     return ", ".join(f"'{record_id}'" for record_id in record_ids)
 
 
@@ -96,7 +96,7 @@ class SalesforceRecordReader(RecordReading[SalesforceApi]):
             for chunk in chunks(ids.items(), READ_CHUNK):
                 soql = (
                     f"SELECT Id, {value_field}, {verified_field} FROM {object_name} "
-                    f"WHERE Id IN ({_soql_ids(short for _, short in chunk)})"
+                    f"WHERE Id IN ({soql_ids(short for _, short in chunk)})"
                 )
                 found = {str(row["id"])[:15]: row for row in rest_rows(self.api, soql)}
                 for record_id, short in chunk:  # in the order asked, each under the id it was asked by
