@@ -124,10 +124,10 @@ Environment:
 
 \b
 Exit codes:
-  0    completed
+  0    completed, or (--plan) stopped before the launch with its plan
   1    failed, cancelled, or gave up waiting (--max-wait): see --resume
   2    bad input: arguments, no APEXVERIFY_API_KEY, FILE empty or not text
-  3    awaiting approval (--max-net-cost)
+  3    awaiting approval (--max-net-cost): see --approve
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM): see --resume
 """
 
@@ -149,7 +149,15 @@ Exit codes:
     metavar="SECONDS",
     help="Give up after this long of pauses in a row (ApexVerify unreachable, rate limited).",
 )
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Upload and parse, then stop before the launch and print the plan (values, estimated credits).",
+)
 @click.option("--resume", type=int, metavar="SYNC_ID", help="Continue a sync a stopped run left behind.")
+@click.option(
+    "--approve", is_flag=True, help="With --resume: approve a sync awaiting approval (a plan), then run it."
+)
 @click.option("--verbose", "-v", is_flag=True, help="Show logs below WARNING too.")
 def verify(
     file: Path | None,
@@ -161,7 +169,9 @@ def verify(
     max_net_cost: float | None,
     reverify_after_days: int,
     max_wait: float,
+    plan: bool,
     resume: int | None,
+    approve: bool,
     verbose: bool,
 ) -> None:
     """Verify the emails or phones in FILE (one per line, or a CSV with an email/phone column).
@@ -188,6 +198,8 @@ def verify(
         max_wait=max_wait,
         resume=resume,
         use_redis=use_redis,
+        plan=plan,
+        approve=approve,
     )
     sys.exit(code)
 

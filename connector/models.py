@@ -120,6 +120,8 @@ class Segment(Base):
     schedule: Mapped[str | None] = mapped_column(String(120))
     reverify_after_days: Mapped[int] = mapped_column(Integer, default=30)
     max_net_cost: Mapped[float | None] = mapped_column(Float)
+    # Verdict actions, as the contract spells them: [{"when": "wrong", "do": "opt_out"}, ...].
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None]
@@ -160,12 +162,19 @@ class Sync(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cost: Mapped[dict[str, Any]] = mapped_column(default=dict)
     approved_at: Mapped[datetime | None]
+    # The segment's verdict actions when the sync was made (a later edit does not change a running sync).
+    actions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
+    # Asked as a plan: stops in awaiting_approval before launch whatever the cost, carrying `plan`.
+    plan_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    plan: Mapped[dict[str, Any] | None]
     # Why a runnable sync is waiting (rate limit, outage) and until when; shown to operators.
     pause_reason: Mapped[str | None] = mapped_column(Text)
     paused_until: Mapped[datetime | None]
     poll_attempt: Mapped[int] = mapped_column(Integer, default=0)
     # Pauses in a row without a step getting through: each doubles the next wait (an outage).
     pause_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the current run of pauses began (the sync_paused_long alert); null while not paused.
+    paused_since: Mapped[datetime | None]
 
     # Job bookkeeping: only the job whose id is `job_id` may run a step, and only while it
     # holds the lease. The reconciler re-enqueues when the job is gone and the lease expired.
@@ -281,6 +290,51 @@ class SyncContact(Base):
     outcome: Mapped[str] = mapped_column(String(20), default=ContactOutcome.PENDING)
     reason: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncAction(Base):
+    """One verdict action due on one contact of a sync, and what became of it (connector.pipeline.actions).
+
+    Rows are made for every contact whose flags were written and whose verdict the action is for,
+    once (the unique key); a row is `attempted` in a commit before its CRM call and `done` or
+    `failed` after, so a step resumed after a crash asks the CRM about attempted rows instead of
+    acting twice.
+    """
+
+    __tablename__ = "sync_actions"
+    __table_args__ = (
+        UniqueConstraint("sync_id", "action", "contact_id", name="uq_sync_actions_sync_action_contact"),
+        Index("ix_sync_actions_sync_id", "sync_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sync_id: Mapped[int] = mapped_column(BigId)  # no foreign key: see the note above SyncValue
+    contact_id: Mapped[int] = mapped_column(BigId)
+    action: Mapped[str] = mapped_column(String(120))  # VerdictAction.key
+    do: Mapped[str] = mapped_column(String(30))
+    outcome: Mapped[str] = mapped_column(String(20), default="pending")  # pending|attempted|done|failed
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class Alert(Base):
+    """An alert raised once per subject and kind (a sync, a connection's loss of access), and its
+    delivery to each configured target (connector.alerts)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("kind", "subject", name="uq_alerts_kind_subject"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    # What it is about, once: "sync:<id>", or "connection:<id>:<when access was lost>".
+    subject: Mapped[str] = mapped_column(String(120))
+    sync_id: Mapped[int | None] = mapped_column(BigId)
+    connection_id: Mapped[int | None] = mapped_column(BigId)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the body sent
+    # Per target ("webhook", "slack", "email"): {"state": pending|sent|failed, "attempts": n, "error": ...}
+    deliveries: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    delivered_at: Mapped[datetime | None]
 
 
 class VerifiedValue(Base):

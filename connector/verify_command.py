@@ -7,6 +7,10 @@ file whose values mostly do not look like emails or phones gets a warning with t
 The run drives only its own sync (connector.pipeline.drive) and can always be left: Ctrl-C,
 SIGTERM or `--max-wait` of pauses end it with one line naming the sync, where it stopped and the
 `--resume` command that continues it (no second upload or launch: the batches are kept).
+
+`--plan` stops before the launch, whatever the cost, and prints what the launch would do (values
+sent, estimated credits); `--resume SYNC_ID --approve` then launches the batches already uploaded,
+as it does for a sync stopped over `--max-net-cost`. Until then not a credit is spent.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from connector.config import Settings
 from connector.crm.file import FileSegmentSource
@@ -29,7 +35,7 @@ from connector.pipeline.drive import DriveStopped, drive_until_settled, private_
 from connector.pipeline.jobs import schedule_step
 from connector.pipeline.normalize import Normalized, normalize
 from connector.pipeline.parameters import parse_cli_parameter, validate_country, validate_parameters
-from connector.pipeline.syncs import SyncStateError, create_sync, ensure_connection, retry_sync
+from connector.pipeline.syncs import SyncStateError, approve_sync, create_sync, ensure_connection, retry_sync
 from connector.progress import SyncProgress
 from connector.results import iter_verdicts, write_csv, write_json
 from connector.runtime import Runtime, build_runtime
@@ -56,15 +62,28 @@ def run_verify(
     max_wait: float | None = None,
     resume: int | None = None,
     use_redis: bool = True,
+    plan: bool = False,
+    approve: bool = False,
 ) -> int:
-    """Verify FILE (or continue sync `resume`); returns the exit code. `use_redis`: REDIS_URL was given."""
+    """Verify FILE (or continue sync `resume`); returns the exit code. `use_redis`: REDIS_URL was given.
+
+    `plan`: stop before the launch with the sync's plan (exit 0); `approve`: approve the resumed
+    sync if it awaits approval, then drive it to its end.
+    """
     hint = _resume_hint(output, fmt)
     fmt = _output_format(output, fmt)
+    _check_plan_options(resume, plan=plan, approve=approve)
     require_api_key(settings)
     request = None
     if resume is None:
         request = checked_request(
-            file, type_, country, params, max_net_cost=max_net_cost, reverify_after_days=reverify_after_days
+            file,
+            type_,
+            country,
+            params,
+            max_net_cost=max_net_cost,
+            reverify_after_days=reverify_after_days,
+            plan_requested=plan,
         )
     runtime = build_runtime(settings, allow_fallback_broker=True, in_process_broker=not use_redis)
     upgrade_database(runtime.engine)
@@ -74,13 +93,26 @@ def run_verify(
                 sync_id = start_file_sync(runtime, **request).id
             else:
                 assert resume is not None  # no request is built when resuming
-                sync_id = resume_file_sync(runtime, resume)
+                sync_id = resume_file_sync(runtime, resume, approve=approve)
             with SyncProgress() as progress:
                 sync = drive_until_settled(runtime, sync_id, on_tick=progress.update, max_wait=max_wait)
         except DriveStopped as stop:
             click.echo(stopped_line(stop, hint, max_wait), err=True)
             return stop.exit_code
-        return _finish(runtime, sync, output, fmt)
+        return _finish(runtime, sync, output, fmt, hint)
+
+
+def _check_plan_options(resume: int | None, *, plan: bool, approve: bool) -> None:
+    if approve and resume is None:
+        raise InputError(
+            "approve_needs_resume",
+            "--approve launches a sync awaiting approval: name it with --resume SYNC_ID",
+        )
+    if plan and resume is not None:
+        raise InputError(
+            "plan_needs_file",
+            "--plan starts a new sync of FILE; to launch a planned one: --resume SYNC_ID --approve",
+        )
 
 
 def checked_request(
@@ -95,13 +127,17 @@ def checked_request(
     return {"file": file, "type_": type_, "country": country, "parameters": parameters, **options}
 
 
-def _finish(runtime: Runtime, sync: Sync, output: Path | None, fmt: str) -> int:
+def _finish(runtime: Runtime, sync: Sync, output: Path | None, fmt: str, hint: str) -> int:
+    if sync.status == SyncStatus.AWAITING_APPROVAL:  # no verdicts yet: nothing to write
+        print_outcome(sync)
+        print_plan(sync)
+        click.echo(f"approve with: connector verify --resume {sync.id} --approve{hint}", err=True)
+        # A plan stopping here did what was asked; a budget stopping the run did not.
+        return 0 if sync.plan_requested else EXIT_AWAITING_APPROVAL
     if output is not None:
         count = export_verdicts(runtime, sync.id, output, fmt)
         click.echo(f"wrote {count} verdicts to {output}", err=True)
     print_outcome(sync)
-    if sync.status == SyncStatus.AWAITING_APPROVAL:
-        return EXIT_AWAITING_APPROVAL
     return 0 if sync.status == SyncStatus.COMPLETED else EXIT_FAILED
 
 
@@ -198,18 +234,28 @@ def start_file_sync(runtime: Runtime, file: Path, *, type_: str, country: str, *
     )
 
 
-def resume_file_sync(runtime: Runtime, sync_id: int) -> int:
+def resume_file_sync(runtime: Runtime, sync_id: int, *, approve: bool = False) -> int:
     """Set a stopped run's sync moving again from where it is; a failed one is retried from its failed step.
 
     Its batches are kept, so nothing is uploaded or launched twice. A sync whose step another
-    process holds (an unexpired lease) is refused rather than run twice at once.
+    process holds (an unexpired lease) is refused rather than run twice at once. With `approve`, a
+    sync awaiting approval (a plan, a cost over budget) is approved: it launches the batches it has;
+    one approved before just goes on, any other is refused.
     """
     with runtime.session() as session:
         sync = session.get(Sync, sync_id)
         if sync is None or sync.crm != "file":
             raise NotFoundError("sync_not_found", f"no `connector verify` sync {sync_id} in this database")
-        status, lease_until = SyncStatus(sync.status), sync.lease_until
-    if status == SyncStatus.FAILED:
+        status, lease_until, approved = (
+            SyncStatus(sync.status),
+            sync.lease_until,
+            sync.approved_at is not None,
+        )
+    if approve and status == SyncStatus.AWAITING_APPROVAL:
+        approve_sync(runtime, sync_id)
+    elif approve and not approved:
+        raise SyncStateError("not_awaiting_approval", f"sync {sync_id} is {status}, not awaiting approval")
+    elif status == SyncStatus.FAILED:
         retry_sync(runtime, sync_id)
     elif status in RUNNABLE_STATES:
         if lease_until is not None and lease_until > utcnow():
@@ -243,6 +289,29 @@ def export_verdicts(runtime: Runtime, sync_id: int, output: Path, fmt: str) -> i
     with runtime.session() as session, output.open("w", encoding="utf-8", newline="") as handle:
         rows = iter_verdicts(session, sync_id)
         return write_csv(rows, handle) if fmt == "csv" else write_json(rows, handle)
+
+
+def print_plan(sync: Sync) -> None:
+    """The sync's plan, one figure a line: what approving it would send, cost and do."""
+    plan = sync.plan
+    if not plan:
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("contacts", f"{plan['contacts']:,}"),
+        ("distinct values", f"{plan['distinct_values']:,}"),
+        ("skipped as recently verified", f"{plan['skipped_recent']:,}"),
+        ("values to send", f"{plan['to_send']:,}"),
+        ("estimated cost", f"{plan['estimated_cost']:g} credits"),
+        *((f"action {name}", f"at most {n:,} contacts") for name, n in (plan.get("actions") or {}).items()),
+    ]
+    for label, figure in rows:
+        table.add_row(label, figure)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"plan of sync {sync.id} (nothing launched yet):")
+    console.print(table)
 
 
 def print_outcome(sync: Sync) -> None:

@@ -1,5 +1,6 @@
-"""Headless Chromium for the tests that work a page (Playwright): the `browser` fixture, one a module.
-tests/conftest.py loads it as a plugin, so every test can ask for it by name.
+"""Headless Chromium for the tests that work a page (Playwright): the `browser` fixture, one a module,
+and `page`, a fresh context's page per test. tests/conftest.py loads it as a plugin, so every test
+can ask for them by name.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.conftest import IN_CI
 
@@ -29,3 +30,11 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(10_000)
+    yield context.new_page()
+    context.close()

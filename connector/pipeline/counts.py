@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.models import Sync, SyncBatch, SyncContact, SyncValue
+from connector.pipeline.actions import action_counts
 
 
 def refresh_counts(session: Session, sync: Sync) -> None:
@@ -47,6 +48,7 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
     sent = session.scalar(
         select(func.coalesce(func.sum(SyncBatch.rows), 0)).where(SyncBatch.sync_id == sync_id)
     )
+    actions, actions_failed = action_counts(session, sync_id)
     return {
         "contacts": sum(outcomes.values()),
         "pending": outcomes.get("pending", 0),
@@ -59,4 +61,7 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
         "values_from_cache": from_cache,
         "verdicts": verdicts,
         "flags": {"is_role": roles, "is_disposable": disposables},
+        # Verdict actions taken per `do` (connector.pipeline.actions), and those the CRM refused.
+        "actions": actions,
+        "actions_failed": actions_failed,
     }

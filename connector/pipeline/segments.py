@@ -13,13 +13,14 @@ from connector.crm.base import SegmentKind
 from connector.crm.registry import segment_kinds
 from connector.errors import ConnectorError, InputError, NotFoundError
 from connector.models import Connection, Segment, Sync, utcnow
+from connector.pipeline.actions import validate_actions
 from connector.pipeline.parameters import validate_country, validate_parameters, validate_type
 from connector.pipeline.syncs import create_sync
 from connector.runtime import Runtime
 from connector.states import UNSETTLED_VALUES
 
 FIELDS = {"crm", "kind", "ref", "object", "type", "parameters", "schedule", "reverify_after_days",
-          "max_net_cost", "name", "target_country"}  # fmt: skip
+          "max_net_cost", "name", "target_country", "actions"}  # fmt: skip
 # Also accepted on input: the connection the segment syncs through (pipeline/connections.py picks
 # the CRM's only one when it is left out).
 INPUT_FIELDS = FIELDS | {"connection_id"}
@@ -43,12 +44,13 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
     crm, segment_kind = kinds[kind]
     if merged.get("crm", crm.name) != crm.name:
         raise InputError("invalid_crm", f"a {kind} segment belongs to crm {crm.name}")
+    type_ = validate_type(merged.get("type", "email"))
     return {
         "crm": crm.name,
         "kind": kind,
         "ref": _ref(merged.get("ref"), segment_kind),
         "object": crm.check_object(merged.get("object")),
-        "type": validate_type(merged.get("type", "email")),
+        "type": type_,
         "parameters": _parameters(merged.get("parameters")),
         "schedule": _schedule(merged.get("schedule")),
         "reverify_after_days": _int_in(merged.get("reverify_after_days", 30), "reverify_after_days", 0, 3650),
@@ -57,6 +59,7 @@ def validate_segment(data: Any, current: dict[str, Any] | None = None) -> dict[s
         "target_country": validate_country(merged["target_country"])
         if merged.get("target_country")
         else None,
+        "actions": validate_actions(merged.get("actions"), crm, type_),
     }
 
 
@@ -179,9 +182,14 @@ class ConnectionDisconnected(ConnectorError):
 
 
 def sync_segment(
-    runtime: Runtime, segment_id: int, trigger: str, *, idempotency_key: str | None = None
+    runtime: Runtime,
+    segment_id: int,
+    trigger: str,
+    *,
+    idempotency_key: str | None = None,
+    plan_requested: bool = False,
 ) -> Sync:
-    """Start a sync of the segment, or answer with the one still running."""
+    """Start a sync of the segment (a plan: see plan_segment), or answer with the one still running."""
     with runtime.session() as session:
         segment = get_segment(session, segment_id)
         running = session.scalars(
@@ -214,8 +222,29 @@ def sync_segment(
         reverify_after_days=segment.reverify_after_days,
         max_net_cost=segment.max_net_cost,
         idempotency_key=idempotency_key,
+        actions=segment.actions,
+        plan_requested=plan_requested,
     )
     return sync if sync.segment_id is not None else _adopt(runtime, sync, segment.id)
+
+
+class SegmentBusy(ConnectorError):
+    http_status = 409
+
+
+def plan_segment(runtime: Runtime, segment_id: int, trigger: str = "admin") -> Sync:
+    """Start a plan of the segment: a sync that exports, uploads and parses, then waits in
+    awaiting_approval (whatever the cost) with its `plan`; nothing is launched or written before
+    approval. A plan still unapproved answers again (idempotent); any other unsettled sync of the
+    segment refuses it, since that sync would be launched whatever the plan said."""
+    sync = sync_segment(runtime, segment_id, trigger, plan_requested=True)
+    if sync.plan_requested and sync.approved_at is None:
+        return sync
+    raise SegmentBusy(
+        "segment_busy",
+        f"segment {segment_id} is being synced by sync {sync.id} ({sync.status}); "
+        "ask for a plan once it has settled",
+    )
 
 
 def _adopt(runtime: Runtime, sync: Sync, segment_id: int) -> Sync:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from connector.crm.base import Crm, CrmContext, FlagWriter, RecordReader, SegmentSource, Sleep
+from connector.crm.base import (
+    ActionRunner,
+    Crm,
+    CrmContext,
+    FlagWriter,
+    RecordReader,
+    SegmentSource,
+    Sleep,
+)
 from connector.crm.file import FileSegmentSource, NullFlagWriter
 from connector.crm.registry import crm_named, crm_of_kind
 from connector.crm.tokens import account_for
@@ -58,6 +66,16 @@ def writer_for(
         raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
     context = crm_context(runtime, sync, sleep)
     return crm.flag_writer(context, sync.type, expected_updates, _objects(runtime, crm, sync))
+
+
+def action_runner_for(
+    runtime: Runtime, sync: Sync, *, expected: int, sleep: Sleep = time.sleep
+) -> ActionRunner:
+    """The runner of the sync's CRM's verdict actions; `expected` records let it choose batches or bulk."""
+    crm = crm_named(sync.crm)
+    if crm is None or crm.action_runner is None:
+        raise ConnectorError("actions_unsupported", f"sync {sync.id}: {sync.crm} takes no verdict actions")
+    return crm.action_runner(crm_context(runtime, sync, sleep), sync.type, expected)
 
 
 def crm_context(runtime: Runtime, sync: Sync, sleep: Sleep) -> CrmContext:

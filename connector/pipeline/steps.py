@@ -25,7 +25,7 @@ from connector.apexverify import (
     iter_export_records,
 )
 from connector.chaos import chaos_point
-from connector.crm.base import FlagUpdate, Verdict, WriteFailure
+from connector.crm.base import ActionRunner, FlagUpdate, Verdict, WriteFailure
 from connector.db import (
     affected_rows,
     analyze,
@@ -45,6 +45,7 @@ from connector.models import (
     SyncValue,
     utcnow,
 )
+from connector.pipeline.actions import actions_at_most, take_actions, verdict_actions
 from connector.pipeline.batchfiles import collect_values, sync_dir, write_batch_files
 from connector.pipeline.normalize import normalize
 from connector.pipeline.record_history import (
@@ -52,7 +53,7 @@ from connector.pipeline.record_history import (
     remember_written_values,
     reverify_changed_values,
 )
-from connector.pipeline.sources import source_for, writer_for
+from connector.pipeline.sources import action_runner_for, source_for, writer_for
 from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
 from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_text
 from connector.states import check_steps
@@ -96,8 +97,9 @@ def export_segment(ctx: StepContext) -> StepResult:
         writer = writer_for(ctx.runtime, sync, sleep=ctx.sleep)
         type_, country, sync_id = sync.type, sync.target_country, sync.id
         fresh_after = utcnow() - timedelta(days=sync.reverify_after_days)
-    # Before any credit is spent: a write-back that cannot happen fails the sync now.
+    # Before any credit is spent: a write-back (or an action) that cannot happen fails the sync now.
     writer.prepare()
+    _prepare_actions(ctx)
     chunk: list[tuple[Any, ...]] = []
     for record in source.iter_records():
         chunk.append(_contact_row(sync_id, record, type_, country, fresh_after))
@@ -117,9 +119,24 @@ def export_segment(ctx: StepContext) -> StepResult:
         batches = write_batch_files(session, ctx.runtime, sync)
     with ctx.session() as session:
         analyze(session, "sync_values")
-    if not batches:
-        return Advance(SyncStatus.WRITING_BACK, "nothing to verify: every value is known or unusable")
+    if not batches:  # a plan still stops for approval: nothing is written before it
+        to = SyncStatus.READY if sync.plan_requested else SyncStatus.WRITING_BACK
+        return Advance(to, "nothing to verify: every value is known or unusable")
     return Advance(SyncStatus.UPLOADING)
+
+
+def _prepare_actions(ctx: StepContext) -> None:
+    with ctx.session() as session:
+        actions = verdict_actions(_load(session, ctx))
+    if actions:
+        runner = _action_runner(ctx, 0)
+        for action in actions:
+            runner.prepare(action)
+
+
+def _action_runner(ctx: StepContext, expected: int) -> ActionRunner:
+    with ctx.session() as session:
+        return action_runner_for(ctx.runtime, _load(session, ctx), expected=expected, sleep=ctx.sleep)
 
 
 def _forget_partial_export(session: Session, sync_id: int) -> None:
@@ -304,15 +321,50 @@ def _batch_net_cost(batch: SyncBatch) -> float:
 
 
 def check_cost(ctx: StepContext) -> StepResult:
+    """Launch, unless the operator is to approve first: a plan was asked for, or the net cost is over
+    the budget. Either way the sync then carries its plan (what approving it would do)."""
     with ctx.session() as session:
         sync = _load(session, ctx)
+        if sync.approved_at is not None:
+            return Advance(SyncStatus.LAUNCHING)
         net = float((sync.cost or {}).get("net", 0.0))
-        if sync.max_net_cost is not None and net > sync.max_net_cost and sync.approved_at is None:
+        if sync.plan_requested:
+            sync.plan = plan = plan_of(session, sync)
+            return Halt(
+                SyncStatus.AWAITING_APPROVAL,
+                f"plan ready: {plan['to_send']} values to send for an estimated {net:g} credits",
+            )
+        if sync.max_net_cost is not None and net > sync.max_net_cost:
+            sync.plan = plan_of(session, sync)
             return Halt(
                 SyncStatus.AWAITING_APPROVAL,
                 f"net cost {net:g} credits is over the budget of {sync.max_net_cost:g}",
             )
     return Advance(SyncStatus.LAUNCHING)
+
+
+def plan_of(session: Session, sync: Sync) -> dict[str, Any]:
+    """What launching the sync's batches would do, as parsed: its contacts, distinct values, contacts
+    skipped as recently verified, values sent, net credits (what the launch charges while the
+    account's cache does not change) and, per action, the contacts it would touch at most."""
+    contacts, skipped_recent = session.execute(
+        select(
+            func.count(),
+            func.count().filter(
+                SyncContact.outcome == ContactOutcome.SKIPPED, SyncContact.reason == "recently_verified"
+            ),
+        ).where(SyncContact.sync_id == sync.id)
+    ).one()
+    values = session.scalar(select(func.count()).where(SyncValue.sync_id == sync.id))
+    to_send = sum(batch.rows for batch in _batches(session, sync.id))
+    return {
+        "contacts": contacts,
+        "distinct_values": values or 0,
+        "skipped_recent": skipped_recent,
+        "to_send": to_send,
+        "estimated_cost": float((sync.cost or {}).get("net", 0.0)),
+        "actions": actions_at_most(session, sync),
+    }
 
 
 def launch_batches(ctx: StepContext) -> StepResult:
@@ -455,6 +507,8 @@ def write_back_flags(ctx: StepContext) -> StepResult:
         count(ctx.runtime.redis, "contacts_written", page.count - len(failures), crm=crm, result="ok")
         count(ctx.runtime.redis, "contacts_written", len(failures), crm=crm, result="failed")
         after_id = page.last_id
+    chaos_point("actions.before")  # every flag written, no action taken yet
+    take_actions(ctx, lambda expected: _action_runner(ctx, expected))
     return Advance(SyncStatus.COMPLETED)
 
 

@@ -65,8 +65,14 @@ def create_sync(
     reverify_after_days: int = 30,
     max_net_cost: float | None = None,
     idempotency_key: str | None = None,
+    actions: list[dict[str, str]] | None = None,
+    plan_requested: bool = False,
 ) -> Sync:
-    """Record a new sync and enqueue its first step. With an idempotency key, a repeat returns the first."""
+    """Record a new sync and enqueue its first step. With an idempotency key, a repeat returns the first.
+
+    `plan_requested`: the sync stops in awaiting_approval before its launch, whatever the cost,
+    carrying its `plan` (steps.check_cost); approving it launches the batches already uploaded.
+    """
     valid_type = validate_type(type_)
     fields = {
         "connection_id": connection_id,
@@ -81,6 +87,8 @@ def create_sync(
         "reverify_after_days": reverify_after_days,
         "max_net_cost": max_net_cost,
         "idempotency_key": idempotency_key,
+        "actions": actions or [],
+        "plan_requested": plan_requested,
     }
     try:
         with runtime.session() as session:

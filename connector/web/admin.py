@@ -22,6 +22,7 @@ from connector.pipeline.segments import (
     delete_segment,
     get_segment,
     list_segments,
+    plan_segment,
     segment_json,
     sync_segment,
     update_segment,
@@ -206,6 +207,10 @@ def sync_json(session: Any, sync: Sync) -> dict[str, Any]:
         "cost": sync.cost or {},
         "max_net_cost": sync.max_net_cost,
         "batch_uuids": list(batch_uuids),
+        # What a launch would do (contacts, values, cost, actions), for the operator to approve; null
+        # for a sync that never stopped before its launch.
+        "plan": sync.plan,
+        "actions": sync.actions or [],  # the segment's verdict actions when the sync started
     }
 
 
@@ -299,6 +304,12 @@ def remove_segment(segment_id: int) -> ResponseReturnValue:
 @admin.post("/segments/<int(max=9223372036854775807):segment_id>/sync")
 def start_segment(segment_id: int) -> ResponseReturnValue:
     return _after_action(sync_segment(current_runtime(), segment_id, "admin").id)
+
+
+@admin.post("/segments/<int(max=9223372036854775807):segment_id>/plan")
+def plan_segment_sync(segment_id: int) -> ResponseReturnValue:
+    """A sync that stops before launch with its plan; 409 segment_busy while another sync runs."""
+    return _after_action(plan_segment(current_runtime(), segment_id).id)
 
 
 @admin.get("/connections")

@@ -37,6 +37,23 @@ SEGMENT_ID = {
 }
 ADMIN_ERRORS = {"401": ERROR, "404": ERROR, "429": ERROR, "503": ERROR}
 
+PLAN = {
+    "type": "object",
+    "description": "what approving the sync would do; it stopped in awaiting_approval before any launch",
+    "required": ["contacts", "distinct_values", "skipped_recent", "to_send", "estimated_cost"],
+    "properties": {
+        "contacts": {"type": "integer"},
+        "distinct_values": {"type": "integer"},
+        "skipped_recent": {"type": "integer", "description": "contacts skipped as recently verified"},
+        "to_send": {"type": "integer", "description": "values in the batches uploaded"},
+        "estimated_cost": {"type": "number", "description": "net credits, as ApexVerify's parse reported"},
+        "actions": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "per verdict action, the contacts it would touch at most",
+        },
+    },
+}
 SYNC = {
     "type": "object",
     "required": [
@@ -74,6 +91,8 @@ SYNC = {
         "cost": {"type": "object"},
         "batch_uuids": {"type": "array", "items": {"type": "string"}},
         "source": {"type": "object"},
+        "plan": {**PLAN, "nullable": True},
+        "actions": {"type": "array", "items": {"type": "object"}},
     },
 }
 SEGMENT_FIELDS: dict[str, dict[str, Any]] = {
@@ -88,6 +107,7 @@ SEGMENT_FIELDS: dict[str, dict[str, Any]] = {
     "max_net_cost": {"type": "number", "nullable": True},
     "name": NULLABLE_STRING,
     "target_country": NULLABLE_STRING,
+    "actions": {"type": "array", "items": {"type": "object"}},
     # Required on input when the CRM has several live connections; the only one otherwise.
     "connection_id": {"type": "integer", "minimum": 1, "nullable": True},
 }
@@ -224,7 +244,7 @@ def document() -> dict[str, Any]:
                 for action, summary in (
                     ("retry", "resume a failed sync at its failed step"),
                     ("cancel", "cancel a sync"),
-                    ("approve", "approve a sync over budget"),
+                    ("approve", "approve a sync over budget, or a plan: launch its batches"),
                 )
             },
             "/admin/syncs/{sync_id}/results": {
@@ -298,6 +318,16 @@ def document() -> dict[str, Any]:
                     {
                         "202": _json(_ref("Sync"), "started, or the source's sync still unsettled"),
                         "409": ERROR,
+                    },
+                    parameters=[SEGMENT_ID],
+                )
+            },
+            "/admin/segments/{segment_id}/plan": {
+                "post": _admin(
+                    "plan a sync of the segment: export, upload and parse, then await approval",
+                    {
+                        "202": _json(_ref("Sync"), "started, or the segment's plan still unapproved"),
+                        "409": _json(_ref("Error"), "segment_busy: another sync of the segment is unsettled"),
                     },
                     parameters=[SEGMENT_ID],
                 )

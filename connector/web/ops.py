@@ -40,7 +40,7 @@ from connector.config import Settings
 from connector.crm.registry import crm_named
 from connector.errors import ConnectorError
 from connector.models import Sync, SyncStatus
-from connector.pipeline.segments import list_segments, segment_json, sync_segment
+from connector.pipeline.segments import list_segments, plan_segment, segment_json, sync_segment
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.states import RESULT_STATES, RUNNABLE_STATES, TERMINAL_STATES
 from connector.web.admin import (
@@ -298,6 +298,18 @@ def sync_now(segment_id: int) -> ResponseReturnValue:
         flash(error.message, "error")
         return redirect(url_for("ops.segments_page"))
     flash(f"Segment {segment_id}: sync {sync.id} is {sync.status}.", "ok")
+    return redirect(url_for("ops.sync_page", sync_id=sync.id))
+
+
+@ops.post(f"/ops/segments/<{ROW_ID}:segment_id>/plan")
+def plan_now(segment_id: int) -> ResponseReturnValue:
+    """A plan of the segment: its sync stops before launch with what it would send and cost."""
+    try:
+        sync = plan_segment(current_runtime(), segment_id)
+    except ConnectorError as error:  # segment_busy: another sync of the segment runs
+        flash(error.message, "error")
+        return redirect(url_for("ops.segments_page"))
+    flash(f"Segment {segment_id}: plan {sync.id} is {sync.status}; it stops before the launch.", "ok")
     return redirect(url_for("ops.sync_page", sync_id=sync.id))
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from connector.cli import main
@@ -102,3 +104,69 @@ def test_over_budget_exits_3_and_waits_for_approval(cli_env: CliRunner, tmp_path
 
     assert result.exit_code == 3
     assert "awaiting_approval" in result.output
+    assert re.search(r"\nvalues to send +20\n", result.output)  # the plan, kept over budget too
+    assert re.search(r"approve with: connector verify --resume \d+ --approve\n", result.output)
+
+
+def test_a_plan_stops_before_the_launch_and_approve_runs_it_to_the_end(
+    cli_env: CliRunner, runtime: Runtime, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"p{n}@example.com\n" for n in range(6)) + "P0@example.com\n", encoding="utf-8")
+    output = tmp_path / "out.csv"
+    base = runtime.settings.apexverify_base_url
+
+    planned = cli_env.invoke(
+        main, ["verify", str(source), "--type", "email", "--country", "US", "--plan", "-o", str(output)]
+    )
+
+    assert planned.exit_code == 0, planned.output
+    sync_id = int(re.search(r"plan of sync (\d+)", planned.output).group(1))  # type: ignore[union-attr]
+    for line in (
+        "contacts  +7",
+        "distinct values  +6",
+        "skipped as recently verified  +0",
+        "values to send  +6",
+    ):
+        assert re.search(f"\n{line}\n", planned.output), planned.output
+    estimate = float(re.search(r"\nestimated cost  +([\d.]+) credits\n", planned.output).group(1))  # type: ignore[union-attr]
+    assert f"approve with: connector verify --resume {sync_id} --approve -o {output}" in planned.output
+    state = requests.get(f"{base}/_sandbox/state", timeout=5).json()
+    assert (len(state["batches"]), state["launches"]) == (1, 0) and not output.exists()
+
+    approved = cli_env.invoke(main, ["verify", "--resume", str(sync_id), "--approve", "-o", str(output)])
+
+    assert approved.exit_code == 0, approved.output
+    assert f"sync {sync_id}: completed" in approved.output
+    assert len(list(csv.DictReader(output.open(encoding="utf-8")))) == 6
+    state = requests.get(f"{base}/_sandbox/state", timeout=5).json()
+    assert (len(state["batches"]), state["launches"]) == (1, 1)  # the planned batch, not a second upload
+    assert state["batches"][0]["charged"] == estimate > 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--approve"], "--approve launches a sync awaiting approval: name it with --resume SYNC_ID"),
+        (["--resume", "1", "--plan"], "--plan starts a new sync of FILE"),
+    ],
+)
+def test_plan_and_approve_options_are_checked(
+    cli_env: CliRunner, tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a@example.com\n", encoding="utf-8")
+    result = cli_env.invoke(main, ["verify", str(source), "--type", "email", "--country", "US", *arguments])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_approve_refuses_a_sync_that_is_not_awaiting_approval(cli_env: CliRunner, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("a@example.com\n", encoding="utf-8")
+    done = cli_env.invoke(main, ["verify", str(source), "--type", "email", "--country", "US"])
+    sync_id = int(re.search(r"sync (\d+): completed", done.output).group(1))  # type: ignore[union-attr]
+
+    result = cli_env.invoke(main, ["verify", "--resume", str(sync_id), "--approve"])
+
+    assert result.exit_code == 2
+    assert f"sync {sync_id} is completed, not awaiting approval (not_awaiting_approval)" in result.output

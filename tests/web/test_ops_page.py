@@ -10,14 +10,13 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from openpyxl import load_workbook
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import select
 
 from connector.models import Segment, Sync, SyncBatch, SyncStatus
@@ -33,14 +32,6 @@ from tests.web.test_admin_api import file_sync
 TOKEN = "test-admin-token"
 COOKIE = "connector_ops"
 HOSTILE = '<img src=x onerror="window.pwned=1">'
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(10_000)
-    yield context.new_page()
-    context.close()
 
 
 def sign_in(page: Page, web: SandboxServer, token: str = TOKEN) -> None:
