@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from connector.errors import ConfigError
 
@@ -86,6 +87,21 @@ class Settings:
     # Above this many updates a CRM writer uses its bulk path (one import/ingest job) instead of
     # REST batches, and a segment read uses a bulk export/query.
     crm_bulk_threshold: int = 10_000
+
+    # Alerts (connector/pipeline/alerts.py): where they go, and the thresholds of two kinds. The
+    # Slack webhook URL and SMTP_URL carry credentials in themselves, so they are secrets too.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = field(default=None, repr=False)
+    alert_slack_webhook_url: str | None = field(default=None, repr=False)
+    alert_email_to: str | None = None
+    smtp_url: str | None = field(default=None, repr=False)
+    alert_email_from: str | None = None
+    alert_pause_minutes: int = 30
+    alert_write_failure_percent: float = 5.0
+    # Each try to reach an alert target (connect, send, answer) gives up after this long.
+    alert_timeout_seconds: float = 10.0
+    # A CA bundle the SMTP server's certificate is checked against instead of the system's.
+    smtp_ca_file: str | None = None
     # The environment these settings were read from: each CRM reads its own section of it
     # (`section`), so a CRM's variables are declared in its package, not here.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -119,6 +135,16 @@ class Settings:
             data_retention_days=_int(env, "DATA_RETENTION_DAYS", 7),
             log_level=(_str(env, "LOG_LEVEL", "INFO") or "INFO").upper(),
             crm_bulk_threshold=_count(env, "CONNECTOR_CRM_BULK_THRESHOLD", 10_000),
+            alert_webhook_url=_str(env, "ALERT_WEBHOOK_URL"),
+            alert_webhook_secret=_str(env, "ALERT_WEBHOOK_SECRET"),
+            alert_slack_webhook_url=_str(env, "ALERT_SLACK_WEBHOOK_URL"),
+            alert_email_to=_str(env, "ALERT_EMAIL_TO"),
+            smtp_url=_str(env, "SMTP_URL"),
+            alert_email_from=_str(env, "ALERT_EMAIL_FROM"),
+            alert_pause_minutes=_count(env, "ALERT_PAUSE_MINUTES", 30),
+            alert_write_failure_percent=_float(env, "ALERT_WRITE_FAILURE_PERCENT", 5.0),
+            alert_timeout_seconds=_float(env, "ALERT_TIMEOUT_SECONDS", 10.0),
+            smtp_ca_file=_str(env, "SMTP_CA_FILE"),
             env=dict(env),
         )
 
@@ -133,7 +159,10 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every configured secret value, for log redaction."""
         keys = (self.secret_key or "").split(",")
-        own = [v.strip() for v in (self.apexverify_api_key, self.admin_token, *keys) if v and v.strip()]
+        alerts = (self.alert_webhook_secret, self.alert_slack_webhook_url, *smtp_passwords(self.smtp_url))
+        own = [
+            v.strip() for v in (self.apexverify_api_key, self.admin_token, *keys, *alerts) if v and v.strip()
+        ]
         return own + [value for name, value in self.env.items() if value and is_secret_name(name)]
 
     def public_dict(self) -> dict[str, object]:
@@ -144,6 +173,17 @@ class Settings:
             for f in fields(self)
             if f.name not in ("env", "_sections")
         }
+
+
+def smtp_passwords(url: str | None) -> tuple[str, ...]:
+    """The password of an `smtp://user:pass@host:port` URL, as written there and percent-decoded."""
+    if not url or "@" not in url or "://" not in url:
+        return ()
+    credentials = url.split("://", 1)[1].rsplit("@", 1)[0]
+    if ":" not in credentials:
+        return ()
+    written = credentials.split(":", 1)[1]
+    return (written, unquote(written))
 
 
 # A section's secret settings end in one of these (a CRM's ..._ACCESS_TOKEN, ..._CLIENT_SECRET):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from rq import cron
 
 from connector.config import Settings
+from connector.pipeline.alerts import alerts_tick
 from connector.pipeline.coalesce import flush_due_buffers
 from connector.pipeline.reconcile import reconcile
 from connector.pipeline.retention import purge_expired_data
@@ -30,6 +31,10 @@ def purge_job() -> int:
     return len(purge_expired_data())
 
 
+def alerts_job() -> int:
+    return alerts_tick()
+
+
 # This module is the cron process's configuration file, so reading the queue name here is its job.
 QUEUE = Settings.from_env().queue_name
 cron.register(reconcile_job, queue_name=QUEUE, interval=60, job_timeout=300)
@@ -37,4 +42,6 @@ cron.register(reconcile_job, queue_name=QUEUE, interval=60, job_timeout=300)
 cron.register(flush_buffers_job, queue_name=QUEUE, interval=10, job_timeout=300)
 # Several ticks a minute, so no minute of a per-minute schedule is skipped when a tick runs late.
 cron.register(schedule_job, queue_name=QUEUE, interval=20, job_timeout=300)
+# Alerts whose delivery is due (a retry, or one whose job was lost) and syncs paused too long.
+cron.register(alerts_job, queue_name=QUEUE, interval=30, job_timeout=600)
 cron.register(purge_job, queue_name=QUEUE, interval=3600, job_timeout=1800)

@@ -23,10 +23,18 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from connector.crm.tokens import NEEDS_REAUTH
 from connector.db import affected_rows
 from connector.errors import ConnectorError, TransientError
 from connector.metrics import observe_step
-from connector.models import Sync, SyncStatus, utcnow
+from connector.models import Connection, Sync, SyncStatus, utcnow
+from connector.pipeline.alerts import (
+    CONNECTION_NEEDS_REAUTH,
+    SYNC_FAILED,
+    alert_on_arrival,
+    alert_quietly,
+    enqueue_delivery,
+)
 from connector.pipeline.batchfiles import remove_sync_files
 from connector.pipeline.counts import refresh_counts
 from connector.pipeline.fair_share import LOCAL_CRM, defer_delay, has_room, live_workers
@@ -142,6 +150,7 @@ def _owned(session: Session, sync_id: int, job_id: str) -> Sync | None:
 
 def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, result: StepResult) -> str:
     delay = 0.0
+    alerted = False
     with runtime.session() as session:
         sync = _owned(session, sync_id, job_id)
         if sync is None or sync.status != status:
@@ -149,6 +158,7 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
         sync.pause_reason = None
         sync.paused_until = None
         sync.pause_count = 0
+        sync.paused_since = None
         if isinstance(result, Wait):
             sync.poll_attempt += 1
             delay = _poll_delay(runtime, session, sync)
@@ -158,12 +168,15 @@ def _apply(runtime: Runtime, sync_id: int, job_id: str, status: SyncStatus, resu
             transition(session, sync, result.to, result.note)
             if status in COUNTING_STATES:
                 refresh_counts(session, sync)
+            alerted = alert_on_arrival(session, runtime, sync)  # in this transaction: once, restart-safe
             observe_step(runtime.redis, str(status), (sync.updated_at - entered).total_seconds())
             if result.to == SyncStatus.VERIFYING:
                 delay = verification_poll_delay(session, runtime.settings, sync)
         sync.lease_until = None
         sync.job_id = None
         runnable = isinstance(result, Wait) or (isinstance(result, Advance) and result.to in RUNNABLE_STATES)
+    if alerted:
+        enqueue_delivery(runtime)
     if runnable:
         schedule_step(runtime, sync_id, delay)
     elif getattr(result, "to", None) == SyncStatus.COMPLETED:
@@ -184,6 +197,9 @@ def _pause(runtime: Runtime, sync_id: int, job_id: str, error: TransientError) -
         if sync is None:
             return
         delay = pause_delay(runtime, error, sync.pause_count)
+        if sync.pause_count == 0 or sync.paused_since is None:
+            sync.paused_since = utcnow()  # the sync_paused_long alert counts from here
+        alerted = _alert_lost_access(session, runtime, sync, error)
         sync.pause_count += 1
         sync.pause_reason = f"{error.code}: {error.message}"
         sync.paused_until = utcnow() + timedelta(seconds=delay)
@@ -192,7 +208,19 @@ def _pause(runtime: Runtime, sync_id: int, job_id: str, error: TransientError) -
     log.warning(
         "step_paused", extra={"sync_id": sync_id, "code": error.code, "retry_in_seconds": round(delay, 1)}
     )
+    if alerted:
+        enqueue_delivery(runtime)
     schedule_step(runtime, sync_id, delay)
+
+
+def _alert_lost_access(session: Session, runtime: Runtime, sync: Sync, error: TransientError) -> bool:
+    """connection_needs_reauth, once per loss of the connection's access (see alerts.connection_subject)."""
+    if error.code != NEEDS_REAUTH or sync.connection_id is None:
+        return False
+    connection = session.get(Connection, sync.connection_id)
+    if connection is None or connection.status != "needs_reauth":
+        return False
+    return alert_quietly(session, runtime, CONNECTION_NEEDS_REAUTH, connection=connection)
 
 
 def pause_delay(runtime: Runtime, error: TransientError, pauses_in_a_row: int) -> float:
@@ -218,5 +246,9 @@ def fail_sync(
         sync.error_message = message
         sync.lease_until = None
         sync.job_id = None
+        sync.paused_since = None
         transition(session, sync, SyncStatus.FAILED, f"{code}: {message}")
+        alerted = alert_quietly(session, runtime, SYNC_FAILED, sync=sync)
     log.error("sync_failed", extra={"sync_id": sync_id, "step": str(step), "code": code, "error": message})
+    if alerted:
+        enqueue_delivery(runtime)

@@ -36,10 +36,12 @@ from sqlalchemy import func, select
 from werkzeug.exceptions import HTTPException
 from wtforms import ValidationError
 
+from connector.alert_targets import configured_targets
 from connector.config import Settings
 from connector.crm.registry import crm_named
 from connector.errors import ConnectorError
 from connector.models import Sync, SyncStatus
+from connector.pipeline.alerts import send_test_alert
 from connector.pipeline.segments import list_segments, plan_segment, segment_json, sync_segment
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
 from connector.states import RESULT_STATES, RUNNABLE_STATES, TERMINAL_STATES
@@ -220,6 +222,7 @@ def syncs_table() -> ResponseReturnValue:
         next_cursor=next_cursor,
         filters=filters,
         statuses=[s.value for s in SyncStatus],
+        alert_targets=configured_targets(current_runtime().settings),
         **_refresh(True),
     )
 
@@ -267,6 +270,27 @@ def _refresh(wanted: bool) -> dict[str, Any]:
     """Auto-refresh (every few seconds) unless turned off with ?refresh=0."""
     enabled = request.args.get("refresh") != "0"
     return {"refresh_seconds": REFRESH_SECONDS if wanted and enabled else None, "refresh_enabled": enabled}
+
+
+# --- Alerts ------------------------------------------------------------------------------------
+
+
+@ops.post("/ops/alerts/test")
+def test_alert() -> ResponseReturnValue:
+    """Send a sample alert to every configured target now, and say per target how it went."""
+    results = send_test_alert(current_runtime().settings)
+    if not results:
+        flash(
+            "No alert target is configured: set ALERT_WEBHOOK_URL (and ALERT_WEBHOOK_SECRET), "
+            "ALERT_SLACK_WEBHOOK_URL, or ALERT_EMAIL_TO with SMTP_URL.",
+            "error",
+        )
+    for target, problem in results.items():
+        if problem is None:
+            flash(f"Test alert sent to {target}.", "ok")
+        else:
+            flash(f"Test alert not sent to {target}: {problem}", "error")
+    return redirect(url_for("ops.syncs_table", refresh=0))
 
 
 # --- Segments ----------------------------------------------------------------------------------
