@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +52,7 @@ DELIVERY_JOB = "connector.pipeline.alerts.deliver_alerts_job"
 FIRST_RETRY_SECONDS = 30.0
 MAX_RETRY_SECONDS = 3600.0
 GIVE_UP_AFTER = timedelta(hours=24)
+DELIVERY_BUDGET_SECONDS = 20.0
 # The ops page's links (connector.web.ops: `ops.sync_page`, `ops.connections.connection_page`).
 SYNC_PAGE = "/admin/ops/syncs/{id}"
 CONNECTION_PAGE = "/admin/ops/connections/{id}"
@@ -275,12 +277,21 @@ def alerts_tick() -> int:
     return raise_paused_long_alerts(runtime) + deliver_due_alerts(runtime)
 
 
-def deliver_due_alerts(runtime: Runtime, *, limit: int = 100) -> int:
+def deliver_due_alerts(
+    runtime: Runtime, *, limit: int = 100, budget_seconds: float = DELIVERY_BUDGET_SECONDS
+) -> int:
     """Try each alert whose next attempt is due, one row (claimed, locked) at a time; the number of
-    deliveries that went through."""
+    deliveries that went through.
+
+    A job spends at most `budget_seconds` picking new rows: it runs on a worker that also
+    runs sync steps, and targets that time out (ALERT_TIMEOUT_SECONDS each) must not keep that
+    worker from them. What is left is due still, for the next tick."""
     now = utcnow()
+    started = time.monotonic()
     sent = 0
     for _ in range(limit):
+        if time.monotonic() - started > budget_seconds:
+            break
         with runtime.session() as session:
             alert = session.scalars(
                 select(Alert)

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import json
 import re
+import socket
 import ssl
 import threading
 import time
@@ -213,9 +214,8 @@ def hubspot_list_sync_with_refused_writes(runtime: Runtime, hubspot: SandboxServ
     """A list of `contacts` whose first flag write HubSpot refuses (207), triggered by a signed webhook."""
     spec = {"contacts": contacts, "list_name": "alerts", "duplicate_every": 0, "malformed_every": 0,
             "missing_email_every": 0, "seed": 5}  # fmt: skip
-    list_id = requests.post(f"{hubspot.url}/_sandbox/seed", json={"generate": spec}, timeout=10).json()[
-        "listId"
-    ]
+    seeded = requests.post(f"{hubspot.url}/_sandbox/seed", json={"generate": spec}, timeout=10)
+    list_id = seeded.json()["listId"]
     fault = {"endpoint": "POST /crm/v3/objects/contacts/batch/update", "kind": "record_errors", "count": 1}
     requests.post(f"{hubspot.url}/_sandbox/faults", json=fault, timeout=5).raise_for_status()
     from connector.web import create_app
@@ -323,6 +323,29 @@ def test_each_target_gets_each_alert_once_signed_and_without_secrets(
     received = targets.everything_received()
     assert not [secret for secret in SECRETS if secret in received]
     assert set(EMAIL_LIKE.findall(received)) <= {"ops@example.com", "apexverify-connector@localhost"}
+
+
+def test_a_delivery_job_stops_taking_alerts_while_a_target_hangs(runtime: Runtime, tmp_path: Path) -> None:
+    """A target that accepts connections and never answers costs ALERT_TIMEOUT_SECONDS a try: the job
+    (on a worker that also runs steps) stops picking alerts after its budget and leaves the rest due."""
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(50)  # the kernel completes the connections; nobody ever reads or answers
+        slow = with_settings(
+            runtime, alert_webhook_url=f"http://127.0.0.1:{hanging.getsockname()[1]}/hook",
+            alert_webhook_secret=WEBHOOK_SECRET, alert_timeout_seconds=0.3,
+        )  # fmt: skip
+        for n in range(8):
+            sync = start_file_sync(
+                slow, emails_file(tmp_path / f"c{n}.txt", 1, f"h{n}-"), type_="email", country="US"
+            )
+            fail_sync(slow, sync.id, None, SyncStatus.EXPORTING, "insufficient_credits", "no credits")
+
+        assert deliver_due_alerts(slow, budget_seconds=0.5) == 0
+
+    tries = [row.deliveries["webhook"]["attempts"] for row in alert_rows(slow)]
+    assert len(tries) == 8 and 1 <= sum(tries) < 8, tries
+    assert all(row.next_attempt_at is not None for row in alert_rows(slow))
 
 
 def test_a_quoted_error_message_loses_its_emails_phones_and_credentials(
