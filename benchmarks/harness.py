@@ -161,6 +161,15 @@ def seed_hubspot_list(hubspot_url: str, contacts: int, list_name: str = "bench")
     return str(answer.json()["listId"])
 
 
+def seed_hubspot_static_list(hubspot_url: str, name: str = "bench static") -> str:
+    """An empty MANUAL list (what add_to_list adds to)."""
+    answer = requests.post(
+        f"{hubspot_url}/_sandbox/seed", json={"lists": [{"name": name, "contactIds": []}]}, timeout=30
+    )
+    answer.raise_for_status()
+    return str(answer.json()["listIds"][0])
+
+
 def sandbox_state(url: str) -> dict[str, Any]:
     answer = requests.get(f"{url}/_sandbox/state", timeout=30)
     answer.raise_for_status()

@@ -58,6 +58,8 @@ class RunOptions:
     rate_limit_per_10s: int = 100
     timeout: float = 3600.0
     force_rest: bool = False  # bulk paths switched off (CONNECTOR_CRM_BULK_THRESHOLD)
+    # Verdict actions on the segment: opt_out for wrong, add_to_list (a static list) for disposable.
+    actions: bool = False
     keep: bool = False
 
 
@@ -136,7 +138,10 @@ def run_end_to_end(options: RunOptions, profile: Path | None = None) -> RunResul
         services.append(worker)
         if profile is not None:
             services.append(harness.start_profiler(worker.pid, profile, work_dir))
-        sync_id = start_hubspot_sync(runtime, list_id, options.contacts)
+        if options.actions:
+            sync_id = start_segment_with_actions(runtime, sandboxes.hubspot_url, list_id, options.contacts)
+        else:
+            sync_id = start_hubspot_sync(runtime, list_id, options.contacts)
         status, step_cpu = wait_until_settled(runtime, sync_id, worker, options)
         return _finish(runtime, sync_id, options, status, step_cpu, worker, sandboxes)
     finally:
@@ -174,6 +179,21 @@ def start_hubspot_sync(runtime: Any, list_id: str, contacts: int) -> int:
         name=f"benchmark list {list_id} ({contacts:,} contacts)",
     )
     log(f"sync {sync.id} started for list {list_id}")
+    return int(sync.id)
+
+
+def start_segment_with_actions(runtime: Any, hubspot_url: str, list_id: str, contacts: int) -> int:
+    """A segment of the list that unsubscribes its wrong addresses and lists its disposable contacts."""
+    from connector.pipeline.segments import create_segment, sync_segment
+
+    actions = [
+        {"when": "wrong", "do": "opt_out"},
+        {"when": "disposable", "do": "add_to_list", "list_id": harness.seed_hubspot_static_list(hubspot_url)},
+    ]
+    fields = {"crm": "hubspot", "kind": "hubspot_list", "ref": list_id, "type": "email", "actions": actions}
+    segment = create_segment(runtime, fields)
+    sync = sync_segment(runtime, segment.id, "admin")
+    log(f"sync {sync.id} started for list {list_id} ({contacts:,} contacts) with verdict actions")
     return int(sync.id)
 
 
@@ -426,6 +446,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, argparse.Name
         action="store_true",
         help="force the REST paths (CONNECTOR_CRM_BULK_THRESHOLD above any list)",
     )
+    parser.add_argument(
+        "--actions", action="store_true", help="the segment takes verdict actions (opt_out, add_to_list)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and work directory")
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--profile", type=Path, help="py-spy the worker: collapsed stacks into this file")
@@ -441,6 +464,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunOptions, argparse.Name
         rate_limit_per_10s=args.rate_limit_per_10s,
         timeout=args.timeout,
         force_rest=args.rest,
+        actions=args.actions,
         keep=args.keep,
     )
     return options, args
