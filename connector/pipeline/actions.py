@@ -212,8 +212,9 @@ def take_actions(ctx: StepContext, runner: Callable[[int], ActionRunner]) -> Non
         return
     crm_runner = runner(due)
     for action in actions:
-        while _take_page(ctx, crm_runner, action):
-            pass
+        after_id: int | None = 0
+        while after_id is not None:
+            after_id = _take_page(ctx, crm_runner, action, after_id)
 
 
 def _due_count(session: Session, sync_id: int) -> int:
@@ -223,8 +224,10 @@ def _due_count(session: Session, sync_id: int) -> int:
     return int(session.scalar(query) or 0)
 
 
-def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction) -> bool:
-    """Act on the next page of due rows of `action`; False when none is left."""
+def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction, after_id: int) -> int | None:
+    """Act on the next page of due rows of `action` after row `after_id`; the page's last row id, or
+    None when none is left. (A page leaves no row due: the cursor spares the next page's query the
+    rows already done, which it would otherwise step over again and again.)"""
     with ctx.session() as session:
         ctx.renew_lease(session)
         rows = session.execute(
@@ -240,12 +243,13 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction) ->
                 SyncAction.sync_id == ctx.sync_id,
                 SyncAction.action == action.key,
                 SyncAction.outcome.in_((PENDING, ATTEMPTED)),
+                SyncAction.id > after_id,
             )
             .order_by(SyncAction.id)
             .limit(runner.batch_size)
         ).all()
         if not rows:
-            return False
+            return None
         ids = [row.id for row in rows]
         session.execute(update(SyncAction).where(SyncAction.id.in_(ids)).values(outcome=ATTEMPTED))
     targets = [ActionTarget(row.record_id, row.object_type, row.value or "") for row in rows]
@@ -254,13 +258,13 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction) ->
     todo = [t for t in targets if t.record_id not in acted]
     failures = runner.run(action, todo) if todo else []
     chaos_point("actions.after_call")
-    _record_page(ctx, ids, rows, {f.record_id: f.message for f in failures})
+    _record_page(ctx, ids, rows, {f.record_id: f"{f.code}: {f.message}" for f in failures})
     log.info(
         "actions_taken",
         extra={"sync_id": ctx.sync_id, "do": action.do, "records": len(todo), "already": len(acted),
                "failed": len(failures)},
     )  # fmt: skip
-    return True
+    return ids[-1]
 
 
 def _record_page(ctx: StepContext, ids: list[int], rows: Sequence[Any], refused: dict[str, str]) -> None:
@@ -291,3 +295,15 @@ def action_counts(session: Session, sync_id: int) -> tuple[dict[str, int], dict[
     for do, outcome, count in session.execute(query):
         (taken if outcome == DONE else refused)[do] = count
     return taken, refused
+
+
+def refused_actions(session: Session, sync_id: int, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` actions the CRM refused, with the record and its answer (never the value)."""
+    rows = session.execute(
+        select(SyncContact.record_id, SyncContact.object_type, SyncAction.do, SyncAction.error_message)
+        .join(SyncContact, SyncContact.id == SyncAction.contact_id)
+        .where(SyncAction.sync_id == sync_id, SyncAction.outcome == FAILED)
+        .order_by(SyncAction.id)
+        .limit(limit)
+    )
+    return [row._asdict() for row in rows]

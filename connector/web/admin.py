@@ -16,6 +16,7 @@ from werkzeug.wsgi import wrap_file
 
 from connector.errors import ConnectorError, InputError, NotFoundError
 from connector.models import Sync, SyncBatch, SyncContact, SyncStatus, SyncTransition
+from connector.pipeline.actions import refused_actions
 from connector.pipeline.connections import connection_json, disconnect, get_connection, list_connections
 from connector.pipeline.segments import (
     create_segment,
@@ -237,6 +238,8 @@ def sync_detail_json(session: Any, sync: Sync) -> dict[str, Any]:
             for c in failures
         ],
         "write_failures_total": total_failures,
+        # Verdict actions the CRM refused (their total is counts.actions_failed).
+        "action_failures": refused_actions(session, sync.id, WRITE_FAILURES_SHOWN),
     }
 
 

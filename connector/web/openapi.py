@@ -165,8 +165,12 @@ def document() -> dict[str, Any]:
                         _ref("Sync"),
                         {
                             "type": "object",
-                            "required": ["history", "write_failures"],
-                            "properties": {"history": {"type": "array"}, "write_failures": {"type": "array"}},
+                            "required": ["history", "write_failures", "action_failures"],
+                            "properties": {
+                                "history": {"type": "array"},
+                                "write_failures": {"type": "array"},
+                                "action_failures": {"type": "array"},
+                            },
                         },
                     ]
                 },

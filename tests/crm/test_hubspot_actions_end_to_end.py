@@ -125,3 +125,34 @@ def test_a_list_that_is_not_static_fails_the_sync_before_any_credit_is_spent(
     )
     state = requests.get(f"{hubspot_runtime.settings.apexverify_base_url}/_sandbox/state", timeout=5).json()
     assert state["charges"] == 0 and not state["batches"]
+
+
+def test_addresses_hubspot_refuses_to_unsubscribe_are_reported_without_the_address(
+    hubspot_runtime: Runtime, hubspot_sandbox: SandboxServer, web: SandboxServer
+) -> None:
+    """A malformed address (verdict invalid_format) cannot be unsubscribed: HubSpot refuses it alone,
+    the sync completes, and the refusal is counted and listed with HubSpot's code."""
+    list_id = generate_list(hubspot_sandbox, CONTACTS)
+    body = {"crm": "hubspot", "kind": "hubspot_list", "ref": list_id, "type": "email",
+            "actions": [{"when": "invalid_format", "do": "opt_out"}]}  # fmt: skip
+    segment_id = requests.post(f"{web.url}/admin/segments", json=body, headers=AUTH, timeout=5).json()["id"]
+
+    sync = drive_until_settled(hubspot_runtime, start_sync(web, segment_id), tick_seconds=0.1)
+
+    assert sync.status == "completed", (sync.error_code, sync.error_message)
+    malformed = {
+        contact["id"]: contact["properties"]["email"]
+        for contact in all_contacts(hubspot_sandbox)
+        if contact["properties"].get("apexverify_status") == "invalid_format"
+    }
+    assert malformed and hub_unsubscribed(hubspot_sandbox) == set()
+    assert sync.counts["actions_failed"] == {"opt_out": len(malformed)} and sync.counts["actions"] == {}
+    detail = requests.get(f"{web.url}/admin/syncs/{sync.id}", headers=AUTH, timeout=5).json()
+    refused = detail["action_failures"]
+    assert sorted(r["record_id"] for r in refused) == sorted(malformed)
+    assert all(r["do"] == "opt_out" and r["error_message"].startswith("INVALID_EMAIL") for r in refused)
+    assert not any(address.strip() in r["error_message"] for r in refused for address in malformed.values())
+
+
+def hub_unsubscribed(sandbox: SandboxServer) -> set[str]:
+    return set(Hub(sandbox.url).unsubscribes()["unsubscribed"])
