@@ -37,7 +37,7 @@ from connector.crm.base import (
     Crm,
     VerdictAction,
 )
-from connector.db import dialect_insert, forbid_nested_loops
+from connector.db import analyze, dialect_insert, forbid_nested_loops
 from connector.errors import InputError
 from connector.models import ContactOutcome, Sync, SyncAction, SyncContact, SyncValue
 from connector.pipeline.state import StepContext
@@ -206,6 +206,8 @@ def take_actions(ctx: StepContext, runner: Callable[[int], ActionRunner]) -> Non
         if not actions:
             return
         record_due_actions(session, sync.id, actions)
+    with ctx.session() as session:  # its own transaction: ANALYZE's lock is held until commit
+        analyze(session, "sync_actions")
     with ctx.session() as session:
         due = _due_count(session, ctx.sync_id)
     if not due:
@@ -238,7 +240,13 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction, af
                 SyncContact.object_type,
                 SyncContact.value,
             )
-            .join(SyncContact, SyncContact.id == SyncAction.contact_id)
+            # By the contacts' (sync_id, id) index. Joined by id alone, with sync_actions not yet
+            # analysed, the 97 pages of 1,000,000 contacts cost the write-back step 21 s more of
+            # PostgreSQL CPU (43.0 s against 21.9 s).
+            .join(
+                SyncContact,
+                and_(SyncContact.sync_id == SyncAction.sync_id, SyncContact.id == SyncAction.contact_id),
+            )
             .where(
                 SyncAction.sync_id == ctx.sync_id,
                 SyncAction.action == action.key,
