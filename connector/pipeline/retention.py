@@ -43,6 +43,7 @@ from connector.models import (
     RecordVerification,
     Segment,
     Sync,
+    SyncAction,
     SyncContact,
     SyncValue,
     VerifiedValue,
@@ -97,7 +98,8 @@ def purge_expired_data(runtime: Runtime | None = None) -> list[int]:
 def purge_sync_data(runtime: Runtime, sync_id: int) -> None:
     remove_sync_files(runtime, sync_id)
     with runtime.session() as session:
-        for model in (SyncContact, SyncValue, CoalescedContact):
+        # A sync's verdict actions go with its contacts (a CRM's refusal may quote a value).
+        for model in (SyncContact, SyncValue, SyncAction, CoalescedContact):
             session.execute(delete(model).where(model.sync_id == sync_id))
         session.execute(update(Sync).where(Sync.id == sync_id).values(data_purged_at=utcnow()))
 

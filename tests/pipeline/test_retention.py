@@ -20,6 +20,7 @@ from connector.models import (
     RecordVerification,
     Segment,
     Sync,
+    SyncAction,
     SyncContact,
     SyncStatus,
     SyncTransition,
@@ -48,10 +49,13 @@ def test_files_are_deleted_on_completion_and_values_after_the_retention_period(
     assert purge_expired_data(runtime) == []  # ended just now: kept for DATA_RETENTION_DAYS
     with runtime.session() as session:
         session.execute(update(Sync).values(updated_at=utcnow() - timedelta(days=8)))
+        contact_id = session.scalars(select(SyncContact.id)).first()
+        session.add(SyncAction(sync_id=sync.id, contact_id=contact_id, action="opt_out", do="opt_out",
+                               outcome="failed", error_message="refused"))  # fmt: skip
     assert purge_expired_data(runtime) == [sync.id]
 
     with runtime.session() as session:
-        for model in (SyncContact, SyncValue):
+        for model in (SyncContact, SyncValue, SyncAction):
             assert session.scalar(select(func.count()).select_from(model)) == 0
         purged = session.get_one(Sync, sync.id)
         assert purged.data_purged_at is not None and purged.counts["contacts"] == 2
