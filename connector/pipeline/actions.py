@@ -266,7 +266,7 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction, af
     todo = [t for t in targets if t.record_id not in acted]
     failures = runner.run(action, todo) if todo else []
     chaos_point("actions.after_call")
-    _record_page(ctx, ids, rows, {f.record_id: f"{f.code}: {f.message}" for f in failures})
+    _record_page(ctx, rows, {f.record_id: f"{f.code}: {f.message}" for f in failures})
     log.info(
         "actions_taken",
         extra={"sync_id": ctx.sync_id, "do": action.do, "records": len(todo), "already": len(acted),
@@ -275,18 +275,20 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction, af
     return ids[-1]
 
 
-def _record_page(ctx: StepContext, ids: list[int], rows: Sequence[Any], refused: dict[str, str]) -> None:
-    failed = [row.id for row in rows if row.record_id in refused]
+def _record_page(ctx: StepContext, rows: Sequence[Any], refused: dict[str, str]) -> None:
+    """The page's rows the CRM refused are failed, with its answer; the others done."""
     with ctx.session() as session:
         ctx.renew_lease(session)
+        done = []
         for row in rows:
-            if row.id in failed:
+            if row.record_id in refused:
                 session.execute(
                     update(SyncAction)
                     .where(SyncAction.id == row.id)
                     .values(outcome=FAILED, error_message=refused[row.record_id][:2000])
                 )
-        done = [i for i in ids if i not in set(failed)]
+            else:
+                done.append(row.id)
         if done:
             session.execute(update(SyncAction).where(SyncAction.id.in_(done)).values(outcome=DONE))
 

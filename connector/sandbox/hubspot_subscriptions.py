@@ -17,6 +17,7 @@ address (`EmailOptOuts`, shown by GET /_sandbox/unsubscribes).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, request
@@ -25,7 +26,7 @@ from connector.sandbox.hubspot_accounts import sandbox_state
 from connector.sandbox.hubspot_api import batch_answer
 from connector.sandbox.hubspot_errors import standard_error, validation_error
 from connector.sandbox.hubspot_properties import iso_now
-from connector.sandbox.hubspot_state import EmailOptOuts
+from connector.sandbox.hubspot_state import EmailOptOuts, SandboxState
 
 subscriptions = Blueprint("hubspot_subscriptions", __name__, url_prefix="/communication-preferences/v4")
 
@@ -106,16 +107,12 @@ def unsubscribe_all_batch() -> dict[str, Any]:
     addresses = _addresses()
     verbose = request.args.get("verbose", "").lower() == "true"
     started = now = iso_now()
-    results, errors = [], []
-    state = sandbox_state()
-    with state.lock:
-        for address in addresses:
-            if not _valid(address):
-                errors.append(_invalid(address))
-                continue
-            changed = state.opt_outs.unsubscribe(address, now)
-            statuses = _statuses(address, changed, now) if verbose else []
-            results.append({"subscriberIdString": address, "statuses": statuses})
+
+    def unsubscribe(state: SandboxState, address: str) -> dict[str, Any]:
+        changed = state.opt_outs.unsubscribe(address, now)
+        return {"statuses": _statuses(address, changed, now) if verbose else []}
+
+    results, errors = _per_address(addresses, unsubscribe)
     return batch_answer(results, errors, started)[0]  # 200 with errors: the spec has no 207 here
 
 
@@ -124,16 +121,26 @@ def unsubscribe_all_read() -> tuple[dict[str, Any], int]:
     _require_channel()
     addresses = _addresses()
     started = iso_now()
+    results, errors = _per_address(
+        addresses, lambda state, address: {"wideStatuses": _wide_statuses(state.opt_outs, address)}
+    )
+    return batch_answer(results, errors, started)
+
+
+def _per_address(
+    addresses: list[str], result_of: Callable[[SandboxState, str], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(results, errors) of a batch: `result_of` each valid address under the portal's lock, an
+    INVALID_EMAIL error for each other."""
     results, errors = [], []
     state = sandbox_state()
     with state.lock:
         for address in addresses:
-            if not _valid(address):
+            if _valid(address):
+                results.append({"subscriberIdString": address, **result_of(state, address)})
+            else:
                 errors.append(_invalid(address))
-                continue
-            wide = _wide_statuses(state.opt_outs, address)
-            results.append({"subscriberIdString": address, "wideStatuses": wide})
-    return batch_answer(results, errors, started)
+    return results, errors
 
 
 @subscriptions.get("/statuses/<subscriberIdString>/unsubscribe-all")

@@ -34,6 +34,7 @@ from connector.crm.salesforce.flags import (
     not_a_person,
     object_of,
     save_collection,
+    updateable_fields,
 )
 from connector.crm.salesforce.records import READ_CHUNK, id15, rest_rows, soql_ids
 from connector.crm.salesforce.webhook import OBJECTS
@@ -73,9 +74,7 @@ class SalesforceActionRunner:
     def _check_opt_out_field(self) -> None:
         lacking = []
         for object_name in OBJECTS:
-            described = self.api.rest("GET", f"sobjects/{object_name}/describe") or {}
-            fields = {str(f["name"]).lower(): f for f in described.get("fields", [])}
-            if not fields.get(OPT_OUT_FIELD.lower(), {}).get("updateable"):
+            if OPT_OUT_FIELD.lower() not in updateable_fields(self.api, object_name):
                 lacking.append(object_name)
         if lacking:
             raise ConnectorError(

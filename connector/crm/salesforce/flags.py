@@ -102,10 +102,7 @@ class SalesforceFlagWriter(FlagWriting[SalesforceApi]):
         """Describe each object written; fail naming every field that is missing or not updateable."""
         problems = []
         for object_name in self.objects:
-            described = self.api.rest("GET", f"sobjects/{object_name}/describe") or {}
-            updateable = {
-                str(field["name"]).lower() for field in described.get("fields", []) if field.get("updateable")
-            }
+            updateable = updateable_fields(self.api, object_name)
             lacking = [field.name for field in self.fields if field.name.lower() not in updateable]
             if lacking:
                 problems.append(f"{object_name}: missing or not updateable: {', '.join(lacking)}")
@@ -194,6 +191,12 @@ def save_collection(
         for record_id in missing
     )
     return failures
+
+
+def updateable_fields(api: SalesforceApi, object_name: str) -> set[str]:
+    """The lower-cased names of the fields of `object_name` the connector's user may update (describe)."""
+    described = api.rest("GET", f"sobjects/{object_name}/describe") or {}
+    return {str(field["name"]).lower() for field in described.get("fields", []) if field.get("updateable")}
 
 
 def not_a_person(record_id: str) -> WriteFailure:
