@@ -290,6 +290,9 @@ class SyncContact(Base):
     outcome: Mapped[str] = mapped_column(String(20), default=ContactOutcome.PENDING)
     reason: Mapped[str | None] = mapped_column(String(60))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The record the flags went onto when it is not `record_id`: the contact a contact was merged
+    # into, the contact a lead was converted to (reason says which).
+    written_to: Mapped[str | None] = mapped_column(String(64))
 
 
 class SyncAction(Base):

@@ -10,7 +10,8 @@ from it here:
   and those waiting for an operator;
 - `ENDED_STATES`: the others; no job will move the sync again unless an operator retries it, and
   its data is purged after the retention period;
-- `TERMINAL_STATES`: nothing more can happen to the sync (it can be neither cancelled nor retried);
+- `TERMINAL_STATES`: the sync can be neither cancelled nor resumed (a completed sync's refused
+  writes can still be written again: connector.pipeline.syncs.retry_sync);
 - `RESULT_STATES`: its verdicts can be downloaded;
 - `PROGRESS_ORDER`: the steps the terminal's progress view lists, in order;
 - `COUNTING_STATES`: the steps whose end recomputes the sync's counts.
@@ -52,7 +53,7 @@ class State:
     step: bool = False
     # No job runs, yet the sync holds its source until an operator acts (approves or cancels).
     waits: bool = False
-    # Ended for good: cannot be cancelled or retried.
+    # Ended for good: cannot be cancelled or resumed (only a completed sync's refused writes retried).
     terminal: bool = False
     # Its verdicts can be downloaded (admin API, ops page).
     results: bool = False

@@ -73,6 +73,28 @@ class WriteFailure:
     record_id: str
     code: str
     message: str
+    # The CRM refused this record for now, not for good (a 429 or 5xx for it alone, a locked row):
+    # the write-back tries it again in the same run before it counts as a failure.
+    transient: bool = False
+
+
+# What became of a record a write could not reach (RecordFate.reason).
+DELETED = "deleted"  # deleted, archived, in the recycle bin: it ends `skipped`, reason `deleted`
+MERGED_INTO = "merged_into"  # a contact merged into another: the flags go onto the survivor
+CONVERTED_TO = "converted_to"  # a lead converted to a contact: the flags go onto the contact
+
+
+@dataclass(frozen=True)
+class RecordFate:
+    """A record a write was refused for because it is no longer there as it was (RecordReader.fates)."""
+
+    record_id: str
+    reason: str  # DELETED, MERGED_INTO or CONVERTED_TO
+    # The record it now is (MERGED_INTO, CONVERTED_TO), its type, and the email or phone it holds
+    # as the CRM has it (compared, normalized, with the value verified before anything is written).
+    successor_id: str | None = None
+    successor_type: str | None = None
+    successor_value: str | None = None
 
 
 # The verdicts a segment's actions can be taken on (`when`), as the contract names them.
@@ -145,6 +167,13 @@ class SegmentSource(Protocol):
 class RecordReader(Protocol):
     def read_records(self, record_ids: list[str], type_: str) -> Iterator[SourceRecord]:
         """The current value (email or phone) of these records; unknown ids are left out."""
+        ...
+
+    def fates(self, failures: list[WriteFailure], type_: str) -> list[RecordFate]:
+        """What became of the refused records whose refusal says they may be gone (not found,
+        deleted, merged, converted), asked of the CRM: a record it shows deleted or archived, or
+        now another record (with that record's current `type_` value). Records the CRM still has
+        as they were, and refusals of another kind, are left out: they stay write failures."""
         ...
 
 

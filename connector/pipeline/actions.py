@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.chaos import chaos_point
@@ -236,8 +236,10 @@ def _take_page(ctx: StepContext, runner: ActionRunner, action: VerdictAction, af
             select(
                 SyncAction.id,
                 SyncAction.outcome,
-                SyncContact.record_id,
-                SyncContact.object_type,
+                # Acted on where the flags went: a merged contact's survivor, a converted lead's
+                # contact (its type then told by its id).
+                func.coalesce(SyncContact.written_to, SyncContact.record_id).label("record_id"),
+                case((SyncContact.written_to.is_(None), SyncContact.object_type)).label("object_type"),
                 SyncContact.value,
             )
             # By the contacts' (sync_id, id) index. Joined by id alone, with sync_actions not yet

@@ -128,9 +128,11 @@ _COLUMNS = ["connection_id", "type", "record_id", "value_digest", "written_at"]
 
 def _written_digests(session: Session, sync: Sync, key: bytes, after_id: int, last_id: int) -> CTE:
     """(record_id, value_digest) of the range's written records, one row per record."""
+    # The record the flags went onto: a merged contact's survivor, a converted lead's contact.
+    written_record = func.coalesce(SyncContact.written_to, SyncContact.record_id)
     return (
         select(
-            SyncContact.record_id,
+            written_record.label("record_id"),
             func.max(value_digest(session, key, SyncContact.value)).label("value_digest"),
         )
         .where(
@@ -142,7 +144,7 @@ def _written_digests(session: Session, sync: Sync, key: bytes, after_id: int, la
                 SyncContact.value.is_not(None),
             )
         )
-        .group_by(SyncContact.record_id)  # one row per record: an upsert may not touch a row twice
+        .group_by(written_record)  # one row per record: an upsert may not touch a row twice
         .cte("written")
     )
 

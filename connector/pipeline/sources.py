@@ -56,16 +56,22 @@ def reader_for(runtime: Runtime, sync: Sync, *, sleep: Sleep = time.sleep) -> Re
 
 
 def writer_for(
-    runtime: Runtime, sync: Sync, *, expected_updates: int = 0, sleep: Sleep = time.sleep
+    runtime: Runtime,
+    sync: Sync,
+    *,
+    expected_updates: int = 0,
+    sleep: Sleep = time.sleep,
+    objects: tuple[str, ...] | None = None,
 ) -> FlagWriter:
-    """The writer for the sync's CRM; `expected_updates` lets it choose REST batches or a bulk job."""
+    """The writer for the sync's CRM; `expected_updates` lets it choose REST batches or a bulk job.
+    It writes the sync's record types unless `objects` names others (a converted lead's contact)."""
     if sync.crm == "file":
         return NullFlagWriter()
     crm = crm_named(sync.crm)
     if crm is None:
         raise ConnectorError("unknown_crm", f"sync {sync.id} names an unknown CRM {sync.crm!r}")
     context = crm_context(runtime, sync, sleep)
-    return crm.flag_writer(context, sync.type, expected_updates, _objects(runtime, crm, sync))
+    return crm.flag_writer(context, sync.type, expected_updates, objects or _objects(runtime, crm, sync))
 
 
 def action_runner_for(

@@ -13,8 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from connector.apexverify import (
@@ -25,14 +24,11 @@ from connector.apexverify import (
     iter_export_records,
 )
 from connector.chaos import chaos_point
-from connector.crm.base import ActionRunner, FlagUpdate, Verdict, WriteFailure
+from connector.crm.base import ActionRunner
 from connector.db import (
     affected_rows,
     analyze,
     copy_rows,
-    forbid_nested_loops,
-    raise_work_mem,
-    text_rows,
     uses_postgresql,
 )
 from connector.metrics import call_outcome, count
@@ -45,17 +41,17 @@ from connector.models import (
     SyncValue,
     utcnow,
 )
-from connector.pipeline.actions import actions_at_most, take_actions, verdict_actions
+from connector.pipeline.actions import actions_at_most, verdict_actions
 from connector.pipeline.batchfiles import collect_values, sync_dir, write_batch_files
 from connector.pipeline.normalize import normalize
 from connector.pipeline.record_history import (
     record_hash_key,
-    remember_written_values,
     reverify_changed_values,
 )
 from connector.pipeline.sources import action_runner_for, source_for, writer_for
 from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
-from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns, verdict_from_text
+from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns
+from connector.pipeline.write_back import write_back_flags
 from connector.states import check_steps
 
 CHUNK = 5000
@@ -477,172 +473,6 @@ def _verdict_rows(ctx: StepContext, type_: str, export: Path) -> Iterator[tuple[
             ctx.heartbeat()
 
 
-# --- writing back ----------------------------------------------------------------------------
-
-
-def write_back_flags(ctx: StepContext) -> StepResult:
-    """Write verdicts onto the records still pending, one CRM call (or bulk job) at a time.
-
-    Outcomes are committed after each write, so a retry resumes after the last one written.
-    """
-    with ctx.session() as session:
-        _fail_orphans(session, ctx.sync_id)
-        sync = _load(session, ctx)
-        pending = session.scalar(
-            select(func.count()).where(
-                SyncContact.sync_id == sync.id, SyncContact.outcome == ContactOutcome.PENDING
-            )
-        )
-        writer = writer_for(ctx.runtime, sync, expected_updates=pending or 0, sleep=ctx.sleep)
-        crm = sync.crm
-    writer.prepare()
-    after_id = 0
-    while True:
-        page = PendingUpdates(ctx, after_id, writer.batch_size)
-        failures = writer.write(page)
-        if not page.count:
-            break
-        chaos_point("write_back.after_call")
-        _record_outcomes(ctx, after_id, page.last_id, failures)
-        count(ctx.runtime.redis, "contacts_written", page.count - len(failures), crm=crm, result="ok")
-        count(ctx.runtime.redis, "contacts_written", len(failures), crm=crm, result="failed")
-        after_id = page.last_id
-    chaos_point("actions.before")  # every flag written, no action taken yet
-    take_actions(ctx, lambda expected: _action_runner(ctx, expected))
-    return Advance(SyncStatus.COMPLETED)
-
-
-class PendingUpdates:
-    """The next `limit` flag updates, streamed from the database as the writer consumes them."""
-
-    def __init__(self, ctx: StepContext, after_id: int, limit: int) -> None:
-        self.ctx, self.after_id, self.limit = ctx, after_id, limit
-        self.count = 0
-        self.last_id = after_id
-
-    def __iter__(self) -> Iterator[FlagUpdate]:
-        with self.ctx.session() as session:
-            # As text from one COPY: a row object and a timestamp per contact cost more than the
-            # writer's own work (10 % of the worker's CPU at 300,000 contacts).
-            forbid_nested_loops(session)
-            rows = text_rows(session, _pending_with_verdicts(self.ctx.sync_id, self.after_id, self.limit))
-            verdicts: dict[tuple[str | None, ...], Verdict] = {}  # shared, so writers memoize per verdict
-            for contact_id, record_id, object_type, *fields in rows:
-                self.count += 1
-                self.last_id = int(contact_id or 0)
-                key = tuple(fields)
-                verdict = verdicts.get(key)
-                if verdict is None:
-                    verdict = verdicts[key] = verdict_from_text(key)
-                yield FlagUpdate(record_id or "", object_type, verdict)
-
-
-def _pending_with_verdicts(sync_id: int, after_id: int, limit: int) -> Any:
-    return (
-        select(
-            SyncContact.id,
-            SyncContact.record_id,
-            SyncContact.object_type,
-            SyncValue.status,
-            SyncValue.valid,
-            SyncValue.wrong,
-            SyncValue.unknown,
-            SyncValue.is_role,
-            SyncValue.is_disposable,
-            SyncValue.verified_at,
-        )
-        .join(SyncValue, and_(SyncValue.sync_id == SyncContact.sync_id, SyncValue.value == SyncContact.value))
-        .where(
-            SyncContact.sync_id == sync_id,
-            SyncContact.outcome == ContactOutcome.PENDING,
-            SyncContact.id > after_id,
-            SyncValue.status.is_not(None),
-        )
-        .order_by(SyncContact.id)
-        .limit(limit)
-    )
-
-
-def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, failures: list[WriteFailure]) -> None:
-    """Every pending contact of the written id range succeeded, except those the CRM refused."""
-    in_range = (
-        SyncContact.sync_id == ctx.sync_id,
-        SyncContact.outcome == ContactOutcome.PENDING,
-        SyncContact.id > after_id,
-        SyncContact.id <= last_id,
-    )
-    table = SyncContact.__table__
-    key = record_hash_key(ctx.runtime)
-    with ctx.session() as session:
-        # In the same transaction: a replaced job records (and counts) nothing; its successor
-        # writes this page again, which sets the same flags.
-        ctx.renew_lease(session)
-        raise_work_mem(session)
-        if failures and uses_postgresql(session):
-            _record_failures_at_once(session, in_range, failures)
-        elif failures:
-            session.execute(
-                table.update()
-                .where(*in_range, table.c.record_id == bindparam("b_record_id"))
-                .values(
-                    outcome=ContactOutcome.WRITE_FAILED,
-                    reason=bindparam("b_reason"),
-                    error_message=bindparam("b_message"),
-                ),
-                [
-                    {"b_record_id": f.record_id, "b_reason": f.code[:60], "b_message": f.message}
-                    for f in failures
-                ],
-            )
-        session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
-        remember_written_values(session, _load(session, ctx), key, after_id, last_id)
-
-
-def _record_failures_at_once(
-    session: Session, in_range: tuple[Any, ...], failures: list[WriteFailure]
-) -> None:
-    """One UPDATE joined to the refusals as arrays: a statement per refusal rescanned the whole
-    written range each time (5,000 refusals in a page of 250,000 took minutes)."""
-    refused = (
-        func.unnest(
-            bindparam("ids", [f.record_id for f in failures], type_=postgresql.ARRAY(String)),
-            bindparam("codes", [f.code[:60] for f in failures], type_=postgresql.ARRAY(String)),
-            bindparam("messages", [f.message for f in failures], type_=postgresql.ARRAY(String)),
-        )
-        .table_valued("record_id", "code", "message")
-        .render_derived(name="refused")
-    )
-    session.execute(
-        update(SyncContact.__table__)
-        .where(*in_range, SyncContact.__table__.c.record_id == refused.c.record_id)
-        .values(outcome=ContactOutcome.WRITE_FAILED, reason=refused.c.code, error_message=refused.c.message)
-    )
-
-
-def _fail_orphans(session: Session, sync_id: int) -> None:
-    """A pending contact with no verdict would be silently dropped: say so instead."""
-    unjudged = select(SyncValue.id).where(SyncValue.sync_id == sync_id, SyncValue.status.is_(None))
-    # Every pending contact's value has its row (collect_values made them from exactly these
-    # contacts): with no row left without a verdict there is no orphan, and 1,000,000 contacts
-    # need not be matched against the values (0.9 s of PostgreSQL CPU).
-    if session.execute(unjudged.limit(1)).first() is None:
-        return
-    judged = select(SyncValue.value).where(SyncValue.sync_id == sync_id, SyncValue.status.is_not(None))
-    session.execute(
-        update(SyncContact)
-        .where(
-            SyncContact.sync_id == sync_id,
-            SyncContact.outcome == ContactOutcome.PENDING,
-            SyncContact.value.not_in(judged),
-        )
-        .values(
-            outcome=ContactOutcome.SKIPPED,
-            reason="no_verdict",
-            error_message="ApexVerify returned no verdict for this value",
-        )
-    )
-
-
 # One function for each runnable state of connector.states.PIPELINE, checked below at import.
 STEPS: dict[SyncStatus, Callable[[StepContext], StepResult]] = {
     SyncStatus.PENDING: start,
@@ -654,6 +484,6 @@ STEPS: dict[SyncStatus, Callable[[StepContext], StepResult]] = {
     SyncStatus.LAUNCHING: launch_batches,
     SyncStatus.VERIFYING: await_verification,
     SyncStatus.FETCHING_RESULTS: fetch_results,
-    SyncStatus.WRITING_BACK: write_back_flags,
+    SyncStatus.WRITING_BACK: write_back_flags,  # and the refused records' fates: write_back.py
 }
 check_steps(STEPS)

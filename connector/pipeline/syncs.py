@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from connector.apexverify import BatchStatus
 from connector.crm.registry import segment_kinds
-from connector.db import dialect_insert
+from connector.db import affected_rows, dialect_insert
 from connector.errors import ConnectorError, NotFoundError
-from connector.models import Connection, Sync, SyncStatus, SyncTransition, utcnow
+from connector.models import Connection, ContactOutcome, Sync, SyncContact, SyncStatus, SyncTransition, utcnow
 from connector.pipeline.batchfiles import write_batch_files
 from connector.pipeline.counts import refresh_counts
 from connector.pipeline.jobs import schedule_step
@@ -154,24 +154,51 @@ def add_sync(session: Session, *, note: str, **fields: Any) -> Sync:
 
 
 def retry_sync(runtime: Runtime, sync_id: int) -> Sync:
-    """Resume a failed sync at the step that failed; its batches and progress are kept."""
+    """Resume a failed sync at the step that failed (its batches and progress are kept), or write
+    a completed sync's failed writes again."""
     try:
         with runtime.session() as session:
             sync = _get(session, sync_id)
-            if sync.status != SyncStatus.FAILED or sync.failed_step is None:
+            if sync.status == SyncStatus.COMPLETED:
+                _check_source_free(session, sync)
+                _reopen_failed_writes(session, sync)
+            elif sync.status == SyncStatus.FAILED and sync.failed_step is not None:
+                _check_source_free(session, sync)
+                step = _reset_broken_batches(runtime, session, sync, SyncStatus(sync.failed_step))
+                transition(session, sync, step, f"retry after {sync.error_code}")
+                sync.failed_step = sync.error_code = sync.error_message = None
+            else:
                 raise SyncStateError(
-                    "not_failed", f"sync {sync_id} is {sync.status}; only a failed sync can be retried"
+                    "not_failed",
+                    f"sync {sync_id} is {sync.status}; only a failed sync, or a completed one with "
+                    "write failures, can be retried",
                 )
-            _check_source_free(session, sync)
-            step = _reset_broken_batches(runtime, session, sync, SyncStatus(sync.failed_step))
-            transition(session, sync, step, f"retry after {sync.error_code}")
-            sync.failed_step = sync.error_code = sync.error_message = None
     except IntegrityError:  # another sync of the source started since the check
         with runtime.session() as session:
             _check_source_free(session, _get(session, sync_id))
         raise
     schedule_step(runtime, sync_id)
     return sync
+
+
+def _reopen_failed_writes(session: Session, sync: Sync) -> None:
+    """Set the contacts the CRM refused pending again and go back to writing back: the step writes
+    them from the verdicts stored with the sync (nothing is uploaded, no credit is spent) and
+    completes again. Refused contacts of a purged sync are gone: nothing to retry."""
+    reopened = affected_rows(
+        session.execute(
+            update(SyncContact)
+            .where(SyncContact.sync_id == sync.id, SyncContact.outcome == ContactOutcome.WRITE_FAILED)
+            .values(outcome=ContactOutcome.PENDING, reason=None, error_message=None, written_to=None)
+        )
+    )
+    if not reopened:
+        raise SyncStateError(
+            "nothing_to_retry", f"sync {sync.id} completed without write failures; nothing to retry"
+        )
+    note = f"retry {reopened} failed writes from the stored verdicts"
+    transition(session, sync, SyncStatus.WRITING_BACK, note)
+    refresh_counts(session, sync)
 
 
 def _check_source_free(session: Session, sync: Sync) -> None:

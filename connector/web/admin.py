@@ -29,6 +29,7 @@ from connector.pipeline.segments import (
     update_segment,
 )
 from connector.pipeline.syncs import approve_sync, cancel_sync, retry_sync
+from connector.pipeline.write_back import MOVED_REASONS
 from connector.results import iter_verdicts, json_chunks, write_xlsx
 from connector.states import RESULT_STATES
 from connector.web.admin_auth import TooManyAttempts, token_accepted
@@ -222,6 +223,7 @@ def sync_detail_json(session: Any, sync: Sync) -> dict[str, Any]:
     failed = select(SyncContact).where(SyncContact.sync_id == sync.id, SyncContact.outcome == "write_failed")
     failures = session.scalars(failed.order_by(SyncContact.id).limit(WRITE_FAILURES_SHOWN)).all()
     total_failures = session.scalar(select(func.count()).select_from(failed.subquery()))
+    moved = select(SyncContact).where(SyncContact.sync_id == sync.id, SyncContact.reason.in_(MOVED_REASONS))
     return {
         **sync_json(session, sync),
         "history": [
@@ -238,6 +240,18 @@ def sync_detail_json(session: Any, sync: Sync) -> dict[str, Any]:
             for c in failures
         ],
         "write_failures_total": total_failures,
+        # Contacts whose record was merged or converted before write-back: the record their flags
+        # went onto (`written_to`), or why none was written.
+        "moved_records": [
+            {
+                "record_id": c.record_id,
+                "object_type": c.object_type,
+                "reason": c.reason,
+                "written_to": c.written_to,
+                "message": c.error_message,
+            }
+            for c in session.scalars(moved.order_by(SyncContact.id).limit(WRITE_FAILURES_SHOWN))
+        ],
         # Verdict actions the CRM refused (their total is counts.actions_failed).
         "action_failures": refused_actions(session, sync.id, WRITE_FAILURES_SHOWN),
     }

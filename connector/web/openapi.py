@@ -165,11 +165,12 @@ def document() -> dict[str, Any]:
                         _ref("Sync"),
                         {
                             "type": "object",
-                            "required": ["history", "write_failures", "action_failures"],
+                            "required": ["history", "write_failures", "action_failures", "moved_records"],
                             "properties": {
                                 "history": {"type": "array"},
                                 "write_failures": {"type": "array"},
                                 "action_failures": {"type": "array"},
+                                "moved_records": {"type": "array"},
                             },
                         },
                     ]
@@ -246,7 +247,12 @@ def document() -> dict[str, Any]:
                     )
                 }
                 for action, summary in (
-                    ("retry", "resume a failed sync at its failed step"),
+                    (
+                        "retry",
+                        "resume a failed sync at its failed step, or write a completed sync's failed "
+                        "writes again from its stored verdicts (no upload, no credits); 409 when there "
+                        "is nothing to retry",
+                    ),
                     ("cancel", "cancel a sync"),
                     ("approve", "approve a sync over budget, or a plan: launch its batches"),
                 )

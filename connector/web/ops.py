@@ -236,6 +236,8 @@ def sync_page(sync_id: int) -> ResponseReturnValue:
     status = SyncStatus(detail["status"])
     can = {
         "retry": status == SyncStatus.FAILED,
+        # The same action: a completed sync's refused writes are written again from its verdicts.
+        "retry_writes": status == SyncStatus.COMPLETED and bool((detail["counts"] or {}).get("write_failed")),
         "cancel": status not in TERMINAL_STATES,
         "approve": status == SyncStatus.AWAITING_APPROVAL,
     }

@@ -389,7 +389,7 @@ def test_a_write_back_step_replaced_while_writing_records_nothing(
     runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its successor writes the page again; the old job must not also record and count it."""
-    from connector.pipeline import steps
+    from connector.pipeline import steps, write_back
     from connector.pipeline.state import StepAborted, StepContext
 
     sync = run_file_sync(runtime, write_lines(tmp_path / "w.txt", [f"w{n}@example.com" for n in range(10)]))
@@ -400,7 +400,7 @@ def test_a_write_back_step_replaced_while_writing_records_nothing(
         session.execute(
             update(Sync).where(Sync.id == sync.id).values(status=SyncStatus.WRITING_BACK, job_id="old-job")
         )
-    real_writer_for = steps.writer_for
+    real_writer_for = write_back.writer_for
 
     class ReplacedWhileWriting:
         batch_size = 5000
@@ -417,7 +417,7 @@ def test_a_write_back_step_replaced_while_writing_records_nothing(
                 session.execute(update(Sync).where(Sync.id == sync.id).values(job_id="new-job"))
             return failures
 
-    monkeypatch.setattr(steps, "writer_for", ReplacedWhileWriting)
+    monkeypatch.setattr(write_back, "writer_for", ReplacedWhileWriting)
     with pytest.raises(StepAborted):
         steps.write_back_flags(StepContext(runtime, sync.id, "old-job"))
 

@@ -30,8 +30,8 @@ from connector.pipeline.batchfiles import collect_values, write_batch_files
 from connector.pipeline.intake import crm_connection
 from connector.pipeline.record_history import record_hash_key, remember_written_values
 from connector.pipeline.state import StepContext
-from connector.pipeline.steps import PendingUpdates, _pending_with_verdicts
 from connector.pipeline.verdicts import store_verdicts
+from connector.pipeline.write_back import PendingUpdates, _pending_with_verdicts
 from connector.runtime import Runtime
 from tests.conftest import with_settings
 

@@ -189,7 +189,11 @@ def test_two_cron_processes_start_one_sync_per_minute_and_the_second_sends_only_
     assert second.status == SyncStatus.COMPLETED, (second.error_code, second.error_message)
     assert first.counts["verified"] == len(FIRST) and first.counts["values_sent"] == len(FIRST)
     assert second.counts["verified"] == len(ADDED) and second.counts["values_sent"] == len(ADDED)
-    assert second.counts["skipped_by_reason"] == {"recently_verified": len(FIRST)}
+    assert second.counts["skipped_by_reason"] == {
+        "no_value": 0,
+        "recently_verified": len(FIRST),
+        "deleted": 0,
+    }
     with runtime.session() as session:
         uuids = {
             sync_id: session.scalars(select(SyncBatch.batch_uuid).where(SyncBatch.sync_id == sync_id)).all()

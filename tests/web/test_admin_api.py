@@ -103,7 +103,7 @@ def test_failed_sync_is_retried_over_http_and_charges_once(
     assert drive_until_settled(runtime, sync_id).status == "completed"
     assert requests.get(f"{base}/_sandbox/state", timeout=5).json()["charges"] == 1
     again = requests.post(f"{web.url}/admin/syncs/{sync_id}/retry", headers=AUTH, timeout=5)
-    assert again.status_code == 409 and again.json()["error"] == "not_failed"
+    assert again.status_code == 409 and again.json()["error"] == "nothing_to_retry"
 
 
 def test_approve_and_cancel(runtime: Runtime, web: SandboxServer, tmp_path: Path) -> None:

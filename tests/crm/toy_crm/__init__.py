@@ -16,10 +16,12 @@ from typing import Any
 
 from connector.config import Settings
 from connector.crm.base import (
+    DELETED,
     Crm,
     CrmContext,
     FlagUpdate,
     IncomingContact,
+    RecordFate,
     SegmentKind,
     SegmentTrigger,
     SourceRecord,
@@ -54,6 +56,10 @@ class ToyReader:
         for record_id in record_ids:
             if record_id in RECORDS:
                 yield SourceRecord(record_id, RECORDS[record_id]["email"])
+
+    def fates(self, failures: list[WriteFailure], type_: str) -> list[RecordFate]:
+        """A record the toy CRM does not have (any more) was deleted."""
+        return [RecordFate(f.record_id, DELETED) for f in failures if f.record_id not in RECORDS]
 
 
 class ToyFlagWriter:
