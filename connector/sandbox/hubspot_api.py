@@ -5,6 +5,19 @@ Auth, rate limits, injected faults and spec validation happen before these views
 portal its token addresses (`sandbox_state()`, see connector/sandbox/hubspot_accounts.py).
 Route parameters keep the specs' camelCase names so that route names equal the specs' path
 templates (the sandbox counts requests per route under those names).
+
+Merged and archived contacts, as HubSpot documents them (developer changelog "Updated merge
+functionality for contacts and companies"): POST .../contacts/merge makes a NEW record with a new
+id; both merged ids point to it from then on, so a read by either (GET by id, batch/read) answers
+the merged record under its new id, whose hs_merged_object_ids lists the ids merged into it
+(";"-joined). Its property values are the primary's, the secondary's filling what the primary
+lacks; it is a member of every list either was in. An archived contact (DELETE .../{contactId},
+batch/archive) is not found by reads (batch/read: 207, OBJECT_NOT_FOUND naming it, as for an
+unknown id) unless `archived=true` asks for archived records only. Assumptions where HubSpot
+documents nothing: a write (batch/update, an import row) naming a merged-away or archived id is
+refused as an unknown id is (207 OBJECT_NOT_FOUND with context ids; INVALID_OBJECT_ID), the
+alias being followed by reads only; only live ids can be merged (else 404); archiving an id that is
+not a live contact does nothing and still answers 204.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from typing import Any
 from flask import Blueprint, Response, g, request, stream_with_context, url_for
 
 from connector.sandbox.hubspot_accounts import account_query, sandbox_state
-from connector.sandbox.hubspot_contacts import ALWAYS_RETURNED, DEFAULT_READ_PROPERTIES
+from connector.sandbox.hubspot_contacts import ALWAYS_RETURNED, DEFAULT_READ_PROPERTIES, MERGED_IDS
 from connector.sandbox.hubspot_errors import (
     HubSpotError,
     not_found,
@@ -26,6 +39,7 @@ from connector.sandbox.hubspot_errors import (
     validation_error,
 )
 from connector.sandbox.hubspot_jobs import (
+    REFUSAL_MESSAGE,
     ExportTask,
     ImportJob,
     csv_stream,
@@ -34,7 +48,12 @@ from connector.sandbox.hubspot_jobs import (
     plan_import,
     zip_stream,
 )
-from connector.sandbox.hubspot_properties import CONTACT_OBJECT_TYPES, describe_problems, iso_now
+from connector.sandbox.hubspot_properties import (
+    CONTACT_OBJECT_TYPES,
+    ValueProblem,
+    describe_problems,
+    iso_now,
+)
 from connector.sandbox.hubspot_state import SandboxState
 
 api = Blueprint("hubspot_api", __name__)
@@ -101,7 +120,11 @@ def _offset_arg(name: str) -> int:
 
 
 def public_contact(
-    contact_id: str, props: dict[str, str], names: Iterable[str], with_history: Iterable[str] | None = None
+    contact_id: str,
+    props: dict[str, str],
+    names: Iterable[str],
+    with_history: Iterable[str] | None = None,
+    archived_at: str | None = None,
 ) -> dict[str, Any]:
     """SimplePublicObject: the named properties that are set, plus the ones HubSpot always returns."""
     wanted = [*names, *ALWAYS_RETURNED]
@@ -110,8 +133,10 @@ def public_contact(
         "properties": {name: props[name] for name in wanted if name in props},
         "createdAt": props["createdate"],
         "updatedAt": props["lastmodifieddate"],
-        "archived": False,
+        "archived": archived_at is not None,
     }
+    if archived_at is not None:
+        contact["archivedAt"] = archived_at
     if with_history:
         contact["propertiesWithHistory"] = {
             name: [{"value": props[name], "timestamp": props["lastmodifieddate"], "sourceType": "API"}]
@@ -139,10 +164,25 @@ def batch_answer(
 
 
 def _find_contact(state: SandboxState, id_property: str, key: str) -> str | None:
+    """The live contact a write names (merged-away and archived ids are not followed: see above)."""
     try:
         return state.contacts.find_id(id_property, key)
     except ValueError as exc:
         raise validation_error(str(exc)) from None
+
+
+def _read_contact(state: SandboxState, id_property: str, key: str, archived: bool) -> str | None:
+    """The contact a read by `key` answers: live (a merged-away id answers the record it is now),
+    or, when `archived` is asked, archived."""
+    if archived:
+        return key if id_property == "hs_object_id" and "archivedAt" in state.contacts.fate(key) else None
+    if id_property == "hs_object_id":
+        return state.contacts.resolve(key)
+    return _find_contact(state, id_property, key)
+
+
+def _archived_at(state: SandboxState, contact_id: str) -> str | None:
+    return state.contacts.fate(contact_id).get("archivedAt")
 
 
 @api.post("/crm/v3/objects/contacts/batch/read")
@@ -151,6 +191,7 @@ def batch_read_contacts() -> tuple[dict, int]:
     inputs = _batch_inputs(body)
     names = body.get("properties") or DEFAULT_READ_PROPERTIES
     id_property = body.get("idProperty") or "hs_object_id"
+    archived = _query_flag("archived")
     started = iso_now()
     state = sandbox_state()
     results: dict[str, dict] = {}
@@ -158,13 +199,17 @@ def batch_read_contacts() -> tuple[dict, int]:
     with state.lock:
         for item in inputs:
             key = str(item.get("id", ""))
-            contact_id = _find_contact(state, id_property, key)
+            contact_id = _read_contact(state, id_property, key, archived)
             if contact_id is None:
                 missing.append(key)
-            elif contact_id not in results:
+            elif contact_id not in results:  # two ids merged into one record: it is answered once
                 props = state.contacts.get(contact_id) or {}
                 results[contact_id] = public_contact(
-                    contact_id, props, names, body.get("propertiesWithHistory")
+                    contact_id,
+                    props,
+                    names,
+                    body.get("propertiesWithHistory"),
+                    _archived_at(state, contact_id),
                 )
     errors = []
     if missing:
@@ -194,7 +239,10 @@ def batch_update_contacts() -> tuple[dict, int]:
                 message = f"Object not found. objectId are usually numeric. (id {key})"
                 errors.append({**standard_error("OBJECT_NOT_FOUND", message, {"ids": [key]}, []), "id": key})
                 continue
-            accepted, problems = state.catalog.check_values(_property_values(item.get("properties")))
+            values = _property_values(item.get("properties"))
+            accepted, problems = state.catalog.check_values(values)
+            if contact_id in state.refused_ids:
+                problems = [_refusal(values)]
             if problems:
                 context = {"ids": [key], "propertyName": [p.name for p in problems]}
                 details = [p.detail() for p in problems]
@@ -232,6 +280,14 @@ def batch_create_contacts() -> tuple[dict, int]:
     return batch_answer(results, [], started, ok_status=201)
 
 
+def _refusal(values: dict[str, str]) -> ValueProblem:
+    """A permanent refusal (POST /_sandbox/refusals), worded as HubSpot words a failed property check."""
+    name, value = next(iter(values.items()), ("hs_object_id", ""))
+    return ValueProblem(
+        name, value, "INVALID_CUSTOM_PROPERTY_VALIDATION", f"{value!r} for {name}: {REFUSAL_MESSAGE}"
+    )
+
+
 def _refuse_existing_emails(state: SandboxState, inputs: list[dict[str, str]]) -> None:
     seen: set[str] = set()
     for values in inputs:
@@ -249,15 +305,51 @@ def _refuse_existing_emails(state: SandboxState, inputs: list[dict[str, str]]) -
 @api.get("/crm/v3/objects/contacts/<contactId>")
 def get_contact(contactId: str) -> dict:
     names = request.args.getlist("properties") or DEFAULT_READ_PROPERTIES
+    id_property = request.args.get("idProperty") or "hs_object_id"
     state = sandbox_state()
     with state.lock:
-        contact_id = _find_contact(state, request.args.get("idProperty") or "hs_object_id", contactId)
+        contact_id = _read_contact(state, id_property, contactId, _query_flag("archived"))
         props = state.contacts.get(contact_id) if contact_id else None
-    if props is None:
+        archived_at = _archived_at(state, contact_id) if contact_id else None
+    if props is None or contact_id is None:
         raise not_found()
     return public_contact(
-        contact_id or contactId, props, names, request.args.getlist("propertiesWithHistory")
+        contact_id, props, names, request.args.getlist("propertiesWithHistory"), archived_at
     )
+
+
+@api.delete("/crm/v3/objects/contacts/<contactId>")
+def archive_contact(contactId: str) -> tuple[str, int]:
+    state = sandbox_state()
+    with state.lock:
+        state.archive_contact(contactId)
+    return "", 204
+
+
+@api.post("/crm/v3/objects/contacts/batch/archive")
+def batch_archive_contacts() -> tuple[str, int]:
+    inputs = _batch_inputs(_json_body())
+    state = sandbox_state()
+    with state.lock:
+        for item in inputs:
+            state.archive_contact(str(item.get("id", "")))
+    return "", 204
+
+
+@api.post("/crm/v3/objects/contacts/merge")
+def merge_contacts() -> dict:
+    body = _json_body()
+    primary, secondary = str(body.get("primaryObjectId", "")), str(body.get("objectIdToMerge", ""))
+    if primary == secondary:
+        raise validation_error(f"Cannot merge contact {primary} with itself")
+    state = sandbox_state()
+    with state.lock:
+        gone = [i for i in (primary, secondary) if not state.contacts.exists(i)]
+        if gone:
+            raise not_found(f"Could not find CONTACT objects with ids {gone}")
+        new_id = state.merge_contacts(primary, secondary)
+        props = state.contacts.get(new_id) or {}
+    return public_contact(new_id, props, [*DEFAULT_READ_PROPERTIES, MERGED_IDS])
 
 
 # ---- lists --------------------------------------------------------------------------------

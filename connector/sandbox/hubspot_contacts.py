@@ -11,6 +11,12 @@ undeliverable mailboxes (bounce...@), catch-all domains, unknown answers; every
 `duplicate_every`-th contact repeats the previous contact's ordinary address (upper-cased, padded with
 spaces), every `malformed_every`-th has a malformed address and every `missing_email_every`-th has
 none. A knob of 0 turns its pattern off.
+
+Records also go away, as HubSpot's do: an archived contact (DELETE, batch/archive) keeps its
+properties here but is no longer live; a merge (`merge`) makes a NEW record of two live ones, and
+both merged-away ids point to it from then on (`resolve`), as HubSpot's merges have since its
+"Updated merge functionality for contacts and companies" changelog. Only live contacts are
+`exists`, found by `find_id`, listed by `iter_ids` and counted by `len`.
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ PHONE_FORMATS = ("+1 415 555 {0:04d}", "(212) 555-{0:04d}", "+49 30 1234{0:04d}"
 DEFAULT_READ_PROPERTIES = ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname")
 # Properties HubSpot returns whatever a request names.
 ALWAYS_RETURNED = ("hs_object_id", "createdate", "lastmodifieddate")
+# The ids merged into a record, in HubSpot's multi-value encoding (values joined by ";").
+MERGED_IDS = "hs_merged_object_ids"
+# A merged record's other email addresses (the merged-away records' own), ";"-joined likewise.
+ADDITIONAL_EMAILS = "hs_additional_emails"
 
 
 def _mix(seed: int, index: int) -> int:
@@ -213,9 +223,12 @@ class ContactStore:
         self._blocks: list[GeneratedBlock] = []
         self._next_id = first_id
         self._email_index: dict[str, str] | None = None
+        self._archived: dict[str, str] = {}  # id -> when it was archived
+        self._merged_into: dict[str, str] = {}  # merged-away id -> the record it is now (kept direct)
 
     def __len__(self) -> int:
-        return len(self._seeded) + sum(block.count for block in self._blocks)
+        stored = len(self._seeded) + sum(block.count for block in self._blocks)
+        return stored - len(self._archived) - len(self._merged_into)
 
     def add(self, properties: dict[str, str], now: str, contact_id: str | None = None) -> str:
         """Store a contact as given (no property checks); returns its id."""
@@ -223,7 +236,7 @@ class ContactStore:
             contact_id = str(self._next_id)
         elif not contact_id.isdigit():
             raise ValueError(f"contact id {contact_id!r} is not numeric, as HubSpot ids are")
-        if self.exists(contact_id):
+        if self._stored(contact_id):
             raise ValueError(f"contact {contact_id} already exists")
         self._next_id = max(self._next_id, int(contact_id) + 1)
         self._seeded[contact_id] = {
@@ -245,10 +258,58 @@ class ContactStore:
         return block
 
     def exists(self, contact_id: str) -> bool:
+        """A live contact: stored, neither archived nor merged away."""
+        gone = contact_id in self._archived or contact_id in self._merged_into
+        return not gone and self._stored(contact_id)
+
+    def _stored(self, contact_id: str) -> bool:
         return contact_id in self._seeded or self._locate(contact_id) is not None
 
+    def resolve(self, contact_id: str) -> str | None:
+        """The live contact an id addresses for a read: itself, or the record it was merged into."""
+        target = self._merged_into.get(contact_id, contact_id)
+        return target if self.exists(target) else None
+
+    def fate(self, contact_id: str) -> dict[str, str]:
+        """What became of a stored contact that is not live: {"archivedAt"} or {"mergedInto"}."""
+        if contact_id in self._merged_into:
+            return {"mergedInto": self._merged_into[contact_id]}
+        if contact_id in self._archived:
+            return {"archivedAt": self._archived[contact_id]}
+        return {}
+
+    def archive(self, contact_id: str, now: str) -> bool:
+        """Archive a live contact; False when there is none by that id."""
+        if not self.exists(contact_id):
+            return False
+        self._archived[contact_id] = now
+        self._email_index = None
+        return True
+
+    def merge(self, primary_id: str, secondary_id: str, now: str) -> str:
+        """Merge two live contacts into a new record (its id is returned): the primary's values win,
+        the secondary's fill what the primary lacks; both ids, and the ids merged into them before,
+        are listed in hs_merged_object_ids and point to the new record from now on."""
+        primary, secondary = self.get(primary_id) or {}, self.get(secondary_id) or {}
+        merged_ids = {primary_id, secondary_id}
+        for props in (primary, secondary):
+            merged_ids.update(i for i in props.get(MERGED_IDS, "").split(";") if i)
+        values = {**secondary, **{name: value for name, value in primary.items() if value != ""}}
+        values[MERGED_IDS] = ";".join(sorted(merged_ids, key=int))
+        values["createdate"] = min(primary["createdate"], secondary["createdate"])
+        values["lastmodifieddate"] = now
+        others = _other_emails(primary, secondary, values.get("email", ""))
+        values.pop(ADDITIONAL_EMAILS, None)
+        if others:
+            values[ADDITIONAL_EMAILS] = ";".join(others)
+        new_id = self.add(values, now)
+        for old_id in merged_ids:  # every id that pointed to either record now points to the new one
+            self._merged_into[old_id] = new_id
+        self._email_index = None
+        return new_id
+
     def get(self, contact_id: str) -> dict[str, str] | None:
-        """All properties of the contact (a copy), or None."""
+        """All properties of a stored contact (a copy; archived and merged-away ones too), or None."""
         if contact_id in self._seeded:
             return dict(self._seeded[contact_id])
         located = self._locate(contact_id)
@@ -267,10 +328,12 @@ class ContactStore:
             self._email_index = None
 
     def iter_ids(self) -> Iterator[str]:
-        """Seeded contacts first (in seeding order), then each generated block in order."""
-        yield from list(self._seeded)
+        """Live contacts: seeded ones first (in seeding order), then each generated block in order."""
+        gone = self._archived.keys() | self._merged_into.keys()
+        yield from (i for i in list(self._seeded) if i not in gone)
         for block in list(self._blocks):
-            yield from IdRange(block.first_id, block.count)
+            ids = IdRange(block.first_id, block.count)
+            yield from (i for i in ids if i not in gone) if gone else ids
 
     def find_id(self, id_property: str, value: str) -> str | None:
         """The contact whose unique property `id_property` (hs_object_id or email) is `value`."""
@@ -296,3 +359,20 @@ class ContactStore:
             if index is not None:
                 return block, index
         return None
+
+
+def _other_emails(primary: dict[str, str], secondary: dict[str, str], kept: str) -> list[str]:
+    """The addresses a merged record holds besides `kept`: HubSpot keeps the secondary's as additional."""
+    addresses = [
+        *primary.get(ADDITIONAL_EMAILS, "").split(";"),
+        secondary.get("email", ""),
+        *secondary.get(ADDITIONAL_EMAILS, "").split(";"),
+    ]
+    seen = {kept.strip().lower()}
+    others = []
+    for address in addresses:
+        key = address.strip().lower()
+        if key and key not in seen:
+            seen.add(key)
+            others.append(address.strip())
+    return others

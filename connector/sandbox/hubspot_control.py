@@ -9,7 +9,10 @@ not seen before is created empty; not a number: 400). The OAuth settings are the
   "generate": {"contacts": n, "list_name", "duplicate_every", "malformed_every",
   "missing_email_every", "seed"}} -> the new ids; "generate" adds n deterministic contacts and
   a list of them (its id is the answer's "listId"). Seeded values are stored as given, unchecked.
-- GET /_sandbox/contacts/<id>: all properties of one contact.
+- GET /_sandbox/contacts/<id>: all properties of one contact, archived and merged-away ones too
+  (then with "archivedAt", or "mergedInto": the record it is now). Contacts are merged and archived
+  through HubSpot's own endpoints (POST /crm/v3/objects/contacts/merge, DELETE
+  /crm/v3/objects/contacts/{contactId}, POST .../batch/archive): see connector/sandbox/hubspot_api.py.
 - GET /_sandbox/contacts?property=a&property=b&offset=&limit=: contacts with those properties
   (all when none is named), seeded contacts first, then generated ones.
 - GET /_sandbox/unsubscribes: {"unsubscribed": [addresses unsubscribed from all email],
@@ -25,6 +28,13 @@ not seen before is created empty; not a number: 400). The OAuth settings are the
   way. `record_errors` is a partial failure, as when contacts are merged or deleted while a sync
   runs: a batch update answers 207 with its first input refused (OBJECT_NOT_FOUND, not written); an
   import refuses every 100th row (INVALID_OBJECT_ID, not written). Other requests are unaffected.
+- POST /_sandbox/refusals: {"contactIds": [ids]} replaces the portal's permanent per-record refusals
+  (`[]` lifts them) -> {"refusals": [ids]}. A refusal stands for a record the CRM refuses for good
+  whatever is retried (a portal's property validation rule): a batch update naming such a contact
+  answers 207 with that input refused (category VALIDATION_ERROR, a "Property values were not
+  valid: [...]" message with error INVALID_CUSTOM_PROPERTY_VALIDATION, context ids [id]) and the
+  others written; an import refuses such rows (INVALID_CUSTOM_PROPERTY_VALIDATION), nothing of
+  them written. Unlike `record_errors` it lasts until replaced, so a retry meets it again.
 - POST /_sandbox/reset: the portal back to the state the sandbox started in (its OAuth tokens
   stay valid).
 - POST /_sandbox/oauth: {"next_account": "<portal id>"} the portal the next consents are for
@@ -131,9 +141,10 @@ def get_contact(contact_id: str) -> ResponseReturnValue:
     state = sandbox_state()
     with state.lock:
         props = state.contacts.get(contact_id)
+        fate = state.contacts.fate(contact_id)
     if props is None:
         return jsonify({"error": f"no contact {contact_id}"}), 404
-    return jsonify({"id": contact_id, "properties": props})
+    return jsonify({"id": contact_id, "properties": props, **fate})
 
 
 @control.get("/contacts")
@@ -191,6 +202,21 @@ def add_fault() -> ResponseReturnValue:
         except (ValueError, TypeError) as exc:
             raise ControlError(str(exc)) from None
         return jsonify({"faults": state.faults.pending()})
+
+
+@control.post("/refusals")
+def set_refusals() -> ResponseReturnValue:
+    contact_ids = _body().get("contactIds")
+    if not isinstance(contact_ids, list) or not all(_is_record_id(i) for i in contact_ids):
+        raise ControlError("contactIds must be a list of contact ids")
+    state = sandbox_state()
+    with state.lock:
+        state.refused_ids = {str(i) for i in contact_ids}
+        return jsonify({"refusals": sorted(state.refused_ids, key=int)})
+
+
+def _is_record_id(raw: object) -> bool:
+    return (isinstance(raw, str) and raw.isdigit()) or (isinstance(raw, int) and not isinstance(raw, bool))
 
 
 @control.post("/reset")

@@ -15,6 +15,9 @@ Imports: the sandbox takes UPDATE imports of contacts (`importOperations` {"0-1"
 CSV file, one column mapped as the record id (columnType HUBSPOT_OBJECT_ID or propertyName
 hs_object_id). Empty cells leave a property as it is (HubSpot imports never blank a value); a
 value the property refuses is skipped and reported, the row's other values are still written.
+A row naming a contact that is not live (unknown, archived, merged away) is refused
+INVALID_OBJECT_ID; one naming a contact of the portal's permanent refusals (POST
+/_sandbox/refusals) is refused INVALID_CUSTOM_PROPERTY_VALIDATION, nothing of it written.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import csv
 import io
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +35,8 @@ from connector.sandbox.hubspot_errors import validation_error
 from connector.sandbox.hubspot_properties import PropertyCatalog, iso_now
 
 CONTACT_TYPE_ID = "0-1"
+# Why a contact of the portal's permanent refusals (POST /_sandbox/refusals) is not written.
+REFUSAL_MESSAGE = "the value does not pass the portal's validation rules for this record"
 
 # Property check codes (hubspot_properties) as the import error types of the imports spec.
 IMPORT_ERROR_TYPES = {
@@ -241,7 +246,14 @@ class ImportJob:
     def finished(self) -> bool:
         return self.state in ("DONE", "FAILED")
 
-    def advance(self, now: float, delay: float, contacts: ContactStore, catalog: PropertyCatalog) -> None:
+    def advance(
+        self,
+        now: float,
+        delay: float,
+        contacts: ContactStore,
+        catalog: PropertyCatalog,
+        refused: Set[str] = frozenset(),
+    ) -> None:
         if self.finished:
             return
         phase = _phase(now - self.created_at, delay, "STARTED")
@@ -249,7 +261,7 @@ class ImportJob:
             if phase != self.state:
                 self.state, self.updated_iso = phase, iso_now()
             return
-        _RowApplier(self, contacts, catalog).run()
+        _RowApplier(self, contacts, catalog, refused).run()
         self.content = b""  # applied: the file is no longer needed
         self.updated_iso = iso_now()
 
@@ -271,8 +283,11 @@ class ImportJob:
 class _RowApplier:
     """Writes an import's rows to the contacts and records HubSpot-shaped errors per bad row or cell."""
 
-    def __init__(self, job: ImportJob, contacts: ContactStore, catalog: PropertyCatalog) -> None:
+    def __init__(
+        self, job: ImportJob, contacts: ContactStore, catalog: PropertyCatalog, refused: Set[str]
+    ) -> None:
         self.job, self.plan, self.contacts, self.catalog = job, job.plan, contacts, catalog
+        self.refused = refused
         self.updated: set[str] = set()
         self.values_written = 0
         self.rows = 0
@@ -321,6 +336,16 @@ class _RowApplier:
                 row,
                 "INVALID_OBJECT_ID",
                 f"Record ID {record_id} does not exist",
+                column=self.plan.id_column,
+                value=record_id,
+            )
+            return
+        if record_id in self.refused:
+            self._error(
+                line_number,
+                row,
+                "INVALID_CUSTOM_PROPERTY_VALIDATION",
+                f"Record ID {record_id}: {REFUSAL_MESSAGE}",
                 column=self.plan.id_column,
                 value=record_id,
             )

@@ -20,6 +20,11 @@ from connector.sandbox.hubspot_errors import HubSpotError, validation_error
 HUBSPOT_DEFINED_AT = "2019-08-06T02:41:52.000Z"
 CONTACT_OBJECT_TYPES = {"contacts", "contact", "0-1"}
 READ_ONLY = {"hs_object_id", "createdate", "lastmodifieddate"}
+# Set by HubSpot on a merge, multi-valued (";"-joined) like a checkbox enumeration.
+MERGE_PROPERTIES = (
+    ("hs_merged_object_ids", "Merged Contact IDs"),
+    ("hs_additional_emails", "Additional email addresses"),
+)
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
 # Which field types HubSpot accepts for each property type.
@@ -108,6 +113,10 @@ def default_properties() -> list[PropertyDef]:
         PropertyDef("hs_object_id", "Record ID", "number", "number", info, read_only=True),
         PropertyDef("createdate", "Create Date", "datetime", "date", info, read_only=True),
         PropertyDef("lastmodifieddate", "Last Modified Date", "datetime", "date", info, read_only=True),
+        *(
+            PropertyDef(name, label, "enumeration", "checkbox", info, read_only=True)
+            for name, label in MERGE_PROPERTIES
+        ),
         PropertyDef("email", "Email", "string", "text", info),
         PropertyDef("firstname", "First Name", "string", "text", info),
         PropertyDef("lastname", "Last Name", "string", "text", info),

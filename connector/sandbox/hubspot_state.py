@@ -138,6 +138,16 @@ class ContactList:
         self.joined[record_id] = now
         return True
 
+    def remove_member(self, record_id: str) -> bool:
+        """Drop one record (archived, merged away); False: it was not a member."""
+        if not self.has_member(record_id):
+            return False
+        members = self.members if isinstance(self.members, list) else list(self.members)
+        members.pop(bisect.bisect_left(members, int(record_id), key=int))
+        self.members = members
+        self.joined.pop(record_id, None)
+        return True
+
     def joined_at(self, record_id: str) -> str:
         return self.joined.get(record_id, self.created_at)
 
@@ -204,6 +214,9 @@ class SandboxState:
         self.catalog = PropertyCatalog()
         self.lists: dict[str, ContactList] = {}
         self.opt_outs = EmailOptOuts()
+        # Contacts every write refuses for good (POST /_sandbox/refusals), as a portal's validation
+        # rule refuses a record whatever is retried.
+        self.refused_ids: set[str] = set()
         self.exports: dict[str, ExportTask] = {}
         self.imports: dict[str, ImportJob] = {}
         self.request_counts: Counter[str] = Counter()
@@ -256,6 +269,26 @@ class SandboxState:
         self.lists[list_id] = created
         return created
 
+    def merge_contacts(self, primary_id: str, secondary_id: str) -> str:
+        """Merge two live contacts into a new record, which joins every list either was in."""
+        now = iso_now()
+        new_id = self.contacts.merge(primary_id, secondary_id, now)
+        for found in self.lists.values():
+            was_member = [found.remove_member(old) for old in (primary_id, secondary_id)]
+            if any(was_member):
+                found.add_member(new_id, now)
+                found.version += 1
+        return new_id
+
+    def archive_contact(self, contact_id: str) -> bool:
+        """Archive a live contact (it leaves its lists); False when there is none by that id."""
+        if not self.contacts.archive(contact_id, iso_now()):
+            return False
+        for found in self.lists.values():
+            if found.remove_member(contact_id):
+                found.version += 1
+        return True
+
     def new_task_id(self) -> str:
         task_id, self._next_task_id = str(self._next_task_id), self._next_task_id + 1
         return task_id
@@ -267,7 +300,7 @@ class SandboxState:
     def advance_jobs(self) -> None:
         now = time.time()
         for job in self.imports.values():
-            job.advance(now, self.config.import_delay, self.contacts, self.catalog)
+            job.advance(now, self.config.import_delay, self.contacts, self.catalog, self.refused_ids)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -277,6 +310,7 @@ class SandboxState:
             "contacts": len(self.contacts),
             "lists": len(self.lists),
             "unsubscribed_all": len(self.opt_outs.since),
+            "refused_contacts": sorted(self.refused_ids, key=int),
             "properties": self.catalog.custom_names(),
             "exports": len(self.exports),
             "export_downloads": list(self.export_downloads),

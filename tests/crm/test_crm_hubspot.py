@@ -15,14 +15,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import hubspot.crm.contacts as hs_contacts
 import pytest
 import redis
 import requests
 
 from connector.config import Settings
-from connector.crm.base import FlagUpdate, SourceRecord, Verdict
+from connector.crm.base import (
+    DELETED,
+    MERGED_INTO,
+    FlagUpdate,
+    RecordFate,
+    SourceRecord,
+    Verdict,
+    WriteFailure,
+)
 from connector.crm.hubspot.api import PROCESS_COUNTERS, HubSpotApi
-from connector.crm.hubspot.flags import HubSpotFlagWriter
+from connector.crm.hubspot.client import make_hubspot_client
+from connector.crm.hubspot.flags import HubSpotFlagWriter, _batch_failures
 from connector.crm.hubspot.records import HubSpotListSource, HubSpotRecordReader
 from connector.crm.jobs import seconds_until_utc_midnight
 from connector.errors import ConnectorError, TransientError
@@ -130,6 +140,17 @@ class SandboxControl:
 
     def contact(self, contact_id: str) -> dict[str, str]:
         return self.get(f"/_sandbox/contacts/{contact_id}")["properties"]
+
+    def merge(self, primary: str, secondary: str) -> str:
+        """Merge two contacts through HubSpot's merge endpoint (hubspot-api-client): the new record's id."""
+        merge = hs_contacts.PublicMergeInput(primary_object_id=primary, object_id_to_merge=secondary)
+        return str(make_hubspot_client(self.url, TOKEN).crm.contacts.basic_api.merge(merge).id)
+
+    def archive(self, contact_ids: list[str]) -> None:
+        inputs = [hs_contacts.SimplePublicObjectId(id=i) for i in contact_ids]
+        batch = make_hubspot_client(self.url, TOKEN).crm.contacts.batch_api
+        for start in range(0, len(inputs), 100):
+            batch.archive(hs_contacts.BatchInputSimplePublicObjectId(inputs=inputs[start : start + 100]))
 
     def seed_list(self, contacts: list[dict[str, str]], name: str = "Segment") -> tuple[str, list[str]]:
         ids = self.post("/_sandbox/seed", {"contacts": [{"properties": p} for p in contacts]})["contactIds"]
@@ -257,6 +278,66 @@ def test_record_reader_leaves_out_ids_hubspot_does_not_know(hub: SandboxControl,
     assert hub.requests_to("POST /crm/v3/objects/contacts/batch/read") == 2
 
 
+def seed_duplicates(hub: SandboxControl, emails: list[str]) -> list[str]:
+    """Contacts outside any list, one per address (a duplicate of a list contact to merge with)."""
+    contacts = [{"properties": {"email": email, "firstname": "Dup"}} for email in emails]
+    return hub.post("/_sandbox/seed", {"contacts": contacts})["contactIds"]
+
+
+def test_fates_follow_merged_contacts_and_report_archived_ones(
+    hub: SandboxControl, api: HubSpotApi, tmp_path: Path
+) -> None:
+    writer = HubSpotFlagWriter(api, "email", work_dir=tmp_path)
+    writer.prepare()
+    _, ids = hub.seed_list([{"email": f"person{i}@example.com"} for i in range(130)])
+    duplicates = seed_duplicates(hub, ["person0@example.com", "person1@example.com", "other@example.com"])
+    survivors = [hub.merge(ids[0], duplicates[0]), hub.merge(duplicates[1], ids[1])]  # primary, secondary
+    other = hub.merge(duplicates[2], ids[2])  # merged into a contact holding another address
+    hub.archive(ids[10:115])  # 105: two batch reads of fates
+    hub.post("/_sandbox/refusals", {"contactIds": [ids[120]]})
+
+    failures = writer.write(FlagUpdate(i, None, verdict("valid")) for i in ids)
+    failures.append(WriteFailure(ids[121], "NOT_CONFIRMED", "HubSpot did not confirm this update"))
+    reads_before = hub.requests_to("POST /crm/v3/objects/contacts/batch/read")
+
+    fates = HubSpotRecordReader(api).fates(failures, "email")
+
+    assert {f.record_id: f.code for f in failures}.keys() == {*ids[:3], *ids[10:115], ids[120], ids[121]}
+    assert fates[:3] == [
+        RecordFate(ids[0], MERGED_INTO, successor_id=survivors[0], successor_value="person0@example.com"),
+        RecordFate(ids[1], MERGED_INTO, successor_id=survivors[1], successor_value="person1@example.com"),
+        RecordFate(ids[2], MERGED_INTO, successor_id=other, successor_value="other@example.com"),
+    ]
+    assert fates[3:] == [RecordFate(i, DELETED) for i in ids[10:115]]
+    # ids[120] was refused for another reason and ids[121] is still there as itself: not asked of
+    # HubSpot / left out. 108 maybe-gone ids: two batch reads of 100 at most.
+    assert hub.requests_to("POST /crm/v3/objects/contacts/batch/read") - reads_before == 2
+    assert all(f.successor_type is None for f in fates)
+
+
+def test_fates_of_an_import_s_refused_rows(hub: SandboxControl, api: HubSpotApi, tmp_path: Path) -> None:
+    writer = HubSpotFlagWriter(api, "phone", expected_updates=20, bulk_threshold=5, work_dir=tmp_path)
+    writer.prepare()
+    _, ids = hub.seed_list([{"phone": f"+1 415 555 {i:04d}"} for i in range(20)])
+    (duplicate,) = hub.post("/_sandbox/seed", {"contacts": [{"properties": {"phone": "+1 415 555 9999"}}]})[
+        "contactIds"
+    ]
+    survivor = hub.merge(ids[3], duplicate)
+    hub.archive([ids[7]])
+
+    failures = writer.write(FlagUpdate(i, None, verdict("valid", is_role=None)) for i in ids)
+
+    assert sorted((f.record_id, f.code) for f in failures) == [
+        (ids[3], "INVALID_OBJECT_ID"),
+        (ids[7], "INVALID_OBJECT_ID"),
+    ]
+    assert HubSpotRecordReader(api).fates(failures, "phone") == [
+        RecordFate(ids[3], MERGED_INTO, successor_id=survivor, successor_value="+1 415 555 0003"),
+        RecordFate(ids[7], DELETED),
+    ]
+    assert HubSpotRecordReader(api).fates([], "phone") == []
+
+
 # ---- preparing and writing --------------------------------------------------------------------
 
 
@@ -347,6 +428,40 @@ def test_rest_write_records_a_207_failure_per_contact_and_writes_the_rest(
     assert (second["apexverify_wrong"], second["apexverify_status"]) == ("true", "wrong")
     assert (third["apexverify_valid"], third["apexverify_status"]) == ("false", "invalid_format")
     assert writer.write(iter([])) == []
+
+
+def test_per_record_rate_limit_and_server_errors_are_transient_failures() -> None:
+    """HubSpot's 207 answer as hubspot-api-client reads it: StandardError carries a category and a
+    `status` the specs describe as the error's HTTP status (HubSpot mostly sends "error")."""
+
+    def error(record_id: str, category: str, status: str) -> hs_contacts.StandardError:
+        return hs_contacts.StandardError(
+            status=status, category=category, message="m", context={"ids": [record_id]}, errors=[], links={}
+        )
+
+    answer = hs_contacts.BatchResponseSimplePublicObjectWithErrors(
+        status="COMPLETE",
+        results=[],
+        requested_at=VERIFIED_AT,
+        started_at=VERIFIED_AT,
+        completed_at=VERIFIED_AT,
+        errors=[
+            error("1", "RATE_LIMITS", "error"),
+            error("2", "OBJECT_NOT_FOUND", "error"),
+            error("3", "INTERNAL_ERROR", "503"),
+            error("4", "VALIDATION_ERROR", "400"),
+        ],
+    )
+
+    failures = _batch_failures(answer, ["1", "2", "3", "4", "5"])
+
+    assert [(f.record_id, f.code, f.transient) for f in failures] == [
+        ("1", "RATE_LIMITS", True),
+        ("2", "OBJECT_NOT_FOUND", False),
+        ("3", "INTERNAL_ERROR", True),
+        ("4", "VALIDATION_ERROR", False),
+        ("5", "RATE_LIMITS", True),  # named by no error: the answer's first error stands for it
+    ]
 
 
 def test_phone_sync_writes_only_the_phone_properties(

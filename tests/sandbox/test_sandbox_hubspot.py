@@ -24,9 +24,11 @@ from hubspot import HubSpot
 from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInput,
     BatchInputSimplePublicObjectBatchInputForCreate,
+    BatchInputSimplePublicObjectId,
     BatchReadInputSimplePublicObjectId,
     BatchResponseSimplePublicObject,
     BatchResponseSimplePublicObjectWithErrors,
+    PublicMergeInput,
     SimplePublicObjectBatchInput,
     SimplePublicObjectBatchInputForCreate,
     SimplePublicObjectId,
@@ -267,6 +269,142 @@ def test_batch_update_answers_207_per_refused_input(sandbox: SandboxServer, clie
     assert answer.num_errors == 5
     assert sandbox_contact(sandbox, good)["apexverify_status"] == "wrong"
     assert "apexverify_status" not in sandbox_contact(sandbox, bad_option)
+
+
+def read_contacts(client: HubSpot, contact_ids: list[str], properties: list[str], **kwargs: Any) -> Any:
+    request = BatchReadInputSimplePublicObjectId(
+        inputs=[SimplePublicObjectId(id=i) for i in contact_ids],
+        properties=properties,
+        properties_with_history=[],
+    )
+    return client.crm.contacts.batch_api.read(request, **kwargs)
+
+
+def list_members(client: HubSpot, list_id: str) -> list[str]:
+    return [m.record_id for m in client.crm.lists.memberships_api.get_page(list_id, limit=250).results]
+
+
+def merge(client: HubSpot, primary: str, secondary: str) -> Any:
+    return client.crm.contacts.basic_api.merge(
+        PublicMergeInput(primary_object_id=primary, object_id_to_merge=secondary)
+    )
+
+
+def test_a_merge_makes_a_new_record_that_both_old_ids_are_read_as(
+    sandbox: SandboxServer, client: HubSpot
+) -> None:
+    create_apexverify_properties(client)
+    seeded = control(
+        sandbox,
+        "seed",
+        {
+            "contacts": [
+                {"properties": {"email": "ann@acme.com", "firstname": "Ann", "lastname": ""}},
+                {"properties": {"email": "ann.b@globex.com", "lastname": "Berg", "phone": "+1 415 555 0101"}},
+                {"properties": {"email": "carl@initech.com"}},
+            ],
+        },
+    )
+    primary, secondary, third = seeded["contactIds"]
+    only_primary, only_secondary = (
+        control(sandbox, "seed", {"lists": [{"name": name, "contactIds": [member, third]}]})["listIds"][0]
+        for name, member in (("A", primary), ("B", secondary))
+    )
+
+    merged = merge(client, primary, secondary)
+
+    assert merged.id not in (primary, secondary) and int(merged.id) > int(third)
+    assert merged.properties["email"] == "ann@acme.com"  # the primary's values
+    assert merged.properties["firstname"] == "Ann"
+    assert merged.properties["lastname"] == "Berg"  # the secondary's fill what the primary lacks
+    assert merged.properties["hs_merged_object_ids"] == f"{primary};{secondary}"
+    for old_id in (primary, secondary):
+        read = client.crm.contacts.basic_api.get_by_id(old_id, properties=["email", "hs_merged_object_ids"])
+        assert (read.id, read.properties["email"]) == (merged.id, "ann@acme.com")
+        assert read.properties["hs_merged_object_ids"].split(";") == [primary, secondary]
+    kept = sandbox_contact(sandbox, merged.id)
+    assert (kept["phone"], kept["hs_additional_emails"]) == ("+1 415 555 0101", "ann.b@globex.com")
+
+    batch = read_contacts(client, [primary, secondary, third, "987654"], ["email"])
+    assert isinstance(batch, BatchResponseSimplePublicObjectWithErrors)
+    assert sorted(r.id for r in batch.results) == sorted([merged.id, third])  # the merged record once
+    assert [(e.category, e.context["ids"]) for e in batch.errors] == [("OBJECT_NOT_FOUND", ["987654"])]
+    # The merged record is in every list either was in, in their place.
+    assert list_members(client, only_primary) == list_members(client, only_secondary) == [third, merged.id]
+
+    # Writes do not follow the old ids: refused as unknown ids are, the rest written.
+    written = update_statuses(client, [secondary, merged.id, third], "wrong")
+    assert sorted(r.id for r in written.results) == sorted([merged.id, third])
+    assert [(e.category, e.context["ids"]) for e in written.errors] == [("OBJECT_NOT_FOUND", [secondary])]
+    assert sandbox_contact(sandbox, merged.id)["apexverify_status"] == "wrong"
+
+    # Merged again: every id merged so far points to the newest record.
+    newest = merge(client, third, merged.id)
+    assert newest.properties["email"] == "carl@initech.com"
+    merged_ids = [primary, secondary, third, merged.id]
+    assert newest.properties["hs_merged_object_ids"].split(";") == merged_ids
+    answers = read_contacts(client, merged_ids, ["hs_merged_object_ids"])
+    assert [r.id for r in answers.results] == [newest.id]
+    for old_id in merged_ids:
+        assert (
+            requests.get(f"{sandbox.url}/_sandbox/contacts/{old_id}", timeout=5).json()["mergedInto"]
+            == newest.id
+        )
+    state = requests.get(f"{sandbox.url}/_sandbox/state", timeout=5).json()
+    assert state["contacts"] == 1
+
+
+def test_merging_needs_two_live_contacts(sandbox: SandboxServer, client: HubSpot) -> None:
+    ann, bob, carl = seed_contacts(sandbox, "ann@acme.com", "bob@acme.com", "carl@acme.com")
+    merged = merge(client, ann, bob)
+    client.crm.contacts.basic_api.archive(carl)
+    for primary, secondary, status in ((ann, ann, 400), (merged.id, ann, 404), (merged.id, carl, 404)):
+        with pytest.raises(ContactsApiException) as refused:
+            merge(client, primary, secondary)
+        assert refused.value.status == status
+    missing = api(sandbox, "POST", "/crm/v3/objects/contacts/merge", json={"primaryObjectId": ann})
+    assert missing.status_code == 400  # the spec requires objectIdToMerge
+
+
+def test_archived_contacts_are_not_found_and_refuse_writes(
+    sandbox: SandboxServer, client: HubSpot, tmp_path: Path
+) -> None:
+    create_apexverify_properties(client)
+    ids = seed_contacts(sandbox, *[f"a{i}@acme.com" for i in range(5)])
+    (list_id,) = control(sandbox, "seed", {"lists": [{"name": "All", "contactIds": ids}]})["listIds"]
+
+    client.crm.contacts.basic_api.archive(ids[0])
+    client.crm.contacts.batch_api.archive(
+        BatchInputSimplePublicObjectId(
+            inputs=[SimplePublicObjectId(id=i) for i in (ids[1], ids[2], "987654")]
+        )
+    )
+    client.crm.contacts.basic_api.archive(ids[0])  # again: nothing to do, still 204
+
+    with pytest.raises(ContactsApiException) as missing:
+        client.crm.contacts.basic_api.get_by_id(ids[0])
+    assert (missing.value.status, json.loads(missing.value.body)["category"]) == (404, "OBJECT_NOT_FOUND")
+    batch = read_contacts(client, ids, ["email"])
+    assert [r.id for r in batch.results] == ids[3:]
+    assert [(e.category, sorted(e.context["ids"])) for e in batch.errors] == [
+        ("OBJECT_NOT_FOUND", sorted(ids[:3]))
+    ]
+    archived = read_contacts(client, ids, ["email"], archived=True)
+    assert [(r.id, r.archived, r.archived_at is not None) for r in archived.results] == [
+        (i, True, True) for i in ids[:3]
+    ]
+    assert list_members(client, list_id) == ids[3:]
+
+    written = update_statuses(client, ids[2:], "valid")
+    assert sorted(r.id for r in written.results) == ids[3:]
+    assert [(e.category, e.context["ids"]) for e in written.errors] == [("OBJECT_NOT_FOUND", [ids[2]])]
+    done, errors = import_statuses(client, tmp_path, ids)
+    assert done.metadata.counters["UPDATED_OBJECTS"] == 2
+    assert [(e.error_type, e.source_data.row_data[0]) for e in errors] == [
+        ("INVALID_OBJECT_ID", i) for i in ids[:3]
+    ]
+    assert "apexverify_status" not in sandbox_contact(sandbox, ids[0])
+    assert "archivedAt" in requests.get(f"{sandbox.url}/_sandbox/contacts/{ids[0]}", timeout=5).json()
 
 
 def test_batch_create_seeds_contacts_and_refuses_an_existing_email(
@@ -564,6 +702,95 @@ def test_a_record_errors_fault_refuses_some_records_of_a_batch_update_and_of_an_
     ]
     assert "apexverify_status" not in sandbox_contact(sandbox, ids[99])
     assert sandbox_contact(sandbox, ids[1])["apexverify_status"] == "wrong"
+
+
+def flag_import_request(file_name: str) -> dict[str, Any]:
+    """An UPDATE import of one apexverify_status column, as the connector's write-back sends it."""
+    mappings = [
+        {"columnObjectTypeId": "0-1", "columnName": "Record ID", "propertyName": "hs_object_id",
+         "columnType": "HUBSPOT_OBJECT_ID"},
+        {"columnObjectTypeId": "0-1", "columnName": "apexverify_status", "propertyName": "apexverify_status"},
+    ]  # fmt: skip
+    return {
+        "name": "flags",
+        "importOperations": {"0-1": "UPDATE"},
+        "files": [
+            {
+                "fileName": file_name,
+                "fileFormat": "CSV",
+                "fileImportPage": {"hasHeader": True, "columnMappings": mappings},
+            }
+        ],
+    }
+
+
+def import_statuses(client: HubSpot, tmp_path: Path, contact_ids: list[str]) -> tuple[Any, list[Any]]:
+    """Import apexverify_status=wrong onto these contacts: (the finished import, its errors)."""
+    upload = tmp_path / "flags.csv"
+    upload.write_text("Record ID,apexverify_status\n" + "".join(f"{i},wrong\n" for i in contact_ids))
+    imports = client.crm.imports
+    started = imports.core_api.create(
+        files=str(upload), import_request=json.dumps(flag_import_request(upload.name))
+    )
+    done = imports.core_api.get_by_id(int(started.id))
+    errors = imports.public_imports_api.get_errors(
+        int(started.id), include_row_data=True, include_error_message=True
+    ).results
+    return done, errors
+
+
+def update_statuses(client: HubSpot, contact_ids: list[str], status: str = "valid") -> Any:
+    inputs = [
+        SimplePublicObjectBatchInput(id=i, properties={"apexverify_status": status}) for i in contact_ids
+    ]
+    return client.crm.contacts.batch_api.update(BatchInputSimplePublicObjectBatchInput(inputs=inputs))
+
+
+def test_refused_contacts_are_refused_by_every_write_until_the_refusals_are_lifted(
+    sandbox: SandboxServer, client: HubSpot, tmp_path: Path
+) -> None:
+    create_apexverify_properties(client)
+    ids = seed_contacts(sandbox, *[f"v{i}@acme.com" for i in range(4)])
+    assert control(sandbox, "refusals", {"contactIds": [ids[1], int(ids[3])]}) == {
+        "refusals": [ids[1], ids[3]]
+    }
+
+    for _ in range(2):  # permanent: a retry meets the same refusal
+        partial = update_statuses(client, ids)
+        assert isinstance(partial, BatchResponseSimplePublicObjectWithErrors)
+        assert sorted(r.id for r in partial.results) == [ids[0], ids[2]]
+        refused = {e.context["ids"][0]: e for e in partial.errors}
+        assert sorted(refused) == [ids[1], ids[3]]
+        error = refused[ids[1]]
+        assert error.category == "VALIDATION_ERROR"
+        assert error.message.startswith("Property values were not valid: ")
+        assert [d.code for d in error.errors] == ["INVALID_CUSTOM_PROPERTY_VALIDATION"]
+        assert error.context["propertyName"] == ["apexverify_status"]
+    assert "apexverify_status" not in sandbox_contact(sandbox, ids[1])
+    assert sandbox_contact(sandbox, ids[0])["apexverify_status"] == "valid"
+
+    done, errors = import_statuses(client, tmp_path, ids)
+    assert (done.state, done.metadata.counters["UPDATED_OBJECTS"]) == ("DONE", 2)
+    assert [(e.error_type, e.source_data.row_data[0]) for e in errors] == [
+        ("INVALID_CUSTOM_PROPERTY_VALIDATION", ids[1]),
+        ("INVALID_CUSTOM_PROPERTY_VALIDATION", ids[3]),
+    ]
+    assert sandbox_contact(sandbox, ids[1]).get("apexverify_status") is None
+    assert sandbox_contact(sandbox, ids[2])["apexverify_status"] == "wrong"
+
+    assert control(sandbox, "refusals", {"contactIds": []}) == {"refusals": []}
+    assert isinstance(update_statuses(client, ids), BatchResponseSimplePublicObject)
+    assert sandbox_contact(sandbox, ids[1])["apexverify_status"] == "valid"
+
+
+def test_refusals_are_per_portal_and_checked(sandbox: SandboxServer) -> None:
+    other = requests.post(
+        f"{sandbox.url}/_sandbox/refusals?account=777", json={"contactIds": ["5"]}, timeout=5
+    )
+    assert other.json() == {"refusals": ["5"]}
+    assert requests.get(f"{sandbox.url}/_sandbox/state", timeout=5).json()["refused_contacts"] == []
+    bad = requests.post(f"{sandbox.url}/_sandbox/refusals", json={"contactIds": ["x"]}, timeout=5)
+    assert bad.status_code == 400
 
 
 def test_import_needs_a_record_id_column(sandbox: SandboxServer, tmp_path: Path) -> None:

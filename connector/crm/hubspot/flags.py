@@ -53,6 +53,8 @@ EXPECTED_TYPES = {"bool": "bool", "status": "enumeration", "verified_at": "datet
 # streamed from disk). Each import costs a poll interval or more of waiting: four of 250,000 rows
 # took 20 s more of a 1,000,000-contact write-back than one.
 BULK_BATCH_ROWS = 1_000_000
+# The error categories of a per-record refusal that passes (HubSpot's rate limits).
+TEMPORARY_CATEGORIES = frozenset({"RATE_LIMITS", "RATE_LIMIT"})
 
 
 def epoch_millis(moment: datetime) -> str:
@@ -195,5 +197,15 @@ def _batch_failures(answer: Any, record_ids: list[str]) -> list[WriteFailure]:
         if error is None:
             failures.append(WriteFailure(record_id, "NOT_CONFIRMED", "HubSpot did not confirm this update"))
         else:
-            failures.append(WriteFailure(record_id, error.category, error.message))
+            failures.append(
+                WriteFailure(record_id, error.category, error.message, transient=_temporary(error))
+            )
     return failures
+
+
+def _temporary(error: Any) -> bool:
+    """A per-record error HubSpot means as temporary: a rate limit, or, when the error carries an
+    HTTP status (the specs' StandardError.status; HubSpot mostly sends "error" there), a 429 or 5xx."""
+    status = str(getattr(error, "status", "") or "").strip()
+    refused_for_now = status.isdigit() and (int(status) == 429 or int(status) >= 500)
+    return error.category in TEMPORARY_CATEGORIES or refused_for_now
