@@ -1,7 +1,8 @@
 """Salesforce campaign end to end: read -> verify -> write back, with a real worker process.
 
 The Salesforce counterpart of hubspot_end_to_end.py: one generated campaign of N members
-(Contacts and Leads, the sandbox's defaults: 30% leads, some converted) synced through the
+(Contacts and Leads, the sandbox's defaults: 30% leads, every 200th a converted lead, read and
+flagged as the contact it became, as on Salesforce) synced through the
 Salesforce sandbox (Bulk API 2.0 above 10,000 records), the ApexVerify sandbox (delays 0) and a
 `connector worker` subprocess. Prints wall time, seconds and CPU per step, Salesforce API calls
 (sandbox request count and the org's API usage), ApexVerify calls, the worker's peak RSS and CPU

@@ -1,6 +1,12 @@
 """The Salesforce REST endpoints of the sandbox: versions, resources, limits, SOQL query (with
-cursor paging), describe, single records, sObject Collections updates and creates (campaign
-members only: salesforce_members.py).
+cursor paging), describe, single records (read, update, delete), sObject Collections updates and
+creates (campaign members only: salesforce_members.py).
+
+Deleting a record (DELETE .../sobjects/<object>/<id>, "204 No Content" as Salesforce's REST
+API answers a DELETE) moves it to the recycle bin, a contact's or lead's campaign memberships
+with it: queries leave it out, queryAll shows it with IsDeleted true, reading it is 404 and
+updating it is refused, both ENTITY_IS_DELETED; so is deleting it again. An id that names no
+record of the object is 404 NOT_FOUND.
 
 Auth, the daily allocation, faults and the version check happen before these run
 (connector/sandbox/salesforce.py); every function here runs for an admitted request.
@@ -194,15 +200,7 @@ def describe_object(version: str, object_name: str) -> ResponseReturnValue:
 def get_record(version: str, object_name: str, record_id: str) -> ResponseReturnValue:
     state = sandbox_state()
     with state.lock:
-        schema = state.schema.object(object_name)
-        if schema is None:
-            raise not_found()
-        found = find_record(state, schema.name, record_id)
-        if isinstance(found, WriteError):
-            raise not_found()
-        record_id, serial = found
-        if serial in state.store.deleted:
-            raise SalesforceError(404, "ENTITY_IS_DELETED", "entity is deleted")
+        schema, record_id, serial = _live_record(state, object_name, record_id)
         names = _requested_fields(schema.fields, request.args.get("fields"))
         values = state.store.values(serial, names)
     url = f"/services/data/v{version}/sobjects/{schema.name}/{record_id}"
@@ -222,6 +220,30 @@ def _requested_fields(fields: dict[str, Any], wanted: str | None) -> list[str]:
             raise SalesforceError(400, "INVALID_FIELD", f"No such column '{name.strip()}' on sobject")
         names.append(canonical)
     return names
+
+
+@api.delete("/v<version>/sobjects/<object_name>/<record_id>")
+def delete_record(version: str, object_name: str, record_id: str) -> ResponseReturnValue:
+    state = sandbox_state()
+    with state.lock:
+        _, _, serial = _live_record(state, object_name, record_id)
+        state.store.delete(serial)
+    return "", 204
+
+
+def _live_record(state: Any, object_name: str, record_id: str) -> tuple[Any, str, int]:
+    """(object schema, record id as stored, serial) of a record not deleted; 404 NOT_FOUND for an
+    unknown object or id, 404 ENTITY_IS_DELETED for one in the recycle bin (the caller holds the lock)."""
+    schema = state.schema.object(object_name)
+    if schema is None:
+        raise not_found()
+    found = find_record(state, schema.name, record_id)
+    if isinstance(found, WriteError):
+        raise not_found()
+    stored_id, serial = found
+    if serial in state.store.deleted:
+        raise SalesforceError(404, "ENTITY_IS_DELETED", "entity is deleted")
+    return schema, stored_id, serial
 
 
 @api.patch("/v<version>/sobjects/<object_name>/<record_id>")

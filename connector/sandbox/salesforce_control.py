@@ -4,17 +4,48 @@ Every one takes `?account=<org id>` (15 or 18 characters, key prefix 00D; 400 ot
 that org, created empty when first named; without it, on the default org (SALESFORCE_ORG_ID, else
 00DDn0000000001). API requests reach an org through their session id (salesforce_orgs.py).
 
-- POST /_sandbox/seed: {"contacts": [{"Id"?, "Email", "Phone", "FirstName", "LastName", ...}],
-  "leads": [{..., "IsConverted": bool}], "campaigns": [{"Id"?, "Name", "members":
-  [{"ContactId" | "LeadId", "Status"?}], "member_statuses"?: [{"Label", "IsDefault"?,
+- POST /_sandbox/seed: {"accounts": [{"Id"?, "Name"}], "contacts": [{"Id"?, "Email", "Phone",
+  "FirstName", "LastName", "AccountId"?, ...}], "leads": [{..., "IsConverted": bool,
+  "ConvertedContactId"?, "ConvertedAccountId"?, "ConvertedDate"?}], "campaigns": [{"Id"?, "Name",
+  "members": [{"ContactId" | "LeadId", "Status"?}], "member_statuses"?: [{"Label", "IsDefault"?,
   "HasResponded"?}]}] (member statuses default to "Sent", the default, and "Responded"),
   "deleted_ids": [...], "validation_rule_ids": [...],
   "generate": {"campaign_members": n, "lead_ratio": 0.3, "duplicate_every": 50, "malformed_every": 97,
   "missing_email_every": 61, "converted_every": 200, "seed": 1, "campaign_name"?}}
-  -> {"contacts": [ids], "leads": [ids], "campaigns": [{"Id", "members": [ids]}],
+  -> {"accounts": [ids], "contacts": [ids], "leads": [ids], "converted": [{"LeadId", "ContactId",
+  "AccountId"}] (the leads seeded converted), "campaigns": [{"Id", "members": [ids]}],
   "campaign_id" and "generated" (counts) when generating}. Field names are Salesforce's (any case);
   "IsDeleted": true seeds a deleted record. Deleted and validation-rule ids may name any record,
-  seeded earlier or in the same call (they are applied last).
+  seeded earlier or in the same call (they are applied last). A record deleted so is in the recycle
+  bin as one deleted through the API is (DELETE /services/data/vXX.X/sobjects/<object>/<id>,
+  salesforce_api.py), except that its campaign memberships stay as seeded.
+  A converted lead is never converted to no contact, as on Salesforce: one seeded "IsConverted":
+  true without a ConvertedContactId is converted as POST /_sandbox/convert converts it without
+  ContactId (a new contact with its names, Email and Phone, and a new account; a seeded
+  ConvertedDate is kept; a ConvertedAccountId needs a ConvertedContactId); one with a
+  ConvertedContactId naming a contact (seeded earlier or in the same call) keeps it as given, its
+  ConvertedAccountId defaulting to that contact's account and its ConvertedDate to today. Conversion
+  fields on a lead that is not converted are refused (400). A seeded member naming a converted
+  lead names its contact too (ContactId beside LeadId), as a converted lead's member does.
+  A generated campaign's every `converted_every`-th person is a converted lead in the same way
+  (salesforce_records.py): a Contact (its names, Email and Phone) and an Account (its company)
+  were made for it, its lead names them (ConvertedContactId, ConvertedAccountId, ConvertedDate: the
+  day it was generated) and its member carries both LeadId and ContactId; the contact is written,
+  read and queried like any other. "generated" counts records: {"campaign_members", "contacts"
+  (the members' and the converted leads'), "leads" (converted ones too), "converted_leads",
+  "accounts", and the knobs}.
+- POST /_sandbox/convert: {"leads": [{"LeadId", "ContactId"?}]} converts leads as Salesforce's
+  lead conversion does (salesforce_convert.py): without ContactId a new contact (and account) is
+  created from the lead's names, Email, Phone, MobilePhone, Title and Email Opt Out; with it the
+  lead is merged into that contact, which keeps its own values (only its empty fields are filled).
+  The lead gets IsConverted, Status "Closed - Converted", ConvertedContactId, ConvertedAccountId
+  and ConvertedDate, and refuses updates from then on (CANNOT_UPDATE_CONVERTED_LEAD, REST and
+  Bulk alike); its campaign members name the contact too. -> {"converted": [{"LeadId",
+  "ContactId", "AccountId"}]} in the order asked. 400, nothing converted, when an entry names no
+  live lead, a lead converted already or named twice, or no live contact.
+- POST /_sandbox/locks: {"ids": [...], "times": n (1)}: each record refuses its next n updates
+  (sObject update, Collections, Bulk ingest) with UNABLE_TO_LOCK_ROW "unable to obtain exclusive
+  access to this record", as a row another transaction holds does. -> {"locked": {id: n}}.
 - GET /_sandbox/records/<id>: {"object", "id", "deleted", "validation_rule", "fields"} (every field).
 - GET /_sandbox/records?object=Contact&offset=0&limit=1000&field=Email&field=...: records in query
   order (seeded first, then generated), only the named fields when some are named.
@@ -56,22 +87,33 @@ that org, created empty when first named; without it, on the default org (SALESF
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from connector.sandbox.salesforce_convert import CONVERTED_STATUS, convert_leads, name_contact_on_members
 from connector.sandbox.salesforce_ids import object_for_id, to_18
 from connector.sandbox.salesforce_members import DEFAULT_STATUSES
 from connector.sandbox.salesforce_orgs import org_directory
 from connector.sandbox.salesforce_records import GenerateKnobs
-from connector.sandbox.salesforce_schema import default_values, full_object, parse_datetime, to_json, utc_now
+from connector.sandbox.salesforce_schema import (
+    default_values,
+    full_object,
+    parse_date,
+    parse_datetime,
+    to_json,
+    utc_now,
+)
 from connector.sandbox.salesforce_state import SandboxState, sandbox_state
 
 control = Blueprint("salesforce_control", __name__, url_prefix="/_sandbox")
 
 MAX_GENERATED = 5_000_000
+# What a lead's conversion sets beside IsConverted (salesforce_convert.py).
+CONVERSION_FIELDS = ("ConvertedContactId", "ConvertedAccountId", "ConvertedDate")
 DEFAULT_LIST_LIMIT = 1000
 
 
@@ -98,11 +140,14 @@ def _body() -> dict[str, Any]:
 def seed() -> ResponseReturnValue:
     body = _body()
     state = sandbox_state()
+    converted: list[dict[str, Any]] = []
     with state.lock:
         try:
             answer: dict[str, Any] = {
+                "accounts": [_seed_record(state, "Account", spec) for spec in body.get("accounts", [])],
                 "contacts": [_seed_record(state, "Contact", spec) for spec in body.get("contacts", [])],
-                "leads": [_seed_record(state, "Lead", spec) for spec in body.get("leads", [])],
+                "leads": [_seed_lead(state, spec, converted) for spec in body.get("leads", [])],
+                "converted": converted,
                 "campaigns": [_seed_campaign(state, spec) for spec in body.get("campaigns", [])],
             }
             if "generate" in body:
@@ -114,7 +159,21 @@ def seed() -> ResponseReturnValue:
     return jsonify(answer)
 
 
+@dataclass
+class _Seeded:
+    """A record about to be stored: its values (every field), the id it was seeded with, deleted or not."""
+
+    object_name: str
+    values: dict[str, Any]
+    record_id: str | None = None
+    deleted: bool = False
+
+
 def _seed_record(state: SandboxState, object_name: str, spec: dict[str, Any]) -> str:
+    return _store(state, _seed_values(object_name, spec))
+
+
+def _seed_values(object_name: str, spec: dict[str, Any]) -> _Seeded:
     schema = full_object(object_name)
     now = utc_now()
     values = {
@@ -123,26 +182,81 @@ def _seed_record(state: SandboxState, object_name: str, spec: dict[str, Any]) ->
         "LastModifiedDate": now,
         "SystemModstamp": now,
     }
-    record_id = None
-    deleted = False
+    seeded = _Seeded(object_name, values)
     for name, raw in spec.items():
         found = schema.field(name)
         if found is None:
             raise ValueError(f"{object_name} has no field {name!r}")
         if found.name == "Id":
-            record_id = _seed_id(object_name, raw)
+            seeded.record_id = _seed_id(object_name, raw)
         elif found.name == "IsDeleted":
-            deleted = bool(raw)
+            seeded.deleted = bool(raw)
         else:
             values[found.name] = _seed_value(found.type, raw)
     if values.get("Name") is None and object_name in ("Contact", "Lead"):
         values["Name"] = " ".join(str(values[n]) for n in ("FirstName", "LastName") if values.get(n)) or None
-    if values.get("IsConverted"):
-        values["Status"] = "Closed - Converted"
-    record_id = state.store.add(object_name, values, record_id)
-    if deleted:
+    return seeded
+
+
+def _store(state: SandboxState, seeded: _Seeded) -> str:
+    record_id = state.store.add(seeded.object_name, seeded.values, seeded.record_id)
+    if seeded.deleted:
         state.store.deleted.update(_serials(state, [record_id]))
     return record_id
+
+
+def _seed_lead(state: SandboxState, spec: dict[str, Any], converted: list[dict[str, Any]]) -> str:
+    """A lead. One seeded converted is as Salesforce's conversion leaves it, never converted to no
+    contact: with a ConvertedContactId naming a contact, kept as given; without one, converted now
+    (salesforce_convert.py: a new contact and account). Each is added to `converted`."""
+    seeded = _seed_values("Lead", spec)
+    values = seeded.values
+    if not values["IsConverted"]:
+        given = [name for name in CONVERSION_FIELDS if values[name] is not None]
+        if given:
+            raise ValueError(f"a lead that is not converted has no {', '.join(given)}: {spec}")
+        return _store(state, seeded)
+    if values["ConvertedContactId"] is not None:
+        conversion = _store_converted_as_given(state, seeded)
+    elif values["ConvertedAccountId"] is not None:
+        raise ValueError(f"a lead seeded converted into an account names its ConvertedContactId too: {spec}")
+    else:
+        conversion = _store_and_convert(state, seeded)
+    converted.append(conversion)
+    return str(conversion["LeadId"])
+
+
+def _store_converted_as_given(state: SandboxState, seeded: _Seeded) -> dict[str, Any]:
+    """A lead seeded converted to a contact: what the seed leaves out is what the conversion would have
+    set (the contact's account, the day, the converted status)."""
+    values = seeded.values
+    contact_id = to_18(values["ConvertedContactId"])
+    serial = state.store.resolve(contact_id) if contact_id else None
+    if contact_id is None or serial is None or object_for_id(contact_id) != "Contact":
+        raise ValueError(f"ConvertedContactId {values['ConvertedContactId']!r} names no contact")
+    account_id = state.store.values(serial, ["AccountId"])["AccountId"]
+    values["ConvertedAccountId"] = values["ConvertedAccountId"] or account_id
+    values["ConvertedDate"] = values["ConvertedDate"] or values["CreatedDate"].date()
+    values["Status"] = CONVERTED_STATUS
+    lead_id = _store(state, seeded)
+    return {"LeadId": lead_id, "ContactId": contact_id, "AccountId": values["ConvertedAccountId"]}
+
+
+def _store_and_convert(state: SandboxState, seeded: _Seeded) -> dict[str, Any]:
+    """Stored as the lead it was, then converted as POST /_sandbox/convert converts; a seeded
+    ConvertedDate is kept, and a lead seeded deleted is deleted once converted."""
+    day, deleted = seeded.values["ConvertedDate"], seeded.deleted
+    seeded.values.update(IsConverted=False, ConvertedDate=None)
+    seeded.deleted = False
+    lead_id = _store(state, seeded)
+    [conversion] = convert_leads(state, [{"LeadId": lead_id}])
+    serial = state.store.resolve(lead_id)
+    assert serial is not None
+    if day is not None:
+        state.store.update(serial, {"ConvertedDate": day})
+    if deleted:
+        state.store.deleted.add(serial)
+    return {"LeadId": lead_id, "ContactId": conversion.contact_id, "AccountId": conversion.account_id}
 
 
 def _seed_id(object_name: str, raw: Any) -> str:
@@ -163,6 +277,11 @@ def _seed_value(field_type: str, raw: Any) -> Any:
         if parsed is None:
             raise ValueError(f"{raw!r} is not a datetime")
         return parsed
+    if field_type == "date":
+        day = parse_date(str(raw))
+        if day is None:
+            raise ValueError(f"{raw!r} is not a date")
+        return day
     if field_type in ("id", "reference"):
         return to_18(raw) or str(raw)
     return str(raw)
@@ -176,14 +295,26 @@ def _seed_campaign(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
     campaign_id = _seed_campaign_record(
         state, {"Name": "Campaign", **campaign_spec}, spec.get("member_statuses") or DEFAULT_STATUSES
     )
-    member_ids = []
+    member_ids, leads = [], []
     for member in members:
         person = _person_id(state, member)
         kind = object_for_id(person)
         values = {"CampaignId": campaign_id, "Status": member.get("Status", "Sent")}
         values["ContactId" if kind == "Contact" else "LeadId"] = person
         member_ids.append(_seed_record(state, "CampaignMember", values))
+        leads += [person] if kind == "Lead" else []
+    _name_converted_leads_contacts(state, leads)
     return {"Id": campaign_id, "members": member_ids}
+
+
+def _name_converted_leads_contacts(state: SandboxState, lead_ids: list[str]) -> None:
+    """A converted lead's members name the contact it became too (a lead converted after it joined a
+    campaign), as POST /_sandbox/convert's do."""
+    for lead_id in lead_ids:
+        serial = state.store.resolve(lead_id)
+        lead = state.store.values(serial, ["IsConverted", "ConvertedContactId"]) if serial is not None else {}
+        if lead.get("IsConverted") and lead.get("ConvertedContactId"):
+            name_contact_on_members(state, lead_id, str(lead["ConvertedContactId"]))
 
 
 def _seed_campaign_record(
@@ -224,6 +355,8 @@ def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("generate.lead_ratio must be between 0 and 1")
     counts = ("duplicate_every", "malformed_every", "missing_email_every", "converted_every", "seed")
     knobs = GenerateKnobs(count, lead_ratio, **{name: int(spec[name]) for name in counts if name in spec})
+    if min(int(getattr(knobs, name)) for name in counts if name.endswith("_every")) < 0:
+        raise ValueError("generate's *_every knobs must be 0 (off) or more")
     name = spec.get("campaign_name") or "Generated campaign"
     campaign_id = _seed_campaign_record(state, {"Name": name}, DEFAULT_STATUSES)
     campaign = state.store.generate(knobs, campaign_id, utc_now())
@@ -234,9 +367,46 @@ def _generate(state: SandboxState, spec: dict[str, Any]) -> dict[str, Any]:
             "contacts": campaign.count_of("Contact"),
             "leads": campaign.count_of("Lead"),
             "converted_leads": campaign.converted_count,
+            "accounts": campaign.count_of("Account"),
             **vars(knobs),
         },
     }
+
+
+# ---- converting, locking ----
+
+
+@control.post("/convert")
+def convert() -> ResponseReturnValue:
+    body = _body()
+    state = sandbox_state()
+    with state.lock:
+        try:
+            conversions = convert_leads(state, body.get("leads"))
+        except ValueError as exc:
+            raise ControlError(f"cannot convert: {exc}") from None
+    converted = [
+        {"LeadId": c.lead_id, "ContactId": c.contact_id, "AccountId": c.account_id} for c in conversions
+    ]
+    return jsonify({"converted": converted})
+
+
+@control.post("/locks")
+def lock_records() -> ResponseReturnValue:
+    body = _body()
+    times = body.get("times", 1)
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise ControlError("times must be a positive integer")
+    state = sandbox_state()
+    with state.lock:
+        try:
+            serials = _serials(state, list(body.get("ids") or []))
+        except (ValueError, TypeError) as exc:
+            raise ControlError(f"cannot lock: {exc}") from None
+        for serial in serials:
+            state.store.locked[serial] = times
+        ids = [state.store.values(serial, ["Id"])["Id"] for serial in serials]
+    return jsonify({"locked": dict.fromkeys(ids, times)})
 
 
 # ---- inspecting ----

@@ -15,6 +15,7 @@ from __future__ import annotations
 import string
 
 KEY_PREFIXES = {
+    "Account": "001",
     "Contact": "003",
     "Lead": "00Q",
     "Campaign": "701",

@@ -6,8 +6,23 @@ by field name, so a query reads only the fields it names.
 
 A generated campaign of n members stores no record: member i and its contact-or-lead i are
 pure functions of (seed, i); a bytearray of n kinds says which members are leads (and converted),
-and write-backs land in one list per written field (8 bytes per record), so a million members
-cost seconds and a few megabytes.
+and write-backs land in one list per written field (8 bytes per record; people, members and
+converted leads' contacts each have their own), so a million members cost seconds and a few
+megabytes.
+
+A generated converted lead is what Salesforce's lead conversion leaves (salesforce_convert.py): a
+lead with IsConverted, Status "Closed - Converted", ConvertedContactId, ConvertedAccountId and
+ConvertedDate (the campaign's creation day), the contact it became (the lead's names, Email and
+Phone, in the account) and that account (named after the lead's company), and a campaign member
+naming both the lead (LeadId) and the contact (ContactId), so a campaign read takes it as the
+contact. The c-th converted lead's contact and account have serials of their own,
+`first.contacts + c` and `first.accounts + c` (reserved with the campaign's people and members, so
+ids never repeat), and lead and contact find each other by arithmetic: converted leads are every
+`converted_every`-th person. Writes to those contacts land in lists as long as the number of
+converted leads; queries list those contacts after the members' own.
+
+Deleting a contact or lead (`delete`) puts it in the recycle bin with its campaign memberships, as
+Salesforce does; a locked record (`locked`) refuses the next updates (salesforce_writes.py).
 
 Generated emails cover the patterns the ApexVerify sandbox tells apart: corporate and free-mail
 addresses, role addresses (info@...), disposable domains (mailinator.com...), undeliverable
@@ -20,6 +35,7 @@ converted lead. A knob of 0 turns its pattern off.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +80,11 @@ class GenerateKnobs:
     converted_every: int = 200
     seed: int = 1
 
+    @property
+    def converted_count(self) -> int:
+        """How many people are converted leads: every `converted_every`-th."""
+        return self.campaign_members // self.converted_every if self.converted_every > 0 else 0
+
 
 def _mix(seed: int, index: int) -> int:
     """A cheap deterministic 64-bit hash (splitmix64), so person `index` looks the same on every read."""
@@ -73,22 +94,61 @@ def _mix(seed: int, index: int) -> int:
     return value ^ (value >> 31)
 
 
+class _Columns:
+    """Values written to `size` generated records: one list per field written (made at its first write)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lists: dict[str, list[Any]] = {}
+
+    def overlay(self, slot: int, names: Iterable[str], base: dict[str, Any]) -> None:
+        """Put the values written to record `slot` over its generated ones."""
+        for name in names:
+            column = self.lists.get(name)
+            if column is not None and column[slot] is not _UNWRITTEN:
+                base[name] = column[slot]
+
+    def write(self, slot: int, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            column = self.lists.get(name)
+            if column is None:
+                column = self.lists[name] = [_UNWRITTEN] * self.size
+            column[slot] = value
+
+
+@dataclass(frozen=True)
+class FirstSerials:
+    """Where each kind of record a generated campaign makes starts in the serial space."""
+
+    people: int
+    members: int
+    contacts: int  # converted leads' contacts
+    accounts: int  # converted leads' accounts
+
+
 class GeneratedCampaign:
+    """Records of a generated campaign, addressed by (object, index): index i is person i (and member
+    i); a converted lead's contact and account are addressed by that lead's index too."""
+
     def __init__(
-        self, knobs: GenerateKnobs, campaign_id: str, people_first: int, members_first: int, created: datetime
+        self, knobs: GenerateKnobs, campaign_id: str, first: FirstSerials, created: datetime
     ) -> None:
         self.knobs = knobs
         self.campaign_id = campaign_id
         self.count = knobs.campaign_members
-        self.people_first = people_first
-        self.members_first = members_first
+        self.first = first
         self.created = created
+        self._stamps = {"CreatedDate": created, "LastModifiedDate": created, "SystemModstamp": created}
         self.kinds = self._kinds()
         self.lead_count = self.count - self.kinds.count(0)
-        self.converted_count = self.kinds.count(LEAD | CONVERTED)
-        self.written: dict[str, list[Any]] = {}
+        self.converted_count = knobs.converted_count
+        self.written = _Columns(self.count)  # people's fields
+        self.member_written = _Columns(self.count)  # members' fields (a converted lead's ContactId)
+        self.contact_written = _Columns(self.converted_count)  # converted leads' contacts' fields
+        self.account_written = _Columns(self.converted_count)
         # Unset checkboxes read false, as on a real record.
-        self._defaults = {name: default_values(name) for name in ("Contact", "Lead", "CampaignMember")}
+        objects = ("Account", "Contact", "Lead", "CampaignMember")
+        self._defaults = {name: default_values(name) for name in objects}
 
     def _kinds(self) -> bytearray:
         knobs, kinds = self.knobs, bytearray(self.count)
@@ -96,102 +156,173 @@ class GeneratedCampaign:
         for index in range(self.count):
             if (_mix(knobs.seed, index) >> 20) % 1_000_000 < threshold:
                 kinds[index] = LEAD
-        if knobs.converted_every:
+        if knobs.converted_every > 0:
             for index in range(knobs.converted_every - 1, self.count, knobs.converted_every):
                 kinds[index] = LEAD | CONVERTED
         return kinds
 
+    # A converted lead's contact and account: the c-th of each belongs to person (c + 1) * every - 1.
+
+    def _converted_slot(self, index: int) -> int:
+        return (index + 1) // self.knobs.converted_every - 1
+
+    def _converted_index(self, slot: int) -> int:
+        return (slot + 1) * self.knobs.converted_every - 1
+
+    def _is_converted_lead(self, index: int) -> bool:
+        return self.kinds[index] == LEAD | CONVERTED
+
     def count_of(self, object_name: str) -> int:
         return {
             "Lead": self.lead_count,
-            "Contact": self.count - self.lead_count,
+            "Contact": self.count - self.lead_count + self.converted_count,
+            "Account": self.converted_count,
             "CampaignMember": self.count,
         }.get(object_name, 0)
 
     def locate(self, serial: int) -> tuple[str, int] | None:
-        """(object, index) of a serial this campaign generated."""
-        if 0 <= serial - self.people_first < self.count:
-            index = serial - self.people_first
+        """(object, index) of a serial this campaign generated (a converted lead's contact or account:
+        the lead's index)."""
+        first = self.first
+        if 0 <= serial - first.people < self.count:
+            index = serial - first.people
             return ("Lead" if self.kinds[index] & LEAD else "Contact"), index
-        if 0 <= serial - self.members_first < self.count:
-            return "CampaignMember", serial - self.members_first
+        if 0 <= serial - first.members < self.count:
+            return "CampaignMember", serial - first.members
+        if 0 <= serial - first.contacts < self.converted_count:
+            return "Contact", self._converted_index(serial - first.contacts)
+        if 0 <= serial - first.accounts < self.converted_count:
+            return "Account", self._converted_index(serial - first.accounts)
         return None
 
     def serials(self, object_name: str) -> Iterator[int]:
+        """In query order: the members' contacts or leads, then the contacts and accounts conversions made."""
+        first, converted = self.first, self.converted_count
         if object_name == "CampaignMember":
-            return iter(range(self.members_first, self.members_first + self.count))
+            return iter(range(first.members, first.members + self.count))
+        if object_name == "Account":
+            return iter(range(first.accounts, first.accounts + converted))
         if object_name not in ("Contact", "Lead"):
             return iter(())
         want_lead = object_name == "Lead"
-        first, kinds = self.people_first, self.kinds
-        return (first + i for i in range(self.count) if bool(kinds[i] & LEAD) == want_lead)
+        kinds = self.kinds
+        people = (first.people + i for i in range(self.count) if bool(kinds[i] & LEAD) == want_lead)
+        if want_lead:
+            return people
+        return itertools.chain(people, range(first.contacts, first.contacts + converted))
 
     def values(self, object_name: str, index: int, names: Iterable[str]) -> dict[str, Any]:
         names = set(names)
-        if object_name == "CampaignMember":
-            base = self._member(index, names)
-        else:
-            base = self._person(index, names)
-            for name in names:
-                column = self.written.get(name)
-                if column is not None and column[index] is not _UNWRITTEN:
-                    base[name] = column[index]
+        base = self._generated(object_name, index, names)
+        written, slot = self._storage(object_name, index)
+        written.overlay(slot, names, base)
         defaults = self._defaults[object_name]
         return {name: base.get(name, defaults.get(name)) for name in names}
 
-    def write(self, index: int, values: dict[str, Any]) -> None:
-        for name, value in values.items():
-            column = self.written.get(name)
-            if column is None:
-                column = self.written[name] = [_UNWRITTEN] * self.count
-            column[index] = value
+    def write(self, object_name: str, index: int, values: dict[str, Any]) -> None:
+        written, slot = self._storage(object_name, index)
+        written.write(slot, values)
+
+    def _generated(self, object_name: str, index: int, names: set[str]) -> dict[str, Any]:
+        if object_name == "CampaignMember":
+            return self._member(index, names)
+        if object_name == "Account":
+            return self._account(index, names)
+        if object_name == "Contact" and self.kinds[index] & LEAD:
+            return self._converted_contact(index, names)
+        return self._person(index, names)
+
+    def _storage(self, object_name: str, index: int) -> tuple[_Columns, int]:
+        """Where a record's writes are kept, and its slot there."""
+        if object_name == "CampaignMember":
+            return self.member_written, index
+        if object_name == "Account":
+            return self.account_written, self._converted_slot(index)
+        if object_name == "Contact" and self.kinds[index] & LEAD:
+            return self.contact_written, self._converted_slot(index)
+        return self.written, index
 
     # Ids and emails are computed only when asked for: a query over a million members reads few fields.
 
+    def _person_id(self, index: int) -> str:
+        """The id of person `index` as the campaign's member: its contact, or its lead."""
+        return make_id(
+            KEY_PREFIXES["Lead" if self.kinds[index] & LEAD else "Contact"], self.first.people + index
+        )
+
+    def _contact_id(self, index: int) -> str:
+        """The id of the contact converted lead `index` became."""
+        return make_id(KEY_PREFIXES["Contact"], self.first.contacts + self._converted_slot(index))
+
+    def _account_id(self, index: int) -> str:
+        return make_id(KEY_PREFIXES["Account"], self.first.accounts + self._converted_slot(index))
+
     def _person(self, index: int, names: set[str]) -> dict[str, Any]:
+        person = self._person_fields(index, names)
+        if "Id" in names:
+            person["Id"] = self._person_id(index)
+        if self.kinds[index] & LEAD:
+            converted = self._is_converted_lead(index)
+            person["Company"] = self._company(index)
+            person["Status"] = "Closed - Converted" if converted else "Open - Not Contacted"
+            person["IsConverted"] = converted
+            if converted:
+                person["ConvertedDate"] = self.created.date()
+                if "ConvertedContactId" in names:
+                    person["ConvertedContactId"] = self._contact_id(index)
+                if "ConvertedAccountId" in names:
+                    person["ConvertedAccountId"] = self._account_id(index)
+        return person
+
+    def _converted_contact(self, index: int, names: set[str]) -> dict[str, Any]:
+        """The contact converted lead `index` became: its names, Email and Phone, in its account."""
+        contact = self._person_fields(index, names)
+        if "Id" in names:
+            contact["Id"] = self._contact_id(index)
+        if "AccountId" in names:
+            contact["AccountId"] = self._account_id(index)
+        return contact
+
+    def _account(self, index: int, names: set[str]) -> dict[str, Any]:
+        """The account converted lead `index`'s conversion made, named after the lead's company."""
+        account: dict[str, Any] = {"Name": self._company(index), **self._stamps}
+        if "Id" in names:
+            account["Id"] = self._account_id(index)
+        return account
+
+    def _person_fields(self, index: int, names: set[str]) -> dict[str, Any]:
+        """What a person's contact or lead has, and a converted lead's contact copies: names, email, phone."""
         h = _mix(self.knobs.seed, index)
-        kind = self.kinds[index]
         first, last = FIRST_NAMES[h % 20], LAST_NAMES[(h >> 5) % 20]
         person: dict[str, Any] = {
             "FirstName": first,
             "LastName": last,
             "Name": f"{first} {last}",
-            "CreatedDate": self.created,
-            "LastModifiedDate": self.created,
-            "SystemModstamp": self.created,
+            **self._stamps,
         }
-        if "Id" in names:
-            person["Id"] = make_id(
-                KEY_PREFIXES["Lead" if kind & LEAD else "Contact"], self.people_first + index
-            )
         if "Email" in names:
             person["Email"] = self._email(index)
         if "Phone" in names and (h >> 50) % 3:
             person["Phone"] = PHONE_FORMATS[(h >> 52) % len(PHONE_FORMATS)].format(index % 10000)
-        if kind & LEAD:
-            converted = bool(kind & CONVERTED)
-            person["Company"] = COMPANIES[(h >> 10) % len(COMPANIES)].capitalize()
-            person["Status"] = "Closed - Converted" if converted else "Open - Not Contacted"
-            person["IsConverted"] = converted
         return person
 
+    def _company(self, index: int) -> str:
+        return COMPANIES[(_mix(self.knobs.seed, index) >> 10) % len(COMPANIES)].capitalize()
+
     def _member(self, index: int, names: set[str]) -> dict[str, Any]:
-        member: dict[str, Any] = {
-            "CampaignId": self.campaign_id,
-            "Status": "Sent",
-            "CreatedDate": self.created,
-            "LastModifiedDate": self.created,
-            "SystemModstamp": self.created,
-        }
+        member: dict[str, Any] = {"CampaignId": self.campaign_id, "Status": "Sent", **self._stamps}
         if "Id" in names:
-            member["Id"] = make_id(KEY_PREFIXES["CampaignMember"], self.members_first + index)
-        person_object = "Lead" if self.kinds[index] & LEAD else "Contact"
+            member["Id"] = make_id(KEY_PREFIXES["CampaignMember"], self.first.members + index)
+        lead = bool(self.kinds[index] & LEAD)
+        converted = self._is_converted_lead(index)
         if "ContactId" in names or "LeadId" in names:
-            person_id = make_id(KEY_PREFIXES[person_object], self.people_first + index)
-            member["LeadId" if person_object == "Lead" else "ContactId"] = person_id
+            # A converted lead's member names the contact it became beside it, as Salesforce's does.
+            member["LeadId" if lead else "ContactId"] = self._person_id(index)
+            if converted:
+                member["ContactId"] = self._contact_id(index)
         copies = names.intersection(MEMBER_COPIES)
         if copies:
-            member.update(self.values(person_object, index, copies))
+            member.update(self.values("Lead" if lead and not converted else "Contact", index, copies))
         return member
 
     def _email(self, index: int) -> str | None:
@@ -248,6 +379,8 @@ class RecordStore:
         self._next_serial = first_serial  # each org has a range of its own (salesforce_ids.py)
         self.deleted: set[int] = set()
         self.validation_rule: set[int] = set()
+        # How many more updates each locked record refuses with UNABLE_TO_LOCK_ROW.
+        self.locked: Counter[int] = Counter()
 
     # ---- adding ----
 
@@ -266,9 +399,13 @@ class RecordStore:
         return record_id
 
     def generate(self, knobs: GenerateKnobs, campaign_id: str, created: datetime) -> GeneratedCampaign:
-        people_first = self._take_serials(knobs.campaign_members)
-        members_first = self._take_serials(knobs.campaign_members)
-        campaign = GeneratedCampaign(knobs, campaign_id, people_first, members_first, created)
+        first = FirstSerials(
+            people=self._take_serials(knobs.campaign_members),
+            members=self._take_serials(knobs.campaign_members),
+            contacts=self._take_serials(knobs.converted_count),
+            accounts=self._take_serials(knobs.converted_count),
+        )
+        campaign = GeneratedCampaign(knobs, campaign_id, first, created)
         self._campaigns.append(campaign)
         return campaign
 
@@ -300,10 +437,24 @@ class RecordStore:
             if (
                 located is not None
                 and located[0].campaign_id == campaign_id
-                and located[1] != "CampaignMember"
+                and located[1] in ("Contact", "Lead")
             ):
-                serial = located[0].members_first + located[2]
+                serial = located[0].first.members + located[2]
         return None if serial is None or serial in self.deleted else serial
+
+    def members_of(self, person_id: str) -> list[int]:
+        """The serials of the campaign members naming this contact or lead (18 characters), deleted or not."""
+        found = [serial for (_, person), serial in self._members.items() if person == person_id]
+        person_serial = self.resolve(person_id)
+        located = self._locate(person_serial) if person_serial is not None else None
+        if located is not None and located[1] in ("Contact", "Lead"):
+            generated = located[0].first.members + located[2]
+            found += [] if generated in found else [generated]
+        return found
+
+    def link_member(self, campaign_id: str, person_id: str, serial: int) -> None:
+        """Member `serial` of the campaign now names this contact or lead too (a converted lead's contact)."""
+        self._members[(campaign_id, person_id)] = serial
 
     def object_of(self, serial: int) -> str | None:
         if serial in self._seeded:
@@ -366,8 +517,15 @@ class RecordStore:
         if serial in self._seeded:
             self._seeded[serial][1].update(values)
         else:
-            campaign, _, index = self._locate_or_fail(serial)
-            campaign.write(index, values)
+            campaign, object_name, index = self._locate_or_fail(serial)
+            campaign.write(object_name, index, values)
+
+    def delete(self, serial: int) -> None:
+        """To the recycle bin: the record, and a contact's or lead's campaign memberships with it."""
+        self.deleted.add(serial)
+        if self.object_of(serial) in ("Contact", "Lead"):
+            person_id = self.values(serial, ["Id"])["Id"]
+            self.deleted.update(self.members_of(str(person_id)))
 
     def _fill_member_copies(self, found: dict[str, Any], member: dict[str, Any]) -> None:
         copies = [name for name in MEMBER_COPIES if name in found]
@@ -377,5 +535,5 @@ class RecordStore:
             found.update(self.values(person_serial, copies))
 
     def summary(self) -> dict[str, int]:
-        objects = ("Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
+        objects = ("Account", "Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
         return {name: self.count(name) for name in objects}

@@ -2,16 +2,18 @@
 
 Contact and Lead carry the ten ApexVerify custom fields of DESIGN.md's "What is written back"
 table and the standard Email Opt Out checkbox (HasOptedOutOfEmail, the opt_out action's); campaigns
-have member statuses (CampaignMemberStatus). Which fields exist, and which are read-only, is
-configurable per object (see `Schema.configure`), so a connector can be tested against an org that
-lacks some of them.
+have member statuses (CampaignMemberStatus). A lead carries what its conversion set, read-only as on
+Salesforce: IsConverted, ConvertedContactId, ConvertedAccountId and ConvertedDate (a date, no time);
+accounts (a name only) are what conversions create and contacts belong to (AccountId). Which
+fields exist, and which are read-only, is configurable per object (see `Schema.configure`), so a
+connector can be tested against an org that lacks some of them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, to_18
@@ -29,7 +31,7 @@ EMAIL_SHAPE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: str  # id | boolean | datetime | picklist | string | email | phone | reference
+    type: str  # id | boolean | date | datetime | picklist | string | email | phone | reference
     label: str = ""
     updateable: bool = False
     length: int = 0
@@ -102,7 +104,7 @@ def _person_fields() -> list[Field]:
     ]
 
 
-OBJECTS = ("Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
+OBJECTS = ("Account", "Contact", "Lead", "Campaign", "CampaignMember", "CampaignMemberStatus")
 # The standard "Email Opt Out" checkbox of contacts and leads (a verdict action sets it).
 OPT_OUT = Field("HasOptedOutOfEmail", "boolean", label="Email Opt Out", updateable=True)
 
@@ -118,6 +120,7 @@ def _object_fields() -> dict[str, list[Field]]:
         _text("Company", 255),
         Field("Status", "picklist", label="Lead Status", updateable=True, length=255, picklist=LEAD_STATUSES),
         Field("IsConverted", "boolean", label="Converted"),
+        # Set by a conversion (salesforce_convert.py), never by an update.
         Field(
             "ConvertedContactId",
             "reference",
@@ -125,6 +128,14 @@ def _object_fields() -> dict[str, list[Field]]:
             relationship="ConvertedContact",
             length=18,
         ),
+        Field(
+            "ConvertedAccountId",
+            "reference",
+            reference_to="Account",
+            relationship="ConvertedAccount",
+            length=18,
+        ),
+        Field("ConvertedDate", "date", label="Converted Date"),
     ]
     member = [
         # Set when a member is created, never changed after.
@@ -147,7 +158,8 @@ def _object_fields() -> dict[str, list[Field]]:
         Field("HasResponded", "boolean", label="Responded"),
     ]
     return {
-        "Contact": [*_person_fields(), OPT_OUT, *_apexverify_fields()],
+        "Account": [_text("Name", 255, label="Account Name")],
+        "Contact": [*_person_fields(), _reference("AccountId", "Account"), OPT_OUT, *_apexverify_fields()],
         "Lead": [*_person_fields(), OPT_OUT, *lead_only, *_apexverify_fields()],
         "Campaign": campaign,
         "CampaignMember": member,
@@ -245,6 +257,14 @@ def parse_datetime(text: str) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def parse_date(text: str) -> date | None:
+    """A date field's value: 2024-05-01 (a datetime's date part is taken, as Salesforce does)."""
+    try:
+        return date.fromisoformat(text.strip()[:10])
+    except ValueError:
+        return None
+
+
 def json_datetime(value: datetime) -> str:
     """REST's spelling: 2024-05-01T12:00:00.000+0000."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
@@ -256,7 +276,9 @@ def csv_datetime(value: datetime) -> str:
 
 
 def to_json(value: Any) -> Any:
-    return json_datetime(value) if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return json_datetime(value)
+    return value.isoformat() if isinstance(value, date) else value
 
 
 def to_csv(value: Any) -> str:
@@ -266,6 +288,8 @@ def to_csv(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, datetime):
         return csv_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
     return str(value)
 
 
@@ -309,6 +333,11 @@ def coerce_csv(f: Field, cell: str) -> Any:
 
 
 def _coerce_text(f: Field, text: str) -> Any:
+    if f.type == "date":
+        day = parse_date(text)
+        if day is None:
+            raise _wrong_type(f, text)
+        return day
     if f.type == "datetime":
         parsed = parse_datetime(text)
         if parsed is None:
@@ -339,6 +368,7 @@ SOAP_TYPES = {
     "id": "tns:ID",
     "reference": "tns:ID",
     "boolean": "xsd:boolean",
+    "date": "xsd:date",
     "datetime": "xsd:dateTime",
 }
 

@@ -4,7 +4,8 @@
     FROM Contact | Lead | Campaign | CampaignMember
     [WHERE condition]  -- =, !=, <>, <, >, <=, >=, LIKE, IN (...), NOT IN (...), AND, OR, NOT,
                        -- parentheses; values: 'strings', NULL, TRUE, FALSE, datetimes
-                       -- (2024-01-31T10:00:00Z) and date literals (TODAY, LAST_N_DAYS:30, ...)
+                       -- (2024-01-31T10:00:00Z), dates (2024-01-31, for date fields) and
+                       -- date literals (TODAY, LAST_N_DAYS:30, ...)
     [ORDER BY field [ASC|DESC] [NULLS FIRST|LAST], ...] [LIMIT n] [OFFSET n]
 
 As in Salesforce: keywords and field names are case-insensitive, text comparisons too; AND and
@@ -25,7 +26,15 @@ from typing import Any, Protocol
 
 from connector.sandbox.salesforce_ids import to_18
 from connector.sandbox.salesforce_records import Needed
-from connector.sandbox.salesforce_schema import Field, ObjectSchema, Schema, parse_datetime, to_csv, to_json
+from connector.sandbox.salesforce_schema import (
+    Field,
+    ObjectSchema,
+    Schema,
+    parse_date,
+    parse_datetime,
+    to_csv,
+    to_json,
+)
 
 MAX_OFFSET = 2000
 WSDL_HINT = "Please reference your WSDL or the describe call for the appropriate names."
@@ -584,6 +593,14 @@ class _Binder:
             if kind != "boolean":
                 raise self._type_error(f, literal, "of type boolean and should not be enclosed in quotes")
             return literal.value
+        if f.type == "date":
+            if kind == "date_literal":
+                bounds = _date_range(literal.value, self.now)
+                assert bounds is not None  # the parser took it as a date literal
+                return bounds[0].date(), bounds[1].date()
+            if kind != "date":
+                raise self._type_error(f, literal, "of type date and should not be enclosed in quotes")
+            return parse_date(literal.value)
         if f.type == "datetime":
             if kind == "date_literal":
                 return _date_range(literal.value, self.now)
@@ -628,9 +645,10 @@ def _compare(path: FieldPath, op: str, wanted: Any) -> Predicate:
     return ordered
 
 
-def _in_range(path: FieldPath, op: str, bounds: tuple[datetime, datetime]) -> Predicate:
+def _in_range(path: FieldPath, op: str, bounds: tuple[Any, Any]) -> Predicate:
+    """A date literal's [start, end) against a datetime field (datetimes) or a date field (dates)."""
     start, end = bounds
-    tests: dict[str, Callable[[datetime], bool]] = {
+    tests: dict[str, Callable[[Any], bool]] = {
         "=": lambda v: start <= v < end,
         "!=": lambda v: not start <= v < end,
         "<": lambda v: v < start,

@@ -2,7 +2,8 @@
 
 `plan_update` checks a record's id and values and says either what to write or why Salesforce
 would refuse it (per-record errors: MALFORMED_ID, INVALID_CROSS_REFERENCE_KEY, ENTITY_IS_DELETED,
-CANNOT_UPDATE_CONVERTED_LEAD, INVALID_FIELD_FOR_INSERT_UPDATE, INVALID_TYPE_ON_FIELD_IN_RECORD,
+CANNOT_UPDATE_CONVERTED_LEAD, UNABLE_TO_LOCK_ROW for a record locked through POST /_sandbox/locks,
+INVALID_FIELD_FOR_INSERT_UPDATE, INVALID_TYPE_ON_FIELD_IN_RECORD,
 INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST, FIELD_CUSTOM_VALIDATION_EXCEPTION for records seeded
 with the validation-rule flag). `apply` writes a plan that has no errors.
 """
@@ -21,6 +22,7 @@ VALIDATION_RULE_MESSAGE = "This record is locked by a validation rule (ApexVerif
 ROLLED_BACK = (
     "Record rolled back because not all records were valid and the request was using AllOrNone header"
 )
+LOCKED_MESSAGE = "unable to obtain exclusive access to this record"
 READ_ONLY = (
     "Unable to create/update fields: {names}. Please check the security settings of this field and verify "
     "that it is read/write for your profile or permission set."
@@ -109,6 +111,10 @@ def _refuse_record(state: SandboxState, object_name: str, serial: int) -> WriteE
         return WriteError("ENTITY_IS_DELETED", "entity is deleted")
     if object_name == "Lead" and state.store.values(serial, ["IsConverted"])["IsConverted"]:
         return WriteError("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
+    if state.store.locked[serial] > 0:
+        # Another transaction holds the row (for as many more updates as the lock was set for).
+        state.store.locked[serial] -= 1
+        return WriteError("UNABLE_TO_LOCK_ROW", LOCKED_MESSAGE)
     return None
 
 

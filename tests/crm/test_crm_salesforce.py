@@ -1,6 +1,7 @@
 """The Salesforce source, reader and writer against the Salesforce sandbox, over real HTTP with the real
 simple-salesforce: campaign and SOQL segments over REST and Bulk API 2.0, records by id, the field
-check, sObject Collections and ingest write-backs with per-record refusals, the daily API reserve,
+check, sObject Collections and ingest write-backs with per-record refusals (locked rows transient),
+what became of refused records (converted leads, deleted records), the daily API reserve,
 REQUEST_LIMIT_EXCEEDED, 5xx retries and an expired session refreshed with client credentials.
 """
 
@@ -16,7 +17,15 @@ from typing import Any
 import pytest
 
 from connector.config import Settings
-from connector.crm.base import FlagUpdate, SourceRecord, Verdict, WriteFailure
+from connector.crm.base import (
+    CONVERTED_TO,
+    DELETED,
+    FlagUpdate,
+    RecordFate,
+    SourceRecord,
+    Verdict,
+    WriteFailure,
+)
 from connector.crm.salesforce.api import SalesforceApi
 from connector.crm.salesforce.flags import SalesforceFlagWriter
 from connector.crm.salesforce.records import SalesforceRecordReader, SalesforceSegmentSource
@@ -24,7 +33,7 @@ from connector.errors import ConnectorError, TransientError
 from connector.sandbox.salesforce import create_app
 from connector.sandbox.server import SandboxServer, serve_in_thread
 from tests.conftest import settings_with
-from tests.sandbox.test_sandbox_salesforce import control, sandbox_record, sandbox_state
+from tests.sandbox.test_sandbox_salesforce import control, converted_to, sandbox_record, sandbox_state
 
 TOKEN = "00DDn0000000001!connector-test-session"
 CLIENT_ID = "3MVG9-connector-test-client"
@@ -83,7 +92,8 @@ def requests_to(sandbox: SandboxServer, route: str) -> int:
 
 
 def seed_campaign(sandbox: SandboxServer) -> dict[str, Any]:
-    """Contacts and leads in one campaign: a duplicate address, no address, verified ones, a phone."""
+    """Contacts and leads in one campaign: a duplicate address, no address, verified ones, a phone, a
+    converted lead (fritz, whose member names the contact it became)."""
     people = control(
         sandbox,
         "seed",
@@ -106,7 +116,13 @@ def seed_campaign(sandbox: SandboxServer) -> dict[str, Any]:
     contacts, leads = people["contacts"], people["leads"]
     members = [{"ContactId": c} for c in contacts[:3]] + [{"LeadId": lead} for lead in leads]
     campaign = control(sandbox, "seed", {"campaigns": [{"Name": "Spring", "members": members}]})
-    return {"contacts": contacts, "leads": leads, "campaign": campaign["campaigns"][0]["Id"]}
+    [fritz] = people["converted"]  # seeded converted: to a contact of its own, as on Salesforce
+    return {
+        "contacts": contacts,
+        "leads": leads,
+        "fritz_contact": fritz["ContactId"],
+        "campaign": campaign["campaigns"][0]["Id"],
+    }
 
 
 def verdict(status: str = "valid", *, is_role: bool | None = False) -> Verdict:
@@ -137,7 +153,7 @@ def test_a_campaign_read_over_rest_and_bulk_yields_the_same_contacts_and_leads(
     api: SalesforceApi, sandbox: SandboxServer
 ) -> None:
     seeded = seed_campaign(sandbox)
-    (ada, ben, costa, _), (eve, fritz, gray) = seeded["contacts"], seeded["leads"]
+    (ada, ben, costa, _), (eve, _, gray) = seeded["contacts"], seeded["leads"]
 
     over_rest = list(campaign_source(api, seeded["campaign"]).iter_records())
     over_bulk = list(
@@ -149,7 +165,8 @@ def test_a_campaign_read_over_rest_and_bulk_yields_the_same_contacts_and_leads(
         SourceRecord(ben, "ADA@acme.com ", "Contact", None),  # normalizing is the pipeline's job
         SourceRecord(costa, None, "Contact", None),
         SourceRecord(eve, "eve@gmail.com", "Lead", None),
-        SourceRecord(fritz, "fritz@hooli.com", "Lead", None),
+        # The converted lead's member is read as the contact it became, with the lead's email.
+        SourceRecord(seeded["fritz_contact"], "fritz@hooli.com", "Contact", None),
         SourceRecord(gray, None, "Lead", None),
     ]
     assert by_id(over_rest) == by_id(over_bulk) == by_id(expected)
@@ -175,9 +192,17 @@ def test_a_generated_campaign_pages_the_same_over_rest_and_bulk_and_keeps_to_its
     assert sum(record.value is None for record in over_rest) == 2500 // 61  # missing_email_every
     leads = list(campaign_source(api, campaign, object="Lead").iter_records())
     contacts = list(campaign_source(api, campaign, object="Contact", bulk_threshold=0).iter_records())
-    assert len(leads) == counts["leads"] and {r.object_type for r in leads} == {"Lead"}
+    # A converted lead's member is its contact's: read with the contacts, never with the leads.
+    assert counts["converted_leads"] == 2500 // 200
+    assert len(leads) == counts["leads"] - counts["converted_leads"] and {r.object_type for r in leads} == {
+        "Lead"
+    }
     assert len(contacts) == counts["contacts"] and {r.object_type for r in contacts} == {"Contact"}
     assert all(record.record_id.startswith("00Q") for record in leads)
+    converted = api.query("SELECT ConvertedContactId FROM Lead WHERE IsConverted = TRUE")["records"]
+    became = {str(lead["ConvertedContactId"]) for lead in converted}
+    assert len(became) == counts["converted_leads"] and became <= {r.record_id for r in contacts}
+    assert became <= {r.record_id for r in over_rest}
 
 
 def test_a_soql_segment_selects_by_where_clause_for_email_and_phone(
@@ -422,6 +447,132 @@ def test_a_bulk_write_still_running_is_resumed_by_the_retried_batch(
 
 
 # ---- limits, outages and sessions --------------------------------------------------------------
+
+
+# ---- what became of refused records -----------------------------------------------------------
+
+
+def seed_fates(sandbox: SandboxServer, api: SalesforceApi) -> dict[str, str]:
+    """Records a write-back finds converted, deleted, or refusing for another reason; ids by name."""
+    people = control(
+        sandbox,
+        "seed",
+        {
+            "contacts": [
+                {"LastName": "kept", "Email": "kept@acme.com"},
+                {"LastName": "gone", "Email": "gone@acme.com"},
+                {"LastName": "rule", "Email": "rule@acme.com"},
+                {"LastName": "owner", "Email": "owner@acme.com", "Phone": "+1 415 555 0101"},
+            ],
+            "leads": [
+                {"LastName": "lena", "Company": "Hooli", "Email": "lena@hooli.com",
+                 "Phone": "+1 415 555 0102"},
+                {"LastName": "max", "Company": "Initech", "Email": "max@initech.com"},
+                {"LastName": "orphan", "Company": "Umbrella", "Email": "orphan@umbrella.com"},
+                {"LastName": "early", "Company": "Co", "Email": "early@co.com", "IsConverted": True},
+                {"LastName": "lead_gone", "Company": "Co", "Email": "lead_gone@co.com"},
+            ],
+        },
+    )  # fmt: skip
+    ids = dict(zip(("kept", "gone", "rule", "owner"), people["contacts"], strict=True))
+    ids.update(zip(("lena", "max", "orphan", "early", "lead_gone"), people["leads"], strict=True))
+    ids["early_contact"] = people["converted"][0]["ContactId"]  # seeded converted: to a new contact
+    control(sandbox, "seed", {"validation_rule_ids": [ids["rule"]]})
+    contacts = converted_to(
+        sandbox,
+        {"LeadId": ids["lena"]},  # a new contact, with the lead's email and phone
+        {"LeadId": ids["max"], "ContactId": ids["owner"]},  # merged into a contact with its own email
+        {"LeadId": ids["orphan"]},  # its contact is deleted afterwards
+    )
+    ids["lena_contact"], ids["orphan_contact"] = contacts[ids["lena"]], contacts[ids["orphan"]]
+    for object_name, name in (("Contact", "gone"), ("Lead", "lead_gone"), ("Contact", "orphan_contact")):
+        api.rest("DELETE", f"sobjects/{object_name}/{ids[name]}")  # to the recycle bin, as a user would
+    return ids
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["rest", "bulk"])
+def test_fates_follow_converted_leads_to_their_contacts_and_confirm_deletions(
+    api: SalesforceApi, sandbox: SandboxServer, tmp_path: Path, bulk: bool
+) -> None:
+    ids = seed_fates(sandbox, api)
+    names = ("kept", "gone", "rule", "lena", "max", "orphan", "early", "lead_gone")
+    asked = [ids[name] for name in names] + [UNKNOWN_CONTACT, "not-an-id"]
+    writer = SalesforceFlagWriter(api, "email", expected_updates=10, bulk_threshold=5 if bulk else 1000,
+                                  work_dir=tmp_path)  # fmt: skip
+    failures = writer.write(FlagUpdate(record_id, None, verdict()) for record_id in asked)
+    assert writer.bulk is bulk
+    # The refusals as Salesforce gives them, REST and Bulk alike.
+    assert {f.record_id: f.code for f in failures} == {
+        ids["gone"]: "ENTITY_IS_DELETED",
+        ids["rule"]: "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        ids["lena"]: "CANNOT_UPDATE_CONVERTED_LEAD",
+        ids["max"]: "CANNOT_UPDATE_CONVERTED_LEAD",
+        ids["orphan"]: "CANNOT_UPDATE_CONVERTED_LEAD",
+        ids["early"]: "CANNOT_UPDATE_CONVERTED_LEAD",
+        ids["lead_gone"]: "ENTITY_IS_DELETED",
+        UNKNOWN_CONTACT: "INVALID_CROSS_REFERENCE_KEY",
+        "not-an-id": "MALFORMED_ID",
+    }
+    # A refusal saying "deleted" for a record that is there after all (restored since, say).
+    failures.append(WriteFailure(ids["kept"], "ENTITY_IS_DELETED", "entity is deleted"))
+
+    fates = SalesforceRecordReader(api).fates(failures, "email")
+
+    assert sorted(fates, key=lambda fate: fate.record_id) == sorted(
+        [
+            RecordFate(ids["lena"], CONVERTED_TO, ids["lena_contact"], "Contact", "lena@hooli.com"),
+            RecordFate(ids["max"], CONVERTED_TO, ids["owner"], "Contact", "owner@acme.com"),
+            RecordFate(ids["orphan"], DELETED),  # the contact it became is deleted too
+            RecordFate(ids["early"], CONVERTED_TO, ids["early_contact"], "Contact", "early@co.com"),
+            RecordFate(ids["gone"], DELETED),
+            RecordFate(ids["lead_gone"], DELETED),
+            RecordFate(UNKNOWN_CONTACT, DELETED),  # a query confirms no such record
+        ],
+        key=lambda fate: fate.record_id,
+    )  # left out: kept (found as it was), rule, not-an-id
+
+
+def test_fates_read_the_successors_phone_and_ask_200_ids_a_query(
+    api: SalesforceApi, sandbox: SandboxServer
+) -> None:
+    ids = seed_fates(sandbox, api)
+    deleted = control(sandbox, "seed", {"contacts": [{"LastName": f"D{n}"} for n in range(450)]})["contacts"]
+    control(sandbox, "seed", {"deleted_ids": deleted})
+    failures = [WriteFailure(record_id, "ENTITY_IS_DELETED", "entity is deleted") for record_id in deleted]
+    failures += [WriteFailure(ids[name], "CANNOT_UPDATE_CONVERTED_LEAD", "x") for name in ("lena", "max")]
+    queries = requests_to(sandbox, f"GET {ROUTE}/query")
+
+    fates = SalesforceRecordReader(api).fates(failures, "phone")
+
+    by_id = {fate.record_id: fate for fate in fates}
+    assert by_id[ids["lena"]].successor_value == "+1 415 555 0102"
+    assert by_id[ids["max"]].successor_value == "+1 415 555 0101"  # the contact's own phone
+    assert {by_id[record_id].reason for record_id in deleted} == {DELETED} and len(fates) == 452
+    # 450 contacts in 3 queries; the 2 leads in 1, their contacts in 1.
+    assert requests_to(sandbox, f"GET {ROUTE}/query") - queries == 5
+    assert SalesforceRecordReader(api).fates([], "email") == []
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["rest", "bulk"])
+def test_a_locked_row_is_a_transient_failure_and_takes_the_write_again(
+    api: SalesforceApi, sandbox: SandboxServer, tmp_path: Path, bulk: bool
+) -> None:
+    ids = seed_write_targets(sandbox)
+    control(sandbox, "locks", {"ids": [ids["ok1"]]})
+    writer = SalesforceFlagWriter(api, "email", expected_updates=6, bulk_threshold=5 if bulk else 1000,
+                                  work_dir=tmp_path)  # fmt: skip
+
+    failures = writer.write(updates_for(ids))
+
+    assert {failure.code: failure.transient for failure in failures} == {
+        "UNABLE_TO_LOCK_ROW": True,  # ok1's: the write-back tries it again in the same run
+        "ENTITY_IS_DELETED": False,
+        "CANNOT_UPDATE_CONVERTED_LEAD": False,
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION": False,
+    }
+    assert failures_by_name(failures, ids)["ok1"] == "UNABLE_TO_LOCK_ROW"
+    assert writer.write([FlagUpdate(ids["ok1"], "Contact", verdict())]) == []
+    assert sandbox_record(sandbox, ids["ok1"])["fields"]["ApexVerify_Status__c"] == "valid"
 
 
 def read_one(api: SalesforceApi, record_id: str) -> list[SourceRecord]:

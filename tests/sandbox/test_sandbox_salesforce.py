@@ -1,6 +1,7 @@
 """The Salesforce sandbox, driven over real HTTP with simple-salesforce built by `make_salesforce`
 (as the connector drives Salesforce): SOQL and paging, describe, sObject Collections, Bulk API 2.0,
-the API allocation, sessions and OAuth client credentials, and generated campaigns.
+the API allocation, sessions and OAuth client credentials, generated campaigns, lead conversion,
+records deleted to the recycle bin and locked rows.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+import tracemalloc
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -104,7 +107,8 @@ def error_code(error: Exception) -> str:
 
 
 def seed_people(sandbox: SandboxServer) -> dict[str, str]:
-    """A small org covering every per-record refusal; returns ids by role."""
+    """A small org covering every per-record refusal; returns ids by role (fritz_contact: the contact
+    converted lead fritz became)."""
     seeded = control(
         sandbox,
         "seed",
@@ -128,6 +132,9 @@ def seed_people(sandbox: SandboxServer) -> dict[str, str]:
     )
     ada, ben, cleo, dev = seeded["contacts"]
     eve, fritz = seeded["leads"]
+    # Seeded converted, fritz is converted as Salesforce converts: to a new contact.
+    [conversion] = seeded["converted"]
+    assert conversion["LeadId"] == fritz
     campaign = control(
         sandbox,
         "seed",
@@ -146,6 +153,7 @@ def seed_people(sandbox: SandboxServer) -> dict[str, str]:
         "dev": dev,
         "eve": eve,
         "fritz": fritz,
+        "fritz_contact": conversion["ContactId"],
         "campaign": campaign["Id"],
     }
 
@@ -201,26 +209,33 @@ def test_soql_where_order_limit_and_campaign_member_relationships(
 ) -> None:
     people = seed_people(sandbox)
     ada, ben, cleo = people["ada"], people["ben"], people["cleo"]
+    fischer = people["fritz_contact"]  # LastName Fischer, fritz@hooli.com, no phone
 
     def contact_ids(where: str) -> list[str]:
         return ids(sf.query_all(f"SELECT Id FROM Contact WHERE {where} ORDER BY LastName")["records"])
 
     assert contact_ids("email = 'ADA@acme.com'") == [ada]  # text compares case-insensitively
-    assert contact_ids("Email != 'ada@acme.com'") == [ben, cleo]
+    assert contact_ids("Email != 'ada@acme.com'") == [ben, cleo, fischer]
     assert contact_ids("Email LIKE '%@globex.com' OR Email LIKE 'cleo%'") == [ben, cleo]
     assert contact_ids(f"Id IN ('{ada[:15]}', '{cleo}')") == [ada, cleo]  # 15-char ids match too
-    assert contact_ids(f"Id NOT IN ('{ada}') AND (Phone = null OR FirstName = 'Ada')") == [ben, cleo]
-    assert contact_ids("ApexVerify_Valid__c = false AND ApexVerify_Verified_At__c = null") == [ada, ben, cleo]
+    assert contact_ids(f"Id NOT IN ('{ada}') AND (Phone = null OR FirstName = 'Ada')") == [ben, cleo, fischer]
+    assert contact_ids("ApexVerify_Valid__c = false AND ApexVerify_Verified_At__c = null") == [
+        ada,
+        ben,
+        cleo,
+        fischer,
+    ]
     assert contact_ids("CreatedDate = LAST_N_DAYS:1 AND CreatedDate > 2020-01-01T00:00:00Z") == [
         ada,
         ben,
         cleo,
+        fischer,
     ]
     assert contact_ids("CreatedDate < LAST_N_DAYS:30") == []
-    assert contact_ids("NOT Email LIKE '%acme%'") == [ben, cleo]
+    assert contact_ids("NOT Email LIKE '%acme%'") == [ben, cleo, fischer]
 
     ordered = sf.query("SELECT LastName FROM Contact ORDER BY LastName DESC LIMIT 2")["records"]
-    assert [r["LastName"] for r in ordered] == ["Costa", "Berg"]
+    assert [r["LastName"] for r in ordered] == ["Fischer", "Costa"]
     assert sf.query("SELECT COUNT() FROM Lead WHERE IsConverted = TRUE")["totalSize"] == 1
 
     members = sf.query_all(
@@ -617,8 +632,10 @@ def test_generate_10000_campaign_members(sandbox: SandboxServer, sf: Salesforce)
     answer = control(sandbox, "seed", {"generate": knobs})
     campaign = answer["campaign_id"]
     generated = answer["generated"]
-    assert generated["contacts"] + generated["leads"] == 10_000
-    assert 2_700 < generated["leads"] < 3_300 and generated["converted_leads"] == 50
+    # Records: the members' contacts and leads, and the contact and account each converted lead became.
+    assert (generated["converted_leads"], generated["accounts"]) == (50, 50)
+    assert generated["contacts"] + generated["leads"] == 10_000 + 50
+    assert 2_700 < generated["leads"] < 3_300
 
     soql = (
         "SELECT Id, ContactId, LeadId, Contact.Email, Lead.Email FROM CampaignMember WHERE CampaignId = '{}'"
@@ -627,6 +644,10 @@ def test_generate_10000_campaign_members(sandbox: SandboxServer, sf: Salesforce)
     members = [row for page in pages for row in csv.DictReader(io.StringIO(page))]
     assert len(members) == 10_000 and len({m["Id"] for m in members}) == 10_000
     assert sum(1 for m in members if m["LeadId"]) == generated["leads"]
+    # A converted lead's member names the contact it became too, with the lead's email.
+    both = [m for m in members if m["LeadId"] and m["ContactId"]]
+    assert len(both) == 50 and all(m["Contact.Email"] == m["Lead.Email"] for m in both)
+    assert sum(1 for m in members if m["ContactId"]) == generated["contacts"]
     emails = [m["Contact.Email"] or m["Lead.Email"] for m in members]
     positions = range(1, 10_001)  # every n-th member is position % n == 0; a missing email wins
     assert sum(1 for e in emails if not e) == sum(1 for p in positions if p % 61 == 0)
@@ -647,7 +668,140 @@ def test_generate_10000_campaign_members(sandbox: SandboxServer, sf: Salesforce)
 
     converted = sf.query("SELECT COUNT() FROM Lead WHERE IsConverted = TRUE")["totalSize"]
     assert converted == 50
+    to_contacts = "SELECT COUNT() FROM Lead WHERE IsConverted = TRUE AND ConvertedContactId != NULL"
+    assert sf.query(to_contacts)["totalSize"] == 50  # never converted to no contact
     assert control(sandbox, "seed", {"generate": knobs})["generated"] == generated  # deterministic
+
+
+def generated_conversions(sf: Salesforce) -> dict[str, dict[str, Any]]:
+    """{converted lead id: its row} of every converted lead."""
+    soql = (
+        "SELECT Id, FirstName, LastName, Email, Phone, Company, Status, ConvertedContactId, "
+        "ConvertedAccountId, ConvertedDate FROM Lead WHERE IsConverted = TRUE"
+    )
+    return {lead["Id"]: lead for lead in sf.query_all(soql)["records"]}
+
+
+def test_a_generated_converted_lead_has_the_contact_it_became_and_its_member_names_both(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    knobs = {"campaign_members": 1000, "lead_ratio": 0.3, "converted_every": 100}
+    answer = control(sandbox, "seed", {"generate": knobs})
+    campaign, generated = answer["campaign_id"], answer["generated"]
+    leads = generated_conversions(sf)
+    assert len(leads) == generated["converted_leads"] == generated["accounts"] == 10
+    contact_of = {lead_id: lead["ConvertedContactId"] for lead_id, lead in leads.items()}
+
+    contacts = sf.query_all(
+        "SELECT Id, FirstName, LastName, Email, Phone, AccountId, Account.Name, CreatedDate FROM Contact "
+        f"WHERE Id IN ({', '.join(repr(c) for c in contact_of.values())})"
+    )["records"]
+    by_id = {contact["Id"]: contact for contact in contacts}
+    assert len(by_id) == 10
+    for lead_id, lead in leads.items():
+        contact = by_id[contact_of[lead_id]]
+        assert contact["Id"][:3] == "003" and lead["ConvertedAccountId"][:3] == "001"
+        assert [contact[name] for name in ("FirstName", "LastName", "Email", "Phone")] == [
+            lead[name] for name in ("FirstName", "LastName", "Email", "Phone")
+        ]
+        assert (contact["AccountId"], contact["Account"]["Name"]) == (
+            lead["ConvertedAccountId"],
+            lead["Company"],
+        )
+        assert (lead["Status"], lead["ConvertedDate"]) == ("Closed - Converted", contact["CreatedDate"][:10])
+
+    # Each has an id of its own: not another record's, not one seeded or generated later.
+    listed = requests.get(
+        f"{sandbox.url}/_sandbox/records",
+        params={"object": "Contact", "limit": 5000, "field": "Id"},
+        timeout=10,
+    ).json()
+    contact_ids = [record["Id"] for record in listed["records"]]
+    assert listed["total"] == len(set(contact_ids)) == generated["contacts"]
+    assert set(contact_of.values()) <= set(contact_ids)
+    later = control(sandbox, "seed", {"contacts": [{"LastName": "Later"}], "generate": knobs})
+    again = generated_conversions(sf)
+    assert len(again) == 20 and len({lead["ConvertedContactId"] for lead in again.values()}) == 20
+    assert len({lead["ConvertedAccountId"] for lead in again.values()}) == 20
+    assert later["contacts"][0] not in {lead["ConvertedContactId"] for lead in again.values()}
+
+    # The member names both; a campaign segment's Contact read takes it as the contact.
+    soql = f"SELECT LeadId, ContactId, Contact.Email FROM CampaignMember WHERE CampaignId = '{campaign}'"
+    members = sf.query_all(soql)["records"]
+    named = {m["LeadId"]: m["ContactId"] for m in members if m["LeadId"] and m["ContactId"]}
+    assert named == contact_of
+    assert all(m["Contact"]["Email"] == leads[m["LeadId"]]["Email"] for m in members if m["LeadId"] in named)
+    as_contacts = f"SELECT COUNT() FROM CampaignMember WHERE CampaignId = '{campaign}' AND ContactId != NULL"
+    assert sf.query(as_contacts)["totalSize"] == generated["contacts"]
+
+    # Converted already: neither converted again nor updated.
+    lead_id = next(iter(leads))
+    assert convert(sandbox, {"LeadId": lead_id}).status_code == 400
+    assert bulk_errors(sf, "Lead", [{"Id": lead_id, "ApexVerify_Valid__c": "true"}]) == {
+        lead_id: "CANNOT_UPDATE_CONVERTED_LEAD:cannot reference converted lead:--"
+    }
+
+
+def test_writes_to_a_generated_converted_leads_contact_are_kept_and_read_everywhere(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    knobs = {"campaign_members": 2000, "lead_ratio": 0.3, "converted_every": 100}
+    control(sandbox, "seed", {"generate": knobs})
+    leads = generated_conversions(sf)
+    contacts = sorted(lead["ConvertedContactId"] for lead in leads.values())
+    assert len(contacts) == 20
+    over_rest, over_bulk = contacts[:10], contacts[10:]
+    control(sandbox, "config", {"track_writes": ["ApexVerify_Status__c"]})
+
+    results = collection_update(sf, [flags("Contact", c, ApexVerify_Status__c="valid") for c in over_rest])
+    assert outcomes(results) == ["ok"] * 10
+    assert bulk_errors(sf, "Contact", [{"Id": c, "ApexVerify_Status__c": "wrong"} for c in over_bulk]) == {}
+
+    expected = {**dict.fromkeys(over_rest, "valid"), **dict.fromkeys(over_bulk, "wrong")}
+    assert {c: sandbox_record(sandbox, c)["fields"]["ApexVerify_Status__c"] for c in contacts} == expected
+    assert sandbox_record(sandbox, contacts[0])["object"] == "Contact"
+    listed = requests.get(
+        f"{sandbox.url}/_sandbox/records",
+        params={"object": "Contact", "limit": 5000, "field": "ApexVerify_Status__c"},
+        timeout=10,
+    ).json()["records"]
+    assert {r["Id"]: r["ApexVerify_Status__c"] for r in listed if r["ApexVerify_Status__c"]} == expected
+    written = sf.query_all("SELECT Id, ApexVerify_Status__c FROM Contact WHERE ApexVerify_Status__c != NULL")
+    assert {r["Id"]: r["ApexVerify_Status__c"] for r in written["records"]} == expected
+    pages = sf.bulk2.Contact.query("SELECT Id, ApexVerify_Status__c FROM Contact", wait=0)
+    rows = [row for page in pages for row in csv.DictReader(io.StringIO(page))]
+    assert {r["Id"]: r["ApexVerify_Status__c"] for r in rows if r["ApexVerify_Status__c"]} == expected
+    writes = requests.get(
+        f"{sandbox.url}/_sandbox/writes", params={"field": "ApexVerify_Status__c"}, timeout=5
+    ).json()["records"]
+    assert writes == {c: [status] for c, status in expected.items()}
+    # The leads they were keep none of it.
+    assert sf.query("SELECT COUNT() FROM Lead WHERE ApexVerify_Status__c != NULL")["totalSize"] == 0
+
+
+def test_generated_converted_leads_contacts_cost_a_column_per_written_field(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    """200,000 members, 10,000 of them converted leads whose contacts are all written: what the record
+    store holds stays a byte per member and 8 bytes per written value, no record of its own."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        knobs = {"campaign_members": 200_000, "lead_ratio": 0.3, "converted_every": 20}
+        assert control(sandbox, "seed", {"generate": knobs})["generated"]["converted_leads"] == 10_000
+        contacts = [lead["ConvertedContactId"] for lead in generated_conversions(sf).values()]
+        rows = [{"Id": c, "ApexVerify_Status__c": "valid", "ApexVerify_Valid__c": "true"} for c in contacts]
+        assert bulk_errors(sf, "Contact", rows) == {}
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    store = [tracemalloc.Filter(True, "*/connector/sandbox/salesforce_records.py")]
+    grown = after.filter_traces(store).compare_to(before.filter_traces(store), "filename")
+    held = sum(stat.size_diff for stat in grown)
+    # 200,000 kinds (1 byte each) + 4 columns of 10,000 values (the 2 fields, LastModifiedDate and
+    # SystemModstamp; 8 bytes each): ~520 kB. A dict per contact would add 10,000 x 200+ bytes.
+    assert held < 700_000, held
+    assert sandbox_record(sandbox, contacts[-1])["fields"]["ApexVerify_Valid__c"] is True
 
 
 def test_the_cli_command_serves_on_port_8103_by_default() -> None:
@@ -888,3 +1042,332 @@ def test_members_created_in_a_generated_campaign_are_refused_as_duplicates(
         "ok",
     ]
     assert sf.query(f"SELECT COUNT() FROM CampaignMember WHERE CampaignId = '{campaign}'")["totalSize"] == 11
+
+
+# ---- lead conversion, deletion, locked rows ----
+
+DELETE_ROUTE = "DELETE /services/data/v{version}/sobjects/{object_name}/{record_id}"
+
+
+def convert(sandbox: SandboxServer, *leads: dict[str, str]) -> requests.Response:
+    return requests.post(f"{sandbox.url}/_sandbox/convert", json={"leads": list(leads)}, timeout=10)
+
+
+def converted_to(sandbox: SandboxServer, *leads: dict[str, str]) -> dict[str, str]:
+    """Convert the leads; {lead id: contact id}."""
+    answer = convert(sandbox, *leads)
+    answer.raise_for_status()
+    return {c["LeadId"]: c["ContactId"] for c in answer.json()["converted"]}
+
+
+def bulk_errors(sf: Salesforce, object_name: str, rows: list[dict[str, str]]) -> dict[str, str]:
+    """Update `rows` with one Bulk API 2.0 ingest job; {record id: sf__Error} of its failed results."""
+    [outcome] = getattr(sf.bulk2, object_name).update(records=rows, wait=0)
+    failed = getattr(sf.bulk2, object_name).get_failed_records(outcome["job_id"])
+    return {row["sf__Id"]: row["sf__Error"] for row in csv.DictReader(io.StringIO(failed))}
+
+
+def test_a_converted_lead_becomes_a_new_contact_and_refuses_updates(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    eve = people["eve"]
+    sf.Lead.update(eve, {"Phone": "+44 20 7946 0000", "FirstName": "Eve"})
+
+    answer = convert(sandbox, {"LeadId": eve[:15]})
+
+    assert answer.status_code == 200
+    [conversion] = answer.json()["converted"]
+    contact, account = conversion["ContactId"], conversion["AccountId"]
+    assert (conversion["LeadId"], contact[:3], account[:3]) == (eve, "003", "001")
+    soql = (
+        "SELECT Id, IsConverted, ConvertedContactId, ConvertedAccountId, ConvertedDate, Status "
+        f"FROM Lead WHERE Id IN ('{eve[:15]}', '{people['fritz']}') ORDER BY LastName"
+    )
+    lead, fritz = sf.query(soql)["records"]
+    assert (lead["IsConverted"], lead["ConvertedContactId"], lead["ConvertedAccountId"]) == (
+        True,
+        contact,
+        account,
+    )
+    assert (lead["Status"], lead["ConvertedDate"]) == (
+        "Closed - Converted",
+        datetime.now(UTC).date().isoformat(),
+    )
+    # Seeded converted, fritz was converted to a contact of its own: never to none.
+    assert (fritz["IsConverted"], fritz["ConvertedContactId"]) == (True, people["fritz_contact"])
+    assert fritz["ConvertedAccountId"] not in (None, account) and fritz["Status"] == "Closed - Converted"
+    [created] = sf.query(
+        f"SELECT Id, Email, Phone, FirstName, LastName, Account.Name FROM Contact WHERE Id IN ('{contact}')"
+    )["records"]
+    assert (created["Email"], created["Phone"]) == ("eve@gmail.com", "+44 20 7946 0000")
+    assert (created["FirstName"], created["LastName"], created["Account"]["Name"]) == (
+        "Eve",
+        "Evans",
+        "Initech",
+    )
+    # Custom fields are not carried over unless the org maps them.
+    assert sandbox_record(sandbox, contact)["fields"]["ApexVerify_Status__c"] is None
+    # Its campaign member names the contact too, as a converted lead's member does.
+    assert (contact, eve, "Sent") in members_of(sf, people["campaign"])
+
+    refused = collection_update(sf, [flags("Lead", eve, ApexVerify_Valid__c=True)])
+    assert refused[0]["errors"][0] == {
+        "statusCode": "CANNOT_UPDATE_CONVERTED_LEAD",
+        "message": "cannot reference converted lead",
+        "fields": [],
+    }
+    with pytest.raises(SalesforceMalformedRequest) as patched:
+        sf.Lead.update(eve, {"ApexVerify_Valid__c": True})
+    assert error_code(patched.value) == "CANNOT_UPDATE_CONVERTED_LEAD"
+    assert bulk_errors(sf, "Lead", [{"Id": eve, "ApexVerify_Valid__c": "true"}]) == {
+        eve: "CANNOT_UPDATE_CONVERTED_LEAD:cannot reference converted lead:--"
+    }
+    assert outcomes(collection_update(sf, [flags("Contact", contact, ApexVerify_Valid__c=True)])) == ["ok"]
+
+
+def test_a_lead_converted_into_an_existing_contact_keeps_that_contacts_values(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    lead = control(
+        sandbox,
+        "seed",
+        {"leads": [{"LastName": "Gray", "Company": "Umbrella", "Email": "gil@umbrella.com",
+                    "Phone": "+1 212 555 0199", "Title": "CTO"}]},
+    )["leads"][0]  # fmt: skip
+    contacts_before = sf.query("SELECT COUNT() FROM Contact")["totalSize"]
+
+    assert converted_to(sandbox, {"LeadId": lead, "ContactId": people["ben"]}) == {lead: people["ben"]}
+
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == contacts_before
+    [ben] = sf.query(
+        f"SELECT Email, Phone, Title, LastName, AccountId FROM Contact WHERE Id = '{people['ben']}'"
+    )["records"]
+    # Only its empty fields are filled: it keeps its own email and name.
+    assert (ben["Email"], ben["LastName"]) == ("info@globex.com", "Berg")
+    assert (ben["Phone"], ben["Title"]) == ("+1 212 555 0199", "CTO")
+    [gray] = sf.query(f"SELECT ConvertedContactId, ConvertedAccountId FROM Lead WHERE Id = '{lead}'")[
+        "records"
+    ]
+    assert (gray["ConvertedContactId"], gray["ConvertedAccountId"]) == (people["ben"], ben["AccountId"])
+
+
+def test_a_lead_seeded_converted_is_converted_to_a_contact_never_to_none(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    [account] = control(sandbox, "seed", {"accounts": [{"Name": "Owner Inc"}]})["accounts"]
+    seeded = control(
+        sandbox,
+        "seed",
+        {
+            "contacts": [{"LastName": "Owner", "Email": "owner@acme.com", "AccountId": account}],
+            "leads": [
+                {"FirstName": "Nina", "LastName": "New", "Company": "Hooli", "Email": "nina@hooli.com",
+                 "Phone": "+1 415 555 0102", "isconverted": True},
+                {"LastName": "Old", "Company": "Initech", "Email": "old@initech.com", "IsConverted": True,
+                 "ConvertedDate": "2023-04-01"},
+                {"LastName": "Open", "Company": "Co", "Email": "open@co.com"},
+            ],
+        },
+    )  # fmt: skip
+    [owner], (nina, old, open_lead) = seeded["contacts"], seeded["leads"]
+    converted = {c["LeadId"]: c for c in seeded["converted"]}
+    assert list(converted) == [nina, old]
+    nina_contact, nina_account = converted[nina]["ContactId"], converted[nina]["AccountId"]
+
+    # As POST /_sandbox/convert converts without ContactId: a new contact and account from the lead.
+    [contact] = sf.query(
+        f"SELECT Id, FirstName, LastName, Email, Phone, AccountId, Account.Name FROM Contact "
+        f"WHERE Id = '{nina_contact}'"
+    )["records"]
+    assert (contact["FirstName"], contact["LastName"], contact["Email"], contact["Phone"]) == (
+        "Nina",
+        "New",
+        "nina@hooli.com",
+        "+1 415 555 0102",
+    )
+    assert (contact["AccountId"], contact["Account"]["Name"]) == (nina_account, "Hooli")
+    soql = (
+        "SELECT Id, IsConverted, Status, ConvertedContactId, ConvertedAccountId, ConvertedDate FROM Lead "
+        "WHERE IsConverted = TRUE ORDER BY LastName"
+    )
+    leads = {lead["Id"]: lead for lead in sf.query(soql)["records"]}
+    assert set(leads) == {nina, old}
+    today = datetime.now(UTC).date().isoformat()
+    assert leads[nina] == {
+        **leads[nina],
+        "Status": "Closed - Converted",
+        "ConvertedContactId": nina_contact,
+        "ConvertedAccountId": nina_account,
+        "ConvertedDate": today,
+    }
+    assert leads[old]["ConvertedDate"] == "2023-04-01"  # the day it was seeded with
+    assert leads[old]["ConvertedContactId"] == converted[old]["ContactId"] != nina_contact
+    assert (
+        sf.query(f"SELECT IsConverted FROM Lead WHERE Id = '{open_lead}'")["records"][0]["IsConverted"]
+        is False
+    )
+
+    # A ConvertedContactId naming a contact is kept as given; the rest is what a conversion sets.
+    kept = control(
+        sandbox,
+        "seed",
+        {"leads": [{"LastName": "Kept", "Company": "Co", "Email": "kept@co.com", "IsConverted": True,
+                    "ConvertedContactId": owner}]},
+    )  # fmt: skip
+    [kept_lead] = kept["leads"]
+    assert kept["converted"] == [{"LeadId": kept_lead, "ContactId": owner, "AccountId": account}]
+    fields = sandbox_record(sandbox, kept_lead)["fields"]
+    assert (fields["ConvertedContactId"], fields["ConvertedAccountId"], fields["ConvertedDate"]) == (
+        owner,
+        account,
+        today,
+    )
+    assert sandbox_record(sandbox, owner)["fields"]["Email"] == "owner@acme.com"  # untouched
+    assert bulk_errors(sf, "Lead", [{"Id": kept_lead, "ApexVerify_Valid__c": "true"}]) == {
+        kept_lead: "CANNOT_UPDATE_CONVERTED_LEAD:cannot reference converted lead:--"
+    }
+
+    # Their campaign members name the contacts too, as a converted lead's member does.
+    campaign = control(
+        sandbox, "seed", {"campaigns": [{"Name": "Fall", "members": [{"LeadId": nina}, {"LeadId": kept_lead},
+                                                                      {"LeadId": open_lead}]}]}
+    )["campaigns"][0]["Id"]  # fmt: skip
+    assert sorted(members_of(sf, campaign), key=lambda m: str(m[1])) == sorted(
+        [(nina_contact, nina, "Sent"), (owner, kept_lead, "Sent"), (None, open_lead, "Sent")],
+        key=lambda m: str(m[1]),
+    )
+
+
+def test_seeding_refuses_a_conversion_salesforce_never_has(sandbox: SandboxServer, sf: Salesforce) -> None:
+    people = seed_people(sandbox)
+    contacts_before = sf.query("SELECT COUNT() FROM Contact")["totalSize"]
+    lead = {"LastName": "Bad", "Company": "Co"}
+    bad = {
+        "a contact without conversion": {**lead, "ConvertedContactId": people["ada"]},
+        "a date without conversion": {**lead, "IsConverted": False, "ConvertedDate": "2024-01-01"},
+        "an account without a contact": {
+            **lead,
+            "IsConverted": True,
+            "ConvertedAccountId": "001Dn0000000001",
+        },
+        "a lead as its contact": {**lead, "IsConverted": True, "ConvertedContactId": people["eve"]},
+        "no such contact": {**lead, "IsConverted": True, "ConvertedContactId": "003Dn0000000zzz"},
+        "not an id": {**lead, "IsConverted": True, "ConvertedContactId": "ada"},
+    }
+    for name, spec in bad.items():
+        answer = requests.post(f"{sandbox.url}/_sandbox/seed", json={"leads": [spec]}, timeout=10)
+        assert answer.status_code == 400 and "cannot seed" in answer.json()["error"], name
+    assert sf.query("SELECT COUNT() FROM Lead WHERE LastName = 'Bad'")["totalSize"] == 0
+    assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == contacts_before
+
+
+def test_convert_refuses_what_salesforce_cannot_convert_and_converts_none(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    control(sandbox, "seed", {"deleted_ids": [people["eve"]]})
+    gil = control(sandbox, "seed", {"leads": [{"LastName": "Gray", "Company": "Umbrella"}]})["leads"][0]
+    bad = {
+        "no such lead": {"LeadId": "00QDn0000000zzz"},
+        "a contact": {"LeadId": people["ada"]},
+        "not an id": {"LeadId": "gil"},
+        "deleted": {"LeadId": people["eve"]},
+        "converted already": {"LeadId": people["fritz"]},
+        "deleted contact": {"LeadId": gil, "ContactId": people["dev"]},
+        "a lead as contact": {"LeadId": gil, "ContactId": people["eve"]},
+    }
+    for name, entry in bad.items():
+        answer = convert(sandbox, {"LeadId": gil}, entry)
+        assert answer.status_code == 400 and "cannot convert" in answer.json()["error"], name
+    twice = convert(sandbox, {"LeadId": gil}, {"LeadId": gil})
+    assert twice.status_code == 400 and "named twice" in twice.json()["error"]
+    assert convert(sandbox).status_code == 400
+    assert sf.query(f"SELECT IsConverted FROM Lead WHERE Id = '{gil}'")["records"][0]["IsConverted"] is False
+
+
+def test_a_generated_lead_converts_and_its_member_names_the_contact(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    generated = control(
+        sandbox, "seed", {"generate": {"campaign_members": 40, "lead_ratio": 0.5, "converted_every": 0}}
+    )
+    campaign = generated["campaign_id"]
+    soql = f"SELECT LeadId, Lead.Email FROM CampaignMember WHERE CampaignId = '{campaign}' AND LeadId != NULL"
+    first, second = sf.query(soql + " LIMIT 2")["records"]
+
+    contacts = converted_to(sandbox, {"LeadId": first["LeadId"]}, {"LeadId": second["LeadId"]})
+
+    soql = f"SELECT ContactId, Contact.Email FROM CampaignMember WHERE LeadId = '{first['LeadId']}'"
+    [member_row] = sf.query(soql)["records"]
+    assert member_row["ContactId"] == contacts[first["LeadId"]]
+    assert member_row["Contact"]["Email"] == first["Lead"]["Email"]
+    converted = sf.query("SELECT Id FROM Lead WHERE IsConverted = TRUE AND ConvertedContactId != NULL")
+    assert sorted(ids(converted["records"])) == sorted(contacts)
+    assert bulk_errors(sf, "Lead", [{"Id": second["LeadId"], "ApexVerify_Valid__c": "true"}]) == {
+        second["LeadId"]: "CANNOT_UPDATE_CONVERTED_LEAD:cannot reference converted lead:--"
+    }
+
+
+def test_a_deleted_record_goes_to_the_recycle_bin_and_refuses_updates(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    ada, ben, eve = people["ada"], people["ben"], people["eve"]
+
+    assert sf.Contact.delete(ada) == 204
+    assert sf.Lead.delete(eve[:15]) == 204
+
+    listed = sf.query(f"SELECT Id FROM Contact WHERE Id IN ('{ada}', '{ben}')")
+    assert ids(listed["records"]) == [ben]
+    with_deleted = sf.query_all(
+        f"SELECT Id, IsDeleted FROM Contact WHERE Id IN ('{ada}')", include_deleted=True
+    )
+    assert with_deleted["records"][0]["IsDeleted"] is True
+    assert members_of(sf, people["campaign"]) == [(ben, None, "Sent")]  # their memberships went with them
+    with pytest.raises(SalesforceResourceNotFound) as read:
+        sf.Contact.get(ada)
+    assert error_code(read.value) == "ENTITY_IS_DELETED"
+
+    refused = collection_update(sf, [flags("Contact", ada, ApexVerify_Valid__c=True)])
+    assert refused[0]["errors"][0]["statusCode"] == "ENTITY_IS_DELETED"
+    with pytest.raises(SalesforceMalformedRequest) as patched:
+        sf.Lead.update(eve, {"ApexVerify_Valid__c": True})
+    assert error_code(patched.value) == "ENTITY_IS_DELETED"
+    assert bulk_errors(sf, "Contact", [{"Id": ada, "ApexVerify_Valid__c": "true"}]) == {
+        ada: "ENTITY_IS_DELETED:entity is deleted:--"
+    }
+
+    with pytest.raises(SalesforceResourceNotFound) as again:
+        sf.Contact.delete(ada)
+    assert error_code(again.value) == "ENTITY_IS_DELETED"
+    for missing in ("003Dn0000000zzz", "not-an-id", eve):  # no such record, no id, a lead as a contact
+        with pytest.raises(SalesforceResourceNotFound) as unknown:
+            sf.Contact.delete(missing)
+        assert error_code(unknown.value) == "NOT_FOUND"
+    assert sandbox_state(sandbox)["requests"][DELETE_ROUTE] == 6
+
+
+def test_a_locked_record_refuses_its_next_updates_then_takes_them(
+    sandbox: SandboxServer, sf: Salesforce
+) -> None:
+    people = seed_people(sandbox)
+    ada, ben = people["ada"], people["ben"]
+    assert control(sandbox, "locks", {"ids": [ada[:15]], "times": 2}) == {"locked": {ada: 2}}
+
+    first = collection_update(sf, [flags("Contact", ada, ApexVerify_Valid__c=True), flags("Contact", ben)])
+    assert first[0]["errors"] == [
+        {"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record",
+         "fields": []}
+    ]  # fmt: skip
+    assert outcomes(first)[1] == "ok"
+    assert bulk_errors(sf, "Contact", [{"Id": ada, "ApexVerify_Valid__c": "true"}]) == {
+        ada: "UNABLE_TO_LOCK_ROW:unable to obtain exclusive access to this record:--"
+    }
+    assert outcomes(collection_update(sf, [flags("Contact", ada, ApexVerify_Valid__c=True)])) == ["ok"]
+    assert sandbox_record(sandbox, ada)["fields"]["ApexVerify_Valid__c"] is True
+
+    for body in ({"ids": ["003Dn0000000zzz"]}, {"ids": [ada], "times": 0}):
+        answer = requests.post(f"{sandbox.url}/_sandbox/locks", json=body, timeout=5)
+        assert answer.status_code == 400, body

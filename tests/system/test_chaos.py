@@ -126,8 +126,9 @@ def _salesforce_records(sandbox: SandboxServer, fields: list[str]) -> Iterator[d
 
 
 def _seed_campaign(sandbox: SandboxServer) -> str:
-    """20,000 members (30% leads, every 200th a converted lead), every 250th contact behind a
-    validation rule: both are refused per record by the Bulk API ingest job."""
+    """20,000 members (30% leads, every 200th a converted lead: its member names the contact it
+    became), every 250th contact behind a validation rule, which the Bulk API ingest job refuses
+    per record."""
     seeded = requests.post(
         f"{sandbox.url}/_sandbox/seed",
         json={
@@ -189,12 +190,12 @@ def test_salesforce_campaign_sync_survives_chaos(
         run_to_completion(runtime, sync.id, chaos)
 
     assert_every_contact_has_one_outcome(runtime, sync.id, CONTACTS)
-    assert write_failure_reasons(runtime, sync.id) == {
-        "CANNOT_UPDATE_CONVERTED_LEAD",
-        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-    }
+    # Converted leads' members are read as the contacts they became and flagged there: only the
+    # validation rule refuses writes.
+    assert write_failure_reasons(runtime, sync.id) == {"FIELD_CUSTOM_VALIDATION_EXCEPTION"}
     assert_one_launch_and_charge_per_batch(runtime, sync.id, apexverify_url)
     expected = expected_statuses(runtime, sync.id)
+    assert_converted_leads_synced_as_their_contacts(salesforce_sandbox, expected)
     shown = {r["Id"]: r[STATUS_FIELD] for r in _salesforce_records(salesforce_sandbox, [STATUS_FIELD])}
     assert_flags_match_verdicts(expected, shown)
     assert_no_record_got_two_verdicts(salesforce_sandbox, expected)
@@ -205,6 +206,23 @@ def test_salesforce_campaign_sync_survives_chaos(
     assert not [
         job for job, phase in state["ingest_jobs"].items() if phase in ("UploadComplete", "InProgress")
     ]
+
+
+def assert_converted_leads_synced_as_their_contacts(
+    sandbox: SandboxServer, expected: dict[str, str | None]
+) -> None:
+    """Each converted lead is in the sync as the contact it became (whose flags are then checked with
+    every record's), never as itself."""
+    fields = ["IsConverted", "ConvertedContactId"]
+    became = {
+        r["Id"]: r["ConvertedContactId"] for r in _salesforce_records(sandbox, fields) if r["IsConverted"]
+    }
+    assert len(became) == CONTACTS // 200 and all(became.values())
+    assert set(became.values()) <= set(expected) and not set(became) & set(expected)
+    for contact in became.values():  # flagged unless it has no address or the validation rule refused it
+        record = requests.get(f"{sandbox.url}/_sandbox/records/{contact}", timeout=5).json()
+        refused = record["validation_rule"] or not record["fields"]["Email"]
+        assert (expected[contact] is None) == refused, record
 
 
 def assert_no_record_got_two_verdicts(sandbox: SandboxServer, expected: dict[str, str | None]) -> None:

@@ -34,6 +34,11 @@ FINISHED_STATES = ("JobComplete", "Failed", "Aborted")
 RUNNING_STATES = ("UploadComplete", "InProgress")
 HASH_BLOCK_BYTES = 1 << 20
 CSV_FORMAT = {"contentType": "CSV", "columnDelimiter": "COMMA", "lineEnding": "LF"}
+# Per-record refusals Salesforce means as temporary (WriteFailure.transient): a row another
+# transaction holds. Its record locks "are held very briefly", and for a few locking errors its
+# advice is retry logic in the integration ("Record-Level Locking", Designing Record Access for
+# Enterprise Scale).
+TRANSIENT_CODES = frozenset({"UNABLE_TO_LOCK_ROW"})
 
 
 class BulkApi(PollingApi, Protocol):
@@ -287,7 +292,8 @@ def _failed_results(api: BulkApi, job_id: str, work_dir: Path) -> list[WriteFail
     for row in _failed_rows(api, job_id, work_dir):
         code, message = parse_bulk_error(row.get("sf__Error") or "")
         # sf__Id is empty when the row's own Id was unusable: the uploaded Id names the record then.
-        failures.append(WriteFailure(row.get("sf__Id") or row.get("Id") or "", code, message))
+        record_id = row.get("sf__Id") or row.get("Id") or ""
+        failures.append(WriteFailure(record_id, code, message, transient=code in TRANSIENT_CODES))
     return failures
 
 

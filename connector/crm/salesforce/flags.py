@@ -18,7 +18,7 @@ from connector.crm.calls import chunks
 from connector.crm.flags import FlagField, FlagNames, FlagWriting
 from connector.crm.jobs import DEFAULT_BULK_THRESHOLD, utc_iso_millis
 from connector.crm.salesforce.api import SalesforceApi
-from connector.crm.salesforce.bulk import IngestRow, write_flag_rows
+from connector.crm.salesforce.bulk import TRANSIENT_CODES, IngestRow, write_flag_rows
 from connector.crm.salesforce.webhook import ID_PREFIXES, OBJECTS
 from connector.errors import ConfigError, ConnectorError
 
@@ -170,7 +170,9 @@ def save_collection(
     api: SalesforceApi, method: str, records: list[dict[str, Any]], record_ids: list[str]
 ) -> list[WriteFailure]:
     """Send one sObject Collections call (PATCH: update, POST: create; allOrNone false) and return the
-    records Salesforce refused, each under its entry of `record_ids` (one per record, in order)."""
+    records Salesforce refused, each under its entry of `record_ids` (one per record, in order).
+    A refusal Salesforce means as temporary (a locked row) is marked transient, and so is an update
+    it did not confirm: sent again, it sets the same values."""
     results = api.rest(method, "composite/sobjects", json={"allOrNone": False, "records": records})
     failures = []
     # SaveResults come back in the order the records were sent.
@@ -178,16 +180,20 @@ def save_collection(
         if result.get("success"):
             continue
         errors = result.get("errors") or [{"statusCode": "UNKNOWN_ERROR", "message": "not saved"}]
+        code = str(errors[0].get("statusCode") or "UNKNOWN_ERROR")
         failures.append(
             WriteFailure(
                 record_id,
-                str(errors[0].get("statusCode") or "UNKNOWN_ERROR"),
+                code,
                 "; ".join(str(error.get("message") or "") for error in errors),
+                transient=code in TRANSIENT_CODES,
             )
         )
     missing = record_ids[len(results or []) :]
     failures.extend(
-        WriteFailure(record_id, "NOT_CONFIRMED", "Salesforce did not confirm this write")
+        WriteFailure(
+            record_id, "NOT_CONFIRMED", "Salesforce did not confirm this write", transient=method == "PATCH"
+        )
         for record_id in missing
     )
     return failures

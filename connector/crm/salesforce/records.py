@@ -4,6 +4,19 @@ Up to `bulk_threshold` rows a segment is read over REST (SOQL with cursor paging
 with one Bulk API 2.0 query job (bulk.py), so API calls do not grow with the segment. Each record
 comes with its email or phone and the verified-at field the connector wrote last (flags.py
 names it); Salesforce field names are not case-sensitive, so rows are read with lower-case keys.
+
+What became of records a write-back could not reach (`SalesforceRecordReader.fates`) is asked of
+Salesforce too, never guessed from the refusal alone:
+
+- CANNOT_UPDATE_CONVERTED_LEAD: the lead was converted, and from then on Salesforce lets it be
+  referenced only through its ConvertedAccountId and ConvertedContactId (help article 000384333).
+  So the lead's ConvertedContactId is read, then that contact's current email or phone: the lead
+  is CONVERTED_TO that contact. A lead converted to no contact, or not converted after all, stays a
+  write failure; one no longer found, or whose contact is no longer found, is DELETED.
+- ENTITY_IS_DELETED (in the recycle bin; INVALID_ID_FIELD before API 10.0), INVALID_CROSS_REFERENCE_KEY
+  (an update's id that names no record) and NOT_FOUND (sObject Rows): the record may be gone. It is
+  DELETED only when a query no longer finds it; found, it stays a write failure. MALFORMED_ID is
+  not among them: a malformed id never named a record, so nothing was deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from connector.crm.base import SourceRecord
+from connector.crm.base import CONVERTED_TO, DELETED, RecordFate, SourceRecord, WriteFailure
 from connector.crm.calls import chunks
 from connector.crm.jobs import DEFAULT_BULK_THRESHOLD
 from connector.crm.records import RecordReading, blank_to_none, parse_utc_datetime
@@ -28,6 +41,8 @@ READ_CHUNK = 200  # ids per `Id IN (...)` query: the query string stays far belo
 RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 ID_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 VALUE_FIELDS = {"email": "Email", "phone": "Phone"}
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
+GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_ID_FIELD", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND"})
 
 
 def read_fields(type_: str, field_names: dict[str, str] | None = None) -> tuple[str, str]:
@@ -82,32 +97,77 @@ def rest_rows(api: SalesforceApi, soql: str) -> Iterator[dict[str, Any]]:
 
 
 class SalesforceRecordReader(RecordReading[SalesforceApi]):
-    """Contacts and leads by id, 200 per `Id IN (...)` query; ids Salesforce does not know are left out."""
+    """Contacts and leads by id, 200 per `Id IN (...)` query; ids Salesforce does not know are left out.
+    Also what became of records a write could not reach (`fates`)."""
 
     def read_records(self, record_ids: list[str], type_: str) -> Iterator[SourceRecord]:
         value_field, verified_field = read_fields(type_, self.field_names)
-        # Only well-formed ids go into SOQL (as 15 characters): anything else names no record anyway.
+        for record_id, object_name, row in self._lookup(record_ids, [value_field, verified_field]):
+            if row is not None:
+                yield SourceRecord(
+                    record_id=record_id,
+                    value=blank_to_none(row.get(value_field.lower())),
+                    object_type=object_name,
+                    verified_at=parse_utc_datetime(row.get(verified_field.lower())),
+                )
+
+    def fates(self, failures: list[WriteFailure], type_: str) -> list[RecordFate]:
+        """Converted leads followed to their contacts, gone records confirmed gone (module docstring);
+        every other refusal, and every record found as it was, is left out."""
+        converted = [failure.record_id for failure in failures if failure.code == CONVERTED_LEAD]
+        gone = [failure.record_id for failure in failures if failure.code in GONE_CODES]
+        absent = [record_id for record_id, _, row in self._lookup(gone, []) if row is None]
+        return self._conversions(converted, VALUE_FIELDS[type_]) + [RecordFate(i, DELETED) for i in absent]
+
+    def _conversions(self, lead_ids: list[str], value_field: str) -> list[RecordFate]:
+        leads = [
+            (lead_id, row)
+            for lead_id, object_name, row in self._lookup(lead_ids, ["IsConverted", "ConvertedContactId"])
+            if object_name == "Lead"
+        ]
+        successor_of = {lead_id: _converted_to(row) for lead_id, row in leads}
+        wanted = [contact_id for contact_id in successor_of.values() if contact_id]
+        contacts = {record_id: row for record_id, _, row in self._lookup(wanted, [value_field])}
+        fates = []
+        for lead_id, row in leads:
+            contact_id = successor_of[lead_id]
+            contact = contacts.get(contact_id) if contact_id else None
+            if row is None:
+                fates.append(RecordFate(lead_id, DELETED))
+            elif contact_id is None:
+                continue  # not converted after all, or converted to no contact: it stays a failure
+            elif contact is None:
+                fates.append(RecordFate(lead_id, DELETED))  # the contact it became is gone too
+            else:
+                value = blank_to_none(contact.get(value_field.lower()))
+                fates.append(RecordFate(lead_id, CONVERTED_TO, contact_id, "Contact", value))
+        return fates
+
+    def _lookup(
+        self, record_ids: Iterable[str], fields: list[str]
+    ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+        """Each distinct well-formed contact or lead id asked, in order, with its object and its row of
+        `fields` (None when a query does not find it): 200 ids per `Id IN (...)` query, each as its 15
+        characters, so the query stays far below the REST API's 16,384-byte URI limit."""
         by_object: dict[str, dict[str, str]] = {}
         for record_id in dict.fromkeys(str(i).strip() for i in record_ids):
             object_name, short = ID_PREFIXES.get(record_id[:3]), id15(record_id)
-            if object_name and short:
+            if object_name and short:  # anything else names no record: it goes into no query
                 by_object.setdefault(object_name, {})[record_id] = short
+        selected = ", ".join(["Id", *fields])
         for object_name, ids in by_object.items():
             for chunk in chunks(ids.items(), READ_CHUNK):
-                soql = (
-                    f"SELECT Id, {value_field}, {verified_field} FROM {object_name} "
-                    f"WHERE Id IN ({soql_ids(short for _, short in chunk)})"
-                )
+                soql = f"SELECT {selected} FROM {object_name} WHERE Id IN ({soql_ids(s for _, s in chunk)})"
                 found = {str(row["id"])[:15]: row for row in rest_rows(self.api, soql)}
-                for record_id, short in chunk:  # in the order asked, each under the id it was asked by
-                    row = found.get(short)
-                    if row is not None:
-                        yield SourceRecord(
-                            record_id=record_id,
-                            value=blank_to_none(row.get(value_field.lower())),
-                            object_type=object_name,
-                            verified_at=parse_utc_datetime(row.get(verified_field.lower())),
-                        )
+                for record_id, short in chunk:  # each under the id it was asked by
+                    yield record_id, object_name, found.get(short)
+
+
+def _converted_to(lead: Mapping[str, Any] | None) -> str | None:
+    """The contact a lead row says it was converted to; None when it is not converted, or to no contact."""
+    if lead is None or lead.get("isconverted") is not True:
+        return None
+    return blank_to_none(lead.get("convertedcontactid"))
 
 
 class SalesforceSegmentSource:
