@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from connector.crm.base import CONVERTED_TO, MERGED_INTO
 from connector.models import Sync, SyncBatch, SyncContact, SyncValue
 from connector.pipeline.actions import action_counts
 
@@ -31,7 +32,7 @@ def compute_counts(session: Session, sync_id: int) -> dict[str, Any]:
         outcomes[outcome] = outcomes.get(outcome, 0) + count
         if outcome == "skipped":
             skipped[reason or "unspecified"] = skipped.get(reason or "unspecified", 0) + count
-        elif outcome == "verified" and reason:
+        elif outcome == "verified" and reason in (MERGED_INTO, CONVERTED_TO):
             verified[reason] = verified.get(reason, 0) + count
     verdicts: dict[str, int] = {}
     values = from_cache = roles = disposables = 0
