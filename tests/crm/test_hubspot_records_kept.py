@@ -11,23 +11,22 @@ holding another email gets nothing written. An archived contact ends `skipped`, 
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import requests
 from hubspot import HubSpot
 from hubspot.crm.contacts import BatchInputSimplePublicObjectId, PublicMergeInput, SimplePublicObjectId
 from playwright.sync_api import Page
-from sqlalchemy import select
 
 from connector.crm.hubspot.client import make_hubspot_client
-from connector.models import SyncContact, SyncStatus, SyncValue
+from connector.models import SyncStatus
 from connector.pipeline.drive import drive_until_settled
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer
 from tests.conftest import HUBSPOT_TOKEN
+from tests.crm.records_kept_support import approve_and_finish, outcomes, verdicts
 from tests.crm.test_hubspot_actions_end_to_end import start_sync
 from tests.crm.test_hubspot_end_to_end import EMAIL_PROPERTIES, all_contacts, generate_list, generate_list_at
-from tests.web.test_admin_api import AUTH, LIST_SEGMENT, add_segment
+from tests.web.test_admin_api import LIST_SEGMENT, add_segment
 from tests.web.test_ops_page import open_sync, sign_in
 
 CLEAN_EMAIL = re.compile(r"[a-z0-9.]+@[a-z0-9-]+\.[a-z]+")
@@ -41,17 +40,6 @@ def sync_awaiting_approval(web: SandboxServer, runtime: Runtime, list_id: str) -
     sync = drive_until_settled(runtime, start_sync(web, int(answer.json()["id"])), tick_seconds=0.1)
     assert sync.status == SyncStatus.AWAITING_APPROVAL, (sync.status, sync.error_code, sync.error_message)
     return sync.id
-
-
-def approve_and_finish(web: SandboxServer, runtime: Runtime, sync_id: int) -> dict[str, Any]:
-    """Approve the sync, drive it to the end, and answer its detail as the admin API shows it."""
-    approved = requests.post(f"{web.url}/admin/syncs/{sync_id}/approve", headers=AUTH, timeout=5)
-    assert approved.status_code in (200, 202), approved.text
-    sync = drive_until_settled(runtime, sync_id, tick_seconds=0.1)
-    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
-    detail = requests.get(f"{web.url}/admin/syncs/{sync_id}", headers=AUTH, timeout=5)
-    assert detail.status_code == 200, detail.text
-    return dict(detail.json())
 
 
 def seed_contact(sandbox: SandboxServer, email: str) -> str:
@@ -71,17 +59,6 @@ def contact_properties(sandbox: SandboxServer, contact_id: str) -> dict[str, str
     answer = requests.get(f"{sandbox.url}/_sandbox/contacts/{contact_id}", timeout=5)
     answer.raise_for_status()
     return dict(answer.json()["properties"])
-
-
-def outcomes(runtime: Runtime, sync_id: int) -> dict[str, tuple[str, str | None, str | None]]:
-    """record id -> (outcome, reason, written_to) of every contact of the sync."""
-    with runtime.session() as session:
-        rows = session.execute(
-            select(
-                SyncContact.record_id, SyncContact.outcome, SyncContact.reason, SyncContact.written_to
-            ).where(SyncContact.sync_id == sync_id)
-        ).all()
-    return {record_id: (outcome, reason, written_to) for record_id, outcome, reason, written_to in rows}
 
 
 def pick_spread(candidates: list[dict], count: int) -> list[dict]:
@@ -115,27 +92,22 @@ def test_merged_contacts_get_their_flags_on_the_survivor_and_archived_ones_are_s
         BatchInputSimplePublicObjectId(inputs=[SimplePublicObjectId(id=i) for i in archived])
     )
 
-    detail = approve_and_finish(web, hubspot_runtime, sync_id)
+    _, detail = approve_and_finish(hubspot_runtime, web, sync_id)
 
-    with hubspot_runtime.session() as session:
-        verdicts = dict(
-            session.execute(
-                select(SyncValue.value, SyncValue.status).where(SyncValue.sync_id == sync_id)
-            ).all()
-        )
+    by_email = verdicts(hubspot_runtime, sync_id)
     for contact in to_merge:
         kept = contact_properties(hubspot_sandbox, survivors[contact["id"]])
         assert kept["email"] == contact["properties"]["email"]
         assert all(kept.get(name) not in (None, "") for name in EMAIL_PROPERTIES), kept
-        assert kept["apexverify_status"] == verdicts[kept["email"].strip().lower()]
+        assert kept["apexverify_status"] == by_email[kept["email"].strip().lower()]
     for contact_id in archived:
         assert not contact_properties(hubspot_sandbox, contact_id).get("apexverify_status")
 
     rows = outcomes(hubspot_runtime, sync_id)
-    assert {i: rows[i] for i in survivors} == {
+    assert {i: rows[i][:3] for i in survivors} == {
         i: ("verified", "merged_into", s) for i, s in survivors.items()
     }
-    assert {i: rows[i] for i in archived} == {i: ("skipped", "deleted", None) for i in archived}
+    assert {i: rows[i][:3] for i in archived} == {i: ("skipped", "deleted", None) for i in archived}
     counts = detail["counts"]
     assert counts["write_failed"] == 0 and detail["write_failures"] == []
     assert counts["skipped_by_reason"]["deleted"] == ARCHIVED
@@ -161,7 +133,7 @@ def test_a_contact_merged_into_one_holding_another_email_gets_nothing_written(
     client = make_hubspot_client(hubspot_sandbox.url, HUBSPOT_TOKEN)
     survivor = merge(client, other, contact["id"])  # the list contact is the secondary
 
-    detail = approve_and_finish(web, hubspot_runtime, sync_id)
+    _, detail = approve_and_finish(hubspot_runtime, web, sync_id)
 
     kept = contact_properties(hubspot_sandbox, survivor)
     assert kept["email"] == "someone.else@example.com"

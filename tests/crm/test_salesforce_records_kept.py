@@ -13,20 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
-from sqlalchemy import select
-
 from connector.crm.salesforce.client import make_salesforce
-from connector.models import SyncContact, SyncStatus, SyncValue
+from connector.models import SyncStatus
 from connector.pipeline.connections import segment_connection
 from connector.pipeline.drive import drive_until_settled
 from connector.pipeline.syncs import create_sync
 from connector.runtime import Runtime
 from connector.sandbox.server import SandboxServer
 from tests.conftest import SALESFORCE_SESSION
+from tests.crm.records_kept_support import approve_and_finish, outcomes, verdicts
 from tests.crm.test_salesforce_end_to_end import EMAIL_FIELDS
 from tests.sandbox.test_sandbox_salesforce import control, converted_to, sandbox_record
-from tests.web.test_admin_api import AUTH
 
 # Verdicts valid, wrong, unknown (disposable) and unknown, by the ApexVerify sandbox's rules.
 LEAD_EMAILS = ("lead{n}@initech.com", "bounce{n}@initech.com", "lead{n}@mailinator.com", "unknown{n}@co.com")
@@ -44,40 +41,6 @@ def planned_sync(runtime: Runtime, campaign_id: str) -> int:
     sync = drive_until_settled(runtime, sync.id, tick_seconds=0.1)
     assert sync.status == SyncStatus.AWAITING_APPROVAL, (sync.status, sync.error_message)
     return sync.id
-
-
-def approve_and_finish(runtime: Runtime, web: SandboxServer, sync_id: int) -> Any:
-    approved = requests.post(f"{web.url}/admin/syncs/{sync_id}/approve", headers=AUTH, timeout=5)
-    assert approved.status_code < 300, approved.text
-    sync = drive_until_settled(runtime, sync_id, tick_seconds=0.1)
-    assert sync.status == SyncStatus.COMPLETED, (sync.error_code, sync.error_message)
-    return sync
-
-
-def outcomes(runtime: Runtime, sync_id: int) -> dict[str, tuple[str, str | None, str | None, str | None]]:
-    """{record id: (outcome, reason, written_to, message)} of the sync's contacts."""
-    with runtime.session() as session:
-        rows = session.execute(
-            select(
-                SyncContact.record_id,
-                SyncContact.outcome,
-                SyncContact.reason,
-                SyncContact.written_to,
-                SyncContact.error_message,
-            ).where(SyncContact.sync_id == sync_id)
-        ).all()
-    return {
-        record_id: (outcome, reason, written_to, message)
-        for record_id, outcome, reason, written_to, message in rows
-    }
-
-
-def verdicts(runtime: Runtime, sync_id: int) -> dict[str, str]:
-    with runtime.session() as session:
-        rows = session.execute(
-            select(SyncValue.value, SyncValue.status).where(SyncValue.sync_id == sync_id)
-        ).all()
-    return {value: status for value, status in rows}
 
 
 def flags_of(sandbox: SandboxServer, record_id: str) -> dict[str, Any]:
@@ -112,7 +75,7 @@ def test_converted_leads_get_their_flags_on_their_contacts_and_deleted_records_a
     for record_id in deleted:
         assert sf.Contact.delete(record_id) == 204
 
-    sync = approve_and_finish(sf_runtime, web, sync_id)
+    sync, _ = approve_and_finish(sf_runtime, web, sync_id)
 
     ended = outcomes(sf_runtime, sync_id)
     by_email = verdicts(sf_runtime, sync_id)
@@ -167,7 +130,7 @@ def test_a_lead_converted_into_a_contact_holding_another_email_writes_nothing_th
     converted_to(
         sandbox, {"LeadId": other, "ContactId": owner}, {"LeadId": same_lead, "ContactId": same_contact}
     )
-    sync = approve_and_finish(sf_runtime, web, sync_id)
+    sync, _ = approve_and_finish(sf_runtime, web, sync_id)
 
     ended = outcomes(sf_runtime, sync_id)
     outcome, reason, written_to, message = ended[other]
@@ -205,7 +168,7 @@ def test_a_locked_row_is_written_again_in_the_same_run(
     control(sandbox, "locks", {"ids": contacts[:2], "times": 1})
     control(sandbox, "locks", {"ids": contacts[2:3], "times": 10})
 
-    sync = approve_and_finish(sf_runtime, web, sync_id)
+    sync, _ = approve_and_finish(sf_runtime, web, sync_id)
 
     ended = outcomes(sf_runtime, sync_id)
     assert [ended[contact][:2] for contact in contacts] == [("verified", None)] * 2 + [
