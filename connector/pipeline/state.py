@@ -52,6 +52,10 @@ class StepContext:
     def session(self) -> AbstractContextManager[Session]:
         return self.runtime.session()
 
+    def load(self, session: Session) -> Sync:
+        """The sync this step works on, read in `session`."""
+        return session.get_one(Sync, self.sync_id)
+
     def heartbeat(self, waiting: float = 0.0) -> None:
         """Extend the lease (past a wait about to start); abort if the sync was cancelled or taken over."""
         with self.runtime.session() as session:

@@ -24,7 +24,6 @@ from connector.apexverify import (
     iter_export_records,
 )
 from connector.chaos import chaos_point
-from connector.crm.base import ActionRunner
 from connector.db import (
     affected_rows,
     analyze,
@@ -48,10 +47,10 @@ from connector.pipeline.record_history import (
     record_hash_key,
     reverify_changed_values,
 )
-from connector.pipeline.sources import action_runner_for, source_for, writer_for
+from connector.pipeline.sources import source_for, writer_for
 from connector.pipeline.state import Advance, Halt, StepAborted, StepContext, StepResult, Wait
 from connector.pipeline.verdicts import INVALID_FORMAT, store_verdicts, verdict_columns
-from connector.pipeline.write_back import write_back_flags
+from connector.pipeline.write_back import action_runner, write_back_flags
 from connector.states import check_steps
 
 CHUNK = 5000
@@ -73,10 +72,6 @@ def _client(ctx: StepContext) -> ApexVerifyClient:
     return client
 
 
-def _load(session: Session, ctx: StepContext) -> Sync:
-    return session.get_one(Sync, ctx.sync_id)
-
-
 def start(ctx: StepContext) -> StepResult:
     return Advance(SyncStatus.EXPORTING)
 
@@ -87,7 +82,7 @@ def start(ctx: StepContext) -> StepResult:
 def export_segment(ctx: StepContext) -> StepResult:
     """Read the segment into contact rows, then group distinct values into batch files."""
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         _forget_partial_export(session, sync.id)
         source = source_for(ctx.runtime, sync, sleep=ctx.sleep)
         writer = writer_for(ctx.runtime, sync, sleep=ctx.sleep)
@@ -109,7 +104,7 @@ def export_segment(ctx: StepContext) -> StepResult:
     with ctx.session() as session:  # its own transaction: ANALYZE's lock is held until commit
         analyze(session, "sync_contacts")
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         reverify_changed_values(session, sync, key)
         collect_values(session, sync, fresh_after, max_rows)
         batches = write_batch_files(session, ctx.runtime, sync)
@@ -123,16 +118,11 @@ def export_segment(ctx: StepContext) -> StepResult:
 
 def _prepare_actions(ctx: StepContext) -> None:
     with ctx.session() as session:
-        actions = verdict_actions(_load(session, ctx))
+        actions = verdict_actions(ctx.load(session))
     if actions:
-        runner = _action_runner(ctx, 0)
+        runner = action_runner(ctx, 0)
         for action in actions:
             runner.prepare(action)
-
-
-def _action_runner(ctx: StepContext, expected: int) -> ActionRunner:
-    with ctx.session() as session:
-        return action_runner_for(ctx.runtime, _load(session, ctx), expected=expected, sleep=ctx.sleep)
 
 
 def _forget_partial_export(session: Session, sync_id: int) -> None:
@@ -194,7 +184,7 @@ def _batches(session: Session, sync_id: int, *conditions: Any) -> list[SyncBatch
 def upload_batches(ctx: StepContext) -> StepResult:
     client = _client(ctx)
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         todo = _batches(session, sync.id, SyncBatch.batch_uuid.is_(None))
         total = len(_batches(session, sync.id))
         name, type_, country = sync.name, sync.type, sync.target_country
@@ -238,7 +228,7 @@ def _keep_uploaded_batch(ctx: StepContext, batch_id: int, batch_uuid: str) -> No
 def configure_batches(ctx: StepContext) -> StepResult:
     client = _client(ctx)
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         parameters = {**sync.parameters, "type": sync.type, "target_country": sync.target_country}
         todo = _batches(session, sync.id, SyncBatch.configured.is_(False))
     for batch in todo:
@@ -320,7 +310,7 @@ def check_cost(ctx: StepContext) -> StepResult:
     """Launch, unless the operator is to approve first: a plan was asked for, or the net cost is over
     the budget. Either way the sync then carries its plan (what approving it would do)."""
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         if sync.approved_at is not None:
             return Advance(SyncStatus.LAUNCHING)
         net = float((sync.cost or {}).get("net", 0.0))
@@ -398,7 +388,7 @@ def _record_launch(ctx: StepContext, batch: SyncBatch, outcome: LaunchOutcome) -
 
 def _record_cost(ctx: StepContext) -> None:
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         sync.cost = _cost_summary(sync.batches)
 
 
@@ -430,7 +420,7 @@ def fetch_results(ctx: StepContext) -> StepResult:
     """Stream each batch's JSON export into the value rows; values ApexVerify dropped are invalid_format."""
     client = _client(ctx)
     with ctx.session() as session:
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         type_ = sync.type
         todo = _batches(session, sync.id, SyncBatch.results_fetched_at.is_(None))
         directory = sync_dir(ctx.runtime, sync.id)

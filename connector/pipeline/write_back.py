@@ -36,6 +36,7 @@ from connector.crm.base import (
     CONVERTED_TO,
     DELETED,
     MERGED_INTO,
+    ActionRunner,
     FlagUpdate,
     FlagWriter,
     RecordFate,
@@ -47,7 +48,7 @@ from connector.crm.calls import chunks
 from connector.db import forbid_nested_loops, raise_work_mem, text_rows, uses_postgresql
 from connector.errors import ConnectorError, TransientError
 from connector.metrics import count
-from connector.models import ContactOutcome, Sync, SyncContact, SyncStatus, SyncValue
+from connector.models import ContactOutcome, SyncContact, SyncStatus, SyncValue
 from connector.pipeline.actions import take_actions
 from connector.pipeline.normalize import normalize
 from connector.pipeline.record_history import record_hash_key, remember_written_values
@@ -73,7 +74,7 @@ def write_back_flags(ctx: StepContext) -> StepResult:
     take the segment's verdict actions on the records written."""
     with ctx.session() as session:
         _fail_orphans(session, ctx.sync_id)
-        sync = _load(session, ctx)
+        sync = ctx.load(session)
         pending = session.scalar(
             select(func.count()).where(
                 SyncContact.sync_id == sync.id, SyncContact.outcome == ContactOutcome.PENDING
@@ -97,17 +98,14 @@ def write_back_flags(ctx: StepContext) -> StepResult:
         count(ctx.runtime.redis, "contacts_written", failed, crm=crm, result="failed")
         after_id = page.last_id
     chaos_point("actions.before")  # every flag written, no action taken yet
-    take_actions(ctx, lambda expected: _action_runner(ctx, expected))
+    take_actions(ctx, lambda expected: action_runner(ctx, expected))
     return Advance(SyncStatus.COMPLETED)
 
 
-def _load(session: Session, ctx: StepContext) -> Sync:
-    return session.get_one(Sync, ctx.sync_id)
-
-
-def _action_runner(ctx: StepContext, expected: int) -> Any:
+def action_runner(ctx: StepContext, expected: int) -> ActionRunner:
+    """The runner of the sync's verdict actions (`expected` records: batches or bulk)."""
     with ctx.session() as session:
-        return action_runner_for(ctx.runtime, _load(session, ctx), expected=expected, sleep=ctx.sleep)
+        return action_runner_for(ctx.runtime, ctx.load(session), expected=expected, sleep=ctx.sleep)
 
 
 class PendingUpdates:
@@ -184,7 +182,7 @@ class Refusals:
     def __init__(self, ctx: StepContext, writer: FlagWriter) -> None:
         self.ctx, self.writer = ctx, writer
         with ctx.session() as session:
-            sync = _load(session, ctx)
+            sync = ctx.load(session)
             self.type, self.country = sync.type, sync.target_country
         self._reader: RecordReader | None = None
 
@@ -223,7 +221,7 @@ class Refusals:
     def _fates(self, failures: list[WriteFailure]) -> list[RecordFate]:
         if self._reader is None:
             with self.ctx.session() as session:
-                self._reader = reader_for(self.ctx.runtime, _load(session, self.ctx), sleep=self.ctx.sleep)
+                self._reader = reader_for(self.ctx.runtime, self.ctx.load(session), sleep=self.ctx.sleep)
         return [] if self._reader is None else self._reader.fates(failures, self.type)
 
     def _follow(
@@ -288,7 +286,7 @@ class Refusals:
         """A writer for a handful of records (REST, not a bulk job); prepared when it writes objects
         the sync's own writer did not (a converted lead's contact)."""
         with self.ctx.session() as session:
-            sync = _load(session, self.ctx)
+            sync = self.ctx.load(session)
             writer = writer_for(
                 self.ctx.runtime,
                 sync,
@@ -343,7 +341,7 @@ def _record_outcomes(ctx: StepContext, after_id: int, last_id: int, exceptions: 
         elif exceptions:
             _record_exceptions_one_by_one(session, in_range, exceptions)
         session.execute(update(SyncContact).where(*in_range).values(outcome=ContactOutcome.VERIFIED))
-        remember_written_values(session, _load(session, ctx), key, after_id, last_id)
+        remember_written_values(session, ctx.load(session), key, after_id, last_id)
 
 
 def _record_exceptions_at_once(

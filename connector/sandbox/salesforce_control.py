@@ -94,12 +94,13 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from connector.sandbox.salesforce_convert import CONVERTED_STATUS, convert_leads, name_contact_on_members
+from connector.sandbox.salesforce_convert import convert_leads, name_contact_on_members
 from connector.sandbox.salesforce_ids import object_for_id, to_18
 from connector.sandbox.salesforce_members import DEFAULT_STATUSES
 from connector.sandbox.salesforce_orgs import org_directory
 from connector.sandbox.salesforce_records import GenerateKnobs
 from connector.sandbox.salesforce_schema import (
+    CONVERTED_STATUS,
     default_values,
     full_object,
     parse_date,

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from connector.sandbox.salesforce_ids import object_for_id, to_18
-from connector.sandbox.salesforce_schema import default_values, utc_now
+from connector.sandbox.salesforce_schema import CONVERTED_STATUS, default_values, utc_now
 from connector.sandbox.salesforce_state import SandboxState
 
-CONVERTED_STATUS = "Closed - Converted"
 # The lead fields a conversion carries onto the contact (Salesforce's standard field mapping).
 CONTACT_FIELDS = ("FirstName", "LastName", "Email", "Phone", "MobilePhone", "Title", "HasOptedOutOfEmail")
 LEAD_FIELDS = (*CONTACT_FIELDS, "Name", "Company", "IsConverted")

@@ -52,7 +52,7 @@ from connector.sandbox.hubspot_contacts import (
     UNDELIVERABLE_LOCAL_PARTS,
 )
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, make_id, serial_of
-from connector.sandbox.salesforce_schema import default_values
+from connector.sandbox.salesforce_schema import CONVERTED_STATUS, default_values
 
 LEAD = 1
 CONVERTED = 2
@@ -264,7 +264,7 @@ class GeneratedCampaign:
         if self.kinds[index] & LEAD:
             converted = self._is_converted_lead(index)
             person["Company"] = self._company(index)
-            person["Status"] = "Closed - Converted" if converted else "Open - Not Contacted"
+            person["Status"] = CONVERTED_STATUS if converted else "Open - Not Contacted"
             person["IsConverted"] = converted
             if converted:
                 person["ConvertedDate"] = self.created.date()

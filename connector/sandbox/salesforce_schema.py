@@ -19,10 +19,11 @@ from typing import Any
 from connector.sandbox.salesforce_ids import KEY_PREFIXES, to_18
 
 VERDICTS = ("valid", "wrong", "unknown", "invalid_format")
+CONVERTED_STATUS = "Closed - Converted"  # the Status a lead conversion sets
 LEAD_STATUSES = (
     "Open - Not Contacted",
     "Working - Contacted",
-    "Closed - Converted",
+    CONVERTED_STATUS,
     "Closed - Not Converted",
 )
 EMAIL_SHAPE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
